@@ -1,0 +1,212 @@
+"""gateway.toml -> typed settings.
+
+The file is read with tomllib, every string may be written as ``"${NAME}"`` to read the environment,
+relative paths are resolved against the folder that holds the file, and every error names the file and
+the key path (``gateway.toml: api_keys[1].key: field required``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for a one-line message: ``file: key: problem``."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, gt=0, description="larger request bodies answer 413")
+    public_url: str | None = None
+
+
+class StorageConfig(Section):
+    path: Path = Path("gateway.db")
+
+
+class PluginsConfig(Section):
+    dir: Path | None = Path("plugins")
+
+
+class TemplatesConfig(Section):
+    dir: Path = Path("templates")
+
+
+DEFAULT_RETRY_SCHEDULE = [5, 300, 1800, 7200, 18000, 36000, 36000]
+
+
+class DeliveryConfig(Section):
+    allow_private_targets: bool = False
+    retry_schedule: list[float] = Field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE))
+    connect_timeout: float = Field(5.0, gt=0)
+    timeout: float = Field(15.0, gt=0)
+    concurrency: int = Field(64, ge=1)
+    per_subscriber_concurrency: int = Field(8, ge=1)
+    retention_days: float = Field(7.0, gt=0)
+    disable_after_hours: float = Field(120.0, gt=0)
+    ordering_max_wait: float = Field(3600.0, gt=0)
+    poll_interval: float = Field(1.0, gt=0)
+    shutdown_grace: float = Field(10.0, ge=0)
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays must be >= 0 seconds")
+        return value
+
+
+class ApiKey(Section):
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=8)
+    products: list[str] = Field(default_factory=lambda: ["*"])
+    admin: bool = False
+
+    def may_see(self, product_id: str) -> bool:
+        return "*" in self.products or product_id in self.products
+
+
+class SourceConfig(BaseModel):
+    """Settings common to every ingest source; a source plugin reads its own extra keys."""
+
+    model_config = ConfigDict(extra="allow")
+
+    token: str = Field(min_length=1)
+    api_url: str | None = None
+
+
+class SupplierConfig(Section):
+    id: str = "octo-gateway"
+    name: str = "OCTO Gateway"
+    email: str | None = None
+    telephone: str | None = None
+    website: str | None = None
+
+
+class SandboxConfig(Section):
+    enabled: bool = False
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class GatewayConfig(Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    supplier: SupplierConfig = Field(default_factory=SupplierConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    # Where the config came from; relative paths were resolved against its folder.
+    source_file: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_keys(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        seen: set[str] = set()
+        for key in keys:
+            if key.key in seen:
+                raise ValueError(f"two api keys share the key of {key.name!r}")
+            seen.add(key.key)
+        return keys
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("GATEWAY_CONFIG") or "gateway.toml")
+
+
+def load_config(path: Path | str | None = None) -> GatewayConfig:
+    """Read, substitute, validate and resolve a config file; raises ConfigError."""
+    file = Path(path) if path is not None else default_config_path()
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    return config_from_dict(raw, file)
+
+
+def config_from_dict(raw: dict[str, Any], file: Path) -> GatewayConfig:
+    substituted = _substitute(raw, file, ())
+    try:
+        config = GatewayConfig.model_validate(substituted)
+    except ValidationError as exc:
+        raise ConfigError(_describe(file, exc)) from None
+    config.source_file = file.resolve()
+    _resolve_paths(config, file.resolve().parent)
+    return config
+
+
+def _substitute(value: Any, file: Path, path: tuple[str | int, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, file, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, file, (*path, i)) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(
+                    f"{file}: {key_path(path)}: environment variable {name} is not set"
+                )
+            return os.environ[name]
+
+        return ENV_PATTERN.sub(lookup, value)
+    return value
+
+
+def key_path(loc: tuple[str | int, ...]) -> str:
+    """('api_keys', 1, 'key') -> 'api_keys[1].key'."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _describe(file: Path, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        message = error["msg"]
+        if error["type"] == "missing":
+            message = "field required"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{key_path(tuple(error['loc']))}: {message}")
+    return f"{file}: " + "; ".join(problems)
+
+
+def _resolve_paths(config: GatewayConfig, base: Path) -> None:
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path)
+
+    if str(config.storage.path) != ":memory:":
+        config.storage.path = resolve(config.storage.path)
+    if config.plugins.dir is not None:
+        config.plugins.dir = resolve(config.plugins.dir)
+    config.templates.dir = resolve(config.templates.dir)

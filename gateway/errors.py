@@ -1,0 +1,85 @@
+"""OCTO error bodies and the middleware that guarantees every failure answers with one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.appkeys import config_key
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    500: "INTERNAL_SERVER_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class OctoError(Exception):
+    """Raise from a handler to answer ``{"error", "errorMessage"}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def bad_request(message: str, **extra: Any) -> OctoError:
+    return OctoError(400, message, **extra)
+
+
+def not_found(what: str = "resource") -> OctoError:
+    return OctoError(404, f"{what} not found")
+
+
+def error_response(status: int, message: str, **extra: Any) -> web.Response:
+    body = {"error": CODES.get(status, "ERROR"), "errorMessage": message, **extra}
+    return web.json_response(body, status=status)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Name every offending field: ``url: field required; retryOnError: Input should be...``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        message = error["msg"]
+        if error["type"] == "missing":
+            message = "field required"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+@web.middleware
+async def octo_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except OctoError as exc:
+        return error_response(exc.status, exc.message, **exc.extra)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[config_key].server.max_body_bytes
+        return error_response(413, f"request body too large (limit {limit} bytes)")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except Exception:
+        # Last resort: the handler has a bug. Log it, never leak a traceback to the caller.
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal error; it has been logged")

@@ -1,0 +1,88 @@
+"""The SQLite store: migrations, WAL, and subscription round trips on a real file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from gateway.migrations import migrations
+from gateway.models import Subscription
+from gateway.store import SQLiteStore, connect, utcnow
+
+
+def sample_subscription(id: str = "s1", tenant: str = "t") -> Subscription:
+    now = utcnow()
+    return Subscription(
+        id=id,
+        tenant=tenant,
+        event="booking_update",
+        url="https://u:p@example.com/x",
+        headers={"X": "1"},
+        secret="whsec_abc",
+        products=["p1"],
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def test_migrations_on_empty_database(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    tables = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
+    assert "subscriptions" in tables
+    assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+    applied = [row[0] for row in conn.execute("select name from _sqlite_migrations order by id")]
+    assert applied == [m.name for m in migrations._migrations]
+    conn.close()
+
+
+async def test_migrations_are_idempotent_and_keep_data(tmp_path: Path) -> None:
+    path = tmp_path / "again.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.insert_subscription(sample_subscription())
+    await store.close()
+
+    db = connect(path)
+    assert migrations.pending(db) == []
+    migrations.apply(db)  # a second apply on a migrated database changes nothing
+    count = db.execute("select count(*) from _sqlite_migrations").fetchone()[0]
+    assert count == len(migrations._migrations)
+    db.close()
+
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    got = await reopened.get_subscription("t", "s1")
+    await reopened.close()
+    assert got is not None
+    assert got.url == "https://u:p@example.com/x"
+    assert got.products == ["p1"]
+
+
+async def test_subscription_round_trip_and_tenant_scope(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "rt.db")
+    await store.open()
+    try:
+        original = sample_subscription()
+        await store.insert_subscription(original)
+        await store.insert_subscription(sample_subscription("s2", "other"))
+        got = await store.get_subscription("t", "s1")
+        assert got == original
+        assert await store.get_subscription("other", "s1") is None
+        assert await store.get_subscription(None, "s1") == original
+        assert [s.id for s in await store.list_subscriptions("t")] == ["s1"]
+
+        await store.update_subscription(original.model_copy(update={"active": False}))
+        updated = await store.get_subscription("t", "s1")
+        assert updated is not None and updated.active is False
+
+        assert await store.delete_subscription("other", "s1") is None
+        deleted = await store.delete_subscription("t", "s1")
+        assert deleted is not None and deleted.id == "s1"
+        assert await store.get_subscription("t", "s1") is None
+        assert await store.delete_subscription("t", "s1") is None
+    finally:
+        await store.close()
