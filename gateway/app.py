@@ -1,20 +1,45 @@
-"""The aiohttp application: routes, middlewares and the lifetime of shared resources."""
+"""The aiohttp application: routes, middlewares and the lifetime of shared resources.
+
+Resources are owned by ``cleanup_ctx`` and torn down in reverse order: workers first (they stop
+claiming and let in-flight work finish), then the HTTP sessions, then the store.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
+import pluggy
 from aiohttp import web
 
-from gateway import ops, subscriptions
-from gateway.appkeys import config_key, metrics_key, store_key
+from gateway import admin, ingest, ops, subscriptions, webhook_actions
+from gateway.appkeys import (
+    config_key,
+    deliverer_key,
+    hooks_key,
+    metrics_key,
+    sender_key,
+    store_key,
+    templates_key,
+)
 from gateway.config import GatewayConfig
+from gateway.delivery import Deliverer, Sender, make_session
 from gateway.errors import octo_errors
+from gateway.hooks import Hooks
 from gateway.metrics import Metrics, metrics_middleware
+from gateway.plugins import make_plugin_manager
+from gateway.processing import Processor
 from gateway.store import SQLiteStore, Store
+from gateway.templates import Templates
+
+log = logging.getLogger(__name__)
 
 CAPABILITIES = "octo/webhooks"
+PMS_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 
 
 @web.middleware
@@ -25,7 +50,16 @@ async def octo_capabilities(request: web.Request, handler: Any) -> web.StreamRes
     return response
 
 
-def create_app(config: GatewayConfig, *, store: Store | None = None) -> web.Application:
+def create_app(
+    config: GatewayConfig,
+    *,
+    pm: pluggy.PluginManager | None = None,
+    store: Store | None = None,
+    workers: bool = True,
+) -> web.Application:
+    """Build the app. ``workers=False`` leaves out the background processor and delivery workers
+    (for tests that drive them by hand)."""
+    hooks = Hooks(pm if pm is not None else make_plugin_manager(config.plugins.dir))
     metrics = Metrics()
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
@@ -38,15 +72,33 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> web.Appl
     )
     app[config_key] = config
     app[metrics_key] = metrics
+    app[hooks_key] = hooks
+    app[templates_key] = Templates(config.templates.dir)
+    hooks.prepare_jinja2_environment(app[templates_key].env)
+    app[ingest.sources_key] = hooks.sources()
+    app[ingest.wake_processor_key] = lambda: None
+
     app.cleanup_ctx.append(_store_ctx(store or SQLiteStore(config.storage.path)))
+    app.cleanup_ctx.append(_sessions_ctx)
+    app.cleanup_ctx.append(_startup_ctx)
+    if workers:
+        app.cleanup_ctx.append(_workers_ctx)
 
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/metrics", ops.metrics)
     subscriptions.add_routes(app)
+    webhook_actions.add_routes(app)
+    admin.add_routes(app)
+    ingest.add_routes(app)
+    for route in hooks.routes():
+        app.router.add_route(route.method, route.path, route.handler)
     return app
 
 
-def _store_ctx(store: Store) -> Any:
+pms_session_key = web.AppKey("pms_session", aiohttp.ClientSession)
+
+
+def _store_ctx(store: Store) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         app[store_key] = store
@@ -54,3 +106,62 @@ def _store_ctx(store: Store) -> Any:
         await store.close()
 
     return ctx
+
+
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    delivery_session = make_session(config.delivery)
+    pms_session = aiohttp.ClientSession(timeout=PMS_TIMEOUT, trust_env=False)
+    app[pms_session_key] = pms_session
+    app[sender_key] = Sender(config, app[templates_key], app[hooks_key], delivery_session)
+    yield
+    await pms_session.close()
+    await delivery_session.close()
+
+
+async def _startup_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[hooks_key].startup(app)
+    yield
+
+
+async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    store = app[store_key]
+    deliverer = Deliverer(store, config, app[sender_key], app[metrics_key])
+    processor = Processor(
+        store,
+        app[ingest.sources_key],
+        config.sources,
+        app[pms_session_key],
+        config.ingest,
+        config.server,
+        on_deliveries=deliverer.wake,
+    )
+    app[deliverer_key] = deliverer
+    app[ingest.wake_processor_key] = processor.wake
+    tasks = [
+        asyncio.create_task(processor.run(), name="push-processor"),
+        asyncio.create_task(deliverer.run(), name="delivery-worker"),
+        asyncio.create_task(_prune_forever(app), name="delivery-pruner"),
+    ]
+    yield
+    # Workers first: stop claiming, let in-flight work finish within the grace period.
+    await processor.stop(config.delivery.shutdown_grace)
+    await deliverer.stop(config.delivery.shutdown_grace)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _prune_forever(app: web.Application) -> None:
+    config = app[config_key]
+    store = app[store_key]
+    retention = config.delivery.retention_days * 86400
+    while True:
+        try:
+            pruned = await store.prune_delivered(time.time() - retention)
+            if pruned:
+                log.info("pruned %d delivered messages older than %g days", pruned, retention / 86400)
+        except Exception:
+            log.exception("pruning delivered messages failed; trying again later")
+        await asyncio.sleep(3600)

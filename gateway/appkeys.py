@@ -5,9 +5,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.config import GatewayConfig
+from gateway.delivery import Deliverer, Sender
+from gateway.hooks import Hooks
 from gateway.metrics import Metrics
 from gateway.store import Store
+from gateway.templates import Templates
 
 config_key = web.AppKey("config", GatewayConfig)
 store_key = web.AppKey("store", Store)
 metrics_key = web.AppKey("metrics", Metrics)
+hooks_key = web.AppKey("hooks", Hooks)
+templates_key = web.AppKey("templates", Templates)
+sender_key = web.AppKey("sender", Sender)
+deliverer_key = web.AppKey("deliverer", Deliverer)

@@ -95,7 +95,10 @@ async def _serve(config: GatewayConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        for url in _listening_urls(runner):
+        urls = _listening_urls(runner)
+        if urls and config.server.port == 0:
+            config.server.port = int(urls[0].rsplit(":", 1)[1])  # the port the OS picked
+        for url in urls:
             click.echo(f"octo-gateway listening on {url}", err=False)
         sys.stdout.flush()
         await stop.wait()

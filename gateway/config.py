@@ -69,6 +69,15 @@ class DeliveryConfig(Section):
         return value
 
 
+class IngestConfig(Section):
+    concurrency: int = Field(4, ge=1, description="pushes processed at once")
+    lease_seconds: float = Field(120.0, gt=0, description="a push held longer is taken over")
+    retry_base: float = Field(5.0, gt=0, description="first delay after a PMS API failure")
+    retry_max: float = Field(600.0, gt=0, description="longest delay between retries")
+    max_attempts: int = Field(50, ge=1, description="then the push is failed (replayable)")
+    poll_interval: float = Field(1.0, gt=0)
+
+
 class ApiKey(Section):
     name: str = Field(min_length=1)
     key: str = Field(min_length=8)
@@ -94,6 +103,8 @@ class SupplierConfig(Section):
     email: str | None = None
     telephone: str | None = None
     website: str | None = None
+    address: str | None = None
+    endpoint: str | None = None  # default: server.public_url (or the listening address) + /octo
 
 
 class SandboxConfig(Section):
@@ -110,6 +121,7 @@ class GatewayConfig(Section):
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     api_keys: list[ApiKey] = Field(default_factory=list)
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     supplier: SupplierConfig = Field(default_factory=SupplierConfig)

@@ -47,7 +47,7 @@ class Hooks:
                 name = getattr(source, "name", None)
                 if not isinstance(name, str) or not name.isidentifier():
                     raise PluginError(f"plugin {plugin}: a source needs a name made of letters, digits and _")
-                for method in ("accept", "process", "acknowledge"):
+                for method in ("check_settings", "accept", "process", "acknowledge"):
                     if not callable(getattr(source, method, None)):
                         raise PluginError(f"plugin {plugin}: source {name!r} has no {method}() method")
                 if name in found:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -25,6 +25,35 @@ class Metrics:
             "gateway_http_request_duration_seconds",
             "Time to answer an HTTP request",
             ["method", "route"],
+            registry=self.registry,
+        )
+
+        self.deliveries = Counter(
+            "gateway_deliveries",
+            "Delivery attempts by outcome (delivered, retry, dead, disabled, skipped)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.attempt_latency = Histogram(
+            "gateway_delivery_attempt_duration_seconds",
+            "Time from sending a delivery to its answer",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "gateway_delivery_queue_depth",
+            "Deliveries waiting to be sent (pending or in flight)",
+            registry=self.registry,
+        )
+        self.oldest_pending = Gauge(
+            "gateway_delivery_oldest_pending_seconds",
+            "Age of the oldest delivery still waiting",
+            registry=self.registry,
+        )
+        self.pushes = Counter(
+            "gateway_pushes",
+            "Pushes received, by source and result (stored, duplicate, rejected)",
+            ["source", "result"],
             registry=self.registry,
         )
 

@@ -30,6 +30,7 @@ def m001_subscriptions(db: Database) -> None:
             products text not null default '["*"]',
             active integer not null default 1,
             disabled_reason text,
+            failing_since real,
             created_at text not null,
             updated_at text not null,
             deleted_at text
@@ -38,3 +39,120 @@ def m001_subscriptions(db: Database) -> None:
     )
     db.execute("create index subscriptions_tenant on subscriptions (tenant, deleted_at)")
     db.execute("create index subscriptions_event on subscriptions (event, active, deleted_at)")
+
+
+@migrations()
+def m002_pushes_and_events(db: Database) -> None:
+    # Times used for scheduling are Unix seconds (REAL) so SQL can compare them cheaply.
+    db.execute(
+        """
+        create table pushes (
+            seq integer primary key autoincrement,
+            id text not null unique,
+            source text not null,
+            kind text not null,
+            dedupe_key text not null,
+            coalesce_key text,
+            order_key text,
+            payload text,
+            state text not null,
+            error text,
+            note text,
+            attempts integer not null default 0,
+            next_attempt_at real not null,
+            lease_token text,
+            lease_expires_at real,
+            received_at real not null,
+            processed_at real,
+            unique (source, dedupe_key)
+        )
+        """
+    )
+    db.execute("create index pushes_due on pushes (state, next_attempt_at)")
+    db.execute("create index pushes_order on pushes (order_key, state, seq)")
+    db.execute("create index pushes_coalesce on pushes (source, coalesce_key, state)")
+    db.execute(
+        """
+        create table events (
+            seq integer primary key autoincrement,
+            id text not null unique,
+            push_id text not null,
+            source text not null,
+            event text not null,
+            subject text not null,
+            product_id text not null,
+            option_id text not null,
+            data text not null,
+            created_at real not null
+        )
+        """
+    )
+    db.execute("create index events_push on events (push_id)")
+    db.execute("create index events_created on events (event, created_at)")
+    db.execute(
+        """
+        create table booking_state (
+            key text primary key,
+            revision text,
+            booking text not null,
+            updated_at real not null
+        )
+        """
+    )
+    db.execute(
+        """
+        create table availability_state (
+            key text primary key,
+            availability text not null,
+            updated_at real not null
+        )
+        """
+    )
+
+
+@migrations()
+def m003_deliveries(db: Database) -> None:
+    db.execute(
+        """
+        create table deliveries (
+            seq integer primary key autoincrement,
+            id text not null unique,
+            event_seq integer not null references events (seq),
+            subscription_id text not null,
+            event text not null,
+            order_key text not null,
+            state text not null,
+            attempts integer not null default 0,
+            next_attempt_at real not null,
+            lease_token text,
+            lease_expires_at real,
+            body blob,
+            last_status integer,
+            last_error text,
+            created_at real not null,
+            updated_at real not null,
+            delivered_at real
+        )
+        """
+    )
+    db.execute("create index deliveries_due on deliveries (state, next_attempt_at)")
+    db.execute("create index deliveries_order on deliveries (order_key, state, seq)")
+    db.execute("create index deliveries_subscription on deliveries (subscription_id, seq)")
+    db.execute(
+        """
+        create table attempts (
+            id integer primary key autoincrement,
+            delivery_id text not null,
+            subscription_id text not null,
+            attempt integer not null,
+            attempted_at real not null,
+            outcome text not null,
+            status integer,
+            latency_ms real,
+            error text,
+            response text
+        )
+        """
+    )
+    db.execute("create index attempts_subscription on attempts (subscription_id, id)")
+    db.execute("create index attempts_delivery on attempts (delivery_id, id)")

@@ -6,7 +6,7 @@ gateway's own work and how it is shown over the API.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +36,7 @@ class Subscription(BaseModel):
     products: list[str] = Field(default_factory=lambda: ["*"])
     active: bool = True
     disabled_reason: str | None = None
+    failing_since: float | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -83,3 +84,106 @@ def mask_password(url: str) -> str:
 def iso(moment: datetime) -> str:
     """UTC timestamp in the form OCTO uses: ``2024-05-01T10:00:00Z``."""
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_from_epoch(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return iso(datetime.fromtimestamp(seconds, UTC))
+
+
+PushState = Literal["accepted", "processed", "failed"]
+
+
+class PushRecord(BaseModel):
+    """A stored push and where its processing stands."""
+
+    id: str
+    source: str
+    kind: str
+    state: PushState
+    payload: Any = None
+    error: str | None = None
+    note: str | None = None
+    attempts: int = 0
+    next_attempt_at: float
+    received_at: float
+    processed_at: float | None = None
+    lease_token: str | None = None
+
+    def admin_view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "kind": self.kind,
+            "state": self.state,
+            "error": self.error,
+            "note": self.note,
+            "attempts": self.attempts,
+            "receivedAt": iso_from_epoch(self.received_at),
+            "processedAt": iso_from_epoch(self.processed_at),
+            "nextAttemptAt": iso_from_epoch(self.next_attempt_at) if self.state == "accepted" else None,
+            "payload": self.payload,
+        }
+
+
+class NewEvent(BaseModel):
+    """An OCTO event produced by processing a push, before the store gives it history and fan-out."""
+
+    event: EventName
+    subject: str  # what ordering and coalescing group by: one booking, or product|option|day
+    product_id: str
+    option_id: str
+    data: dict[str, Any]  # {"booking": {...}} or {"availability": {...}}
+    state_key: str  # where the last known state of this subject is kept
+    revision: str | None = None  # a booking revision already seen is not sent again
+    only_if_changed: bool = False
+
+
+DeliveryState = Literal["pending", "leased", "delivered", "dead", "skipped", "superseded"]
+
+
+class DeliveryRecord(BaseModel):
+    """One message for one subscription; ``id`` is its ``webhook-id``."""
+
+    seq: int
+    id: str
+    event_seq: int
+    subscription_id: str
+    event: EventName
+    order_key: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    lease_token: str | None = None
+    body: bytes | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    created_at: float
+    delivered_at: float | None = None
+    data: dict[str, Any] = Field(default_factory=dict)  # the event's data, joined in on claim
+
+
+class AttemptRecord(BaseModel):
+    delivery_id: str
+    subscription_id: str
+    attempt: int
+    attempted_at: float
+    outcome: Literal["delivered", "retry", "dead", "disabled", "skipped"]
+    status: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    response: str | None = None
+
+    def view(self, state: str | None = None) -> dict[str, Any]:
+        return {
+            "messageId": self.delivery_id,
+            "attempt": self.attempt,
+            "attemptedAt": iso_from_epoch(self.attempted_at),
+            "outcome": self.outcome,
+            "status": self.status,
+            "latencyMs": self.latency_ms,
+            "error": self.error,
+            "response": self.response,
+            "state": state,
+        }

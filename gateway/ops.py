@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.appkeys import metrics_key
+from gateway.appkeys import metrics_key, store_key
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -13,5 +13,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[metrics_key].render()
+    metrics_ = request.app[metrics_key]
+    stats = await request.app[store_key].queue_stats()
+    metrics_.queue_depth.set(stats["depth"])
+    metrics_.oldest_pending.set(stats["oldest_age"])
+    body = metrics_.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

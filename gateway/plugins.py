@@ -11,7 +11,7 @@ import pluggy
 
 from gateway import hookspecs
 
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = ("gateway.default_plugins.sandbox",)
 ENTRY_POINT_GROUP = "gateway"
 # Drop-ins are imported as gateway_plugins.<file stem>.
 DROP_IN_PACKAGE = "gateway_plugins"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -24,7 +24,14 @@ from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 
 
 class PushRejected(Exception):
-    """The push can't be parsed; the message names the problem and is sent back with a 400."""
+    """The push can't be parsed; the message names the problem and is sent back with a 400.
+
+    ``keep_body=False`` keeps the rejected push without its body (a body that may carry card data).
+    """
+
+    def __init__(self, message: str, *, keep_body: bool = True) -> None:
+        super().__init__(message)
+        self.keep_body = keep_body
 
 
 class RetryLater(Exception):
@@ -50,6 +57,11 @@ class AcceptedPush:
     payload: Any
     # Two pushes with the same dedupe key are one push (a sender's retry). None: the stored payload.
     dedupe_key: str | None = None
+    # Pushes with the same order key (one booking) are processed one at a time, in arrival order.
+    order_key: str | None = None
+    # For pushes that only say "go and read": a push with the same coalesce key that is still
+    # waiting to be processed stands for this one too (its read will see the same data).
+    coalesce_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,8 @@ class Outcome:
     # True: drop availability events equal to the last known state (a full resync, not a change feed).
     only_changed_availability: bool = False
     note: str | None = None
+    # Opaque ids handed back to ``acknowledge`` once the events are stored (Channex revision ids).
+    acknowledge: list[str] = field(default_factory=list)
 
 
 class SourceContext(Protocol):
@@ -89,14 +103,20 @@ class SourceContext(Protocol):
 
     def today(self) -> date: ...
 
+    def now(self) -> datetime: ...
+
 
 class Source(Protocol):
     name: str
+
+    def check_settings(self, settings: SourceConfig) -> None:
+        """Raise ValueError naming the key when ``[sources.<name>]`` is unusable (start-up, check)."""
+        ...
 
     def accept(self, push: IncomingPush) -> AcceptedPush: ...
 
     async def process(self, push: StoredPush, context: SourceContext) -> Outcome: ...
 
-    async def acknowledge(self, push: StoredPush, context: SourceContext) -> None:
+    async def acknowledge(self, outcome: Outcome, context: SourceContext) -> None:
         """Called once the push's events are durably stored (Channex acks revisions here)."""
         ...

@@ -1,0 +1,383 @@
+"""Delivery workers: claim -> render -> sign -> POST -> settle, with the retry policy.
+
+The only module that opens outbound connections to subscribers. Work is leased from the store, so a
+crash (or kill -9) mid-delivery only lets the lease expire and the message is sent again with the
+same ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+from yarl import URL
+
+from gateway.config import DeliveryConfig, GatewayConfig
+from gateway.hooks import Hooks
+from gateway.metrics import Metrics
+from gateway.models import AttemptRecord, DeliveryRecord, DeliveryState, Subscription, mask_password
+from gateway.netguard import check_url, guarded_connector
+from gateway.signing import webhook_headers
+from gateway.store import Store, utcnow
+from gateway.templates import TemplateProblem, Templates
+
+log = logging.getLogger(__name__)
+
+RESPONSE_EXCERPT = 2048
+Verdict = Literal["delivered", "retry", "dead", "gone"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt's outcome, as the ``delivery_attempted`` hook sees it."""
+
+    delivery_id: str
+    subscription_id: str
+    event: str
+    attempt: int
+    outcome: str
+    status: int | None
+    latency_ms: float
+    error: str | None
+    url: str  # password masked
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int | None
+    excerpt: str | None
+    retry_after: float | None
+    error: str | None
+    latency_ms: float
+
+
+def classify(status: int | None, retry_on_error: bool) -> Verdict:
+    """2xx ends a message; 410 disables the subscription; network errors, timeouts, 408, 429 and
+    5xx are retried; other answers are retried only while the subscription asks for it."""
+    if status is not None and 200 <= status < 300:
+        return "delivered"
+    if status == 410:
+        return "gone"
+    if status is None or status in (408, 429) or status >= 500:
+        return "retry"
+    return "retry" if retry_on_error else "dead"
+
+
+def retry_delay(
+    failed_attempts: int,
+    schedule: list[float],
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float | None:
+    """Seconds to wait after ``failed_attempts`` failures, or None when the schedule is spent.
+
+    Each delay gets +/-20 % jitter; a ``Retry-After`` is honoured within 1x-2x of the scheduled
+    delay (never sooner than the schedule, never more than twice as late)."""
+    if failed_attempts > len(schedule):
+        return None
+    base = schedule[failed_attempts - 1]
+    if retry_after is not None:
+        return min(max(retry_after, base), 2 * base)
+    return base * (rng or random).uniform(0.8, 1.2)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - now, 0.0)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def webhook_object(subscription: Subscription) -> dict[str, Any]:
+    """The Webhook object inside a delivered body: the OCTO fields, password masked, no secret."""
+    full = subscription.webhook()
+    keys = ("id", "event", "url", "retryOnError", "useContactLanguage", "headers", "capabilities")
+    return {key: full[key] for key in keys}
+
+
+def supplier_object(config: GatewayConfig) -> dict[str, Any]:
+    supplier = config.supplier
+    endpoint = supplier.endpoint or (
+        config.server.public_url or f"http://{config.server.host}:{config.server.port}"
+    ).rstrip("/") + "/octo"
+    return {
+        "id": supplier.id,
+        "name": supplier.name,
+        "endpoint": endpoint,
+        "contact": {
+            "website": supplier.website,
+            "email": supplier.email,
+            "telephone": supplier.telephone,
+            "address": supplier.address,
+        },
+    }
+
+
+def body_context(
+    event: str, data: dict[str, Any], subscription: Subscription, supplier: dict[str, Any]
+) -> dict[str, Any]:
+    return {"event": event, "webhook": webhook_object(subscription), "supplier": supplier, **data}
+
+
+def split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
+    parsed = URL(url)
+    if parsed.user is None:
+        return url, None
+    auth = aiohttp.BasicAuth(parsed.user, parsed.password or "")
+    return str(parsed.with_user(None)), auth
+
+
+def make_session(config: DeliveryConfig) -> aiohttp.ClientSession:
+    """The one outbound session: guarded against private addresses at connect time, no proxies
+    from the environment, bounded timeouts."""
+    connector = guarded_connector(
+        allow_private=config.allow_private_targets, limit=config.concurrency, ttl_dns_cache=60
+    )
+    timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+
+
+class Sender:
+    """Renders, signs and POSTs one message; knows nothing of queues."""
+
+    def __init__(
+        self, config: GatewayConfig, templates: Templates, hooks: Hooks, session: aiohttp.ClientSession
+    ) -> None:
+        self.config = config
+        self.templates = templates
+        self.hooks = hooks
+        self.session = session
+        self.supplier = supplier_object(config)
+
+    def render(self, event: str, data: dict[str, Any], subscription: Subscription) -> bytes:
+        context = body_context(event, data, subscription, self.supplier)
+        context = self.hooks.render_payload(event, context, subscription)
+        return self.templates.render_body(event, subscription.template, context)
+
+    def target(self, event: str, data: dict[str, Any], subscription: Subscription) -> str:
+        context = body_context(event, data, subscription, self.supplier)
+        return self.templates.render_url(subscription.url, context)
+
+    async def post(
+        self, msg_id: str, event: str, url: str, body: bytes, subscription: Subscription
+    ) -> Response:
+        started = time.perf_counter()
+        try:
+            if url != subscription.url:  # a URL template: check what it rendered to
+                await check_url(url, allow_private=self.config.delivery.allow_private_targets)
+            target, auth = split_credentials(url)
+            headers = {**subscription.headers, **self.hooks.delivery_headers(event, subscription, body)}
+            headers.update(
+                webhook_headers(msg_id, body, subscription.signing_secrets(utcnow()))
+            )
+            headers["Content-Type"] = "application/json"
+            async with self.session.post(
+                target, data=body, headers=headers, auth=auth, allow_redirects=False
+            ) as answer:
+                excerpt = (await answer.content.read(RESPONSE_EXCERPT)).decode("utf-8", "replace")
+                retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
+                return Response(answer.status, excerpt, retry_after, None, _ms(started))
+        except TimeoutError:
+            return Response(None, None, None, "timed out", _ms(started))
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
+            return Response(None, None, None, f"{type(exc).__name__}: {exc}", _ms(started))
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+class Deliverer:
+    """Claims due deliveries and sends them, within overall and per-subscription limits; woken at
+    once when new deliveries are stored, polling only for due retries."""
+
+    def __init__(self, store: Store, config: GatewayConfig, sender: Sender, metrics: Metrics) -> None:
+        self.store = store
+        self.config = config
+        self.delivery = config.delivery
+        self.sender = sender
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._running: dict[asyncio.Task[None], DeliveryRecord] = {}
+        self._per_subscription: Counter[str] = Counter()
+        self._stopping = False
+        self.lease_seconds = self.delivery.timeout * 2 + 30
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            room = self.delivery.concurrency - len(self._running)
+            if room > 0:
+                busy = [
+                    sid
+                    for sid, n in self._per_subscription.items()
+                    if n >= self.delivery.per_subscriber_concurrency
+                ]
+                claimed = await self.store.claim_deliveries(
+                    min(room, self.delivery.per_subscriber_concurrency * 8),
+                    self.lease_seconds,
+                    busy_subscriptions=busy,
+                    ordering_max_wait=self.delivery.ordering_max_wait,
+                )
+                self._start(claimed)
+            await self._sleep()
+
+    def _start(self, claimed: list[DeliveryRecord]) -> None:
+        for record in claimed:
+            if self._per_subscription[record.subscription_id] >= self.delivery.per_subscriber_concurrency:
+                # Claimed in the same batch as others of its subscription: hand it back at once.
+                task = asyncio.create_task(self.store.release_deliveries([record]))
+            else:
+                self._per_subscription[record.subscription_id] += 1
+                task = asyncio.create_task(self.deliver(record))
+            self._running[task] = record
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        record = self._running.pop(task)
+        self._wake.set()
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("delivery task for %s crashed", record.id, exc_info=task.exception())
+
+    async def _sleep(self) -> None:
+        timeout = self.delivery.poll_interval
+        due = await self.store.next_delivery_due()
+        if due is not None:
+            timeout = min(timeout, max(due - time.time(), 0.005))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let in-flight requests finish within ``grace``, release the rest."""
+        self._stopping = True
+        self._wake.set()
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running), timeout=grace)
+        unfinished = [self._running[t] for t in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if unfinished:
+            await self.store.release_deliveries(unfinished)
+
+    async def deliver(self, record: DeliveryRecord) -> None:
+        try:
+            await self._deliver(record)
+        finally:
+            self._per_subscription[record.subscription_id] -= 1
+            if self._per_subscription[record.subscription_id] <= 0:
+                del self._per_subscription[record.subscription_id]
+
+    async def _deliver(self, record: DeliveryRecord) -> None:
+        subscription = await self.store.get_subscription(None, record.subscription_id)
+        if subscription is None or not subscription.active:
+            await self.store.skip_delivery(record, "subscription disabled or deleted")
+            self.metrics.deliveries.labels("skipped").inc()
+            return
+        attempt_number = record.attempts + 1
+        try:
+            body = record.body or self.sender.render(record.event, record.data, subscription)
+            url = self.sender.target(record.event, record.data, subscription)
+        except TemplateProblem as exc:
+            response = Response(None, None, None, str(exc), 0.0)
+            body = None
+            url = subscription.url
+        else:
+            response = await self.sender.post(record.id, record.event, url, body, subscription)
+        await self._settle(record, subscription, attempt_number, response, body, url)
+
+    async def _settle(
+        self,
+        record: DeliveryRecord,
+        subscription: Subscription,
+        attempt_number: int,
+        response: Response,
+        body: bytes | None,
+        url: str,
+    ) -> None:
+        verdict = classify(response.status, subscription.retry_on_error)
+        state: DeliveryState
+        next_at: float | None = None
+        disable_reason: str | None = None
+        if verdict == "delivered":
+            state, outcome = "delivered", "delivered"
+        elif verdict == "gone":
+            state, outcome = "dead", "disabled"
+            disable_reason = "subscriber answered 410 Gone"
+        else:
+            delay = (
+                retry_delay(attempt_number, self.delivery.retry_schedule, response.retry_after)
+                if verdict == "retry"
+                else None
+            )
+            if delay is None:
+                state, outcome = "dead", "dead"
+            else:
+                state, outcome, next_at = "pending", "retry", time.time() + delay
+        attempt = AttemptRecord(
+            delivery_id=record.id,
+            subscription_id=record.subscription_id,
+            attempt=attempt_number,
+            attempted_at=time.time(),
+            outcome=outcome,
+            status=response.status,
+            latency_ms=response.latency_ms,
+            error=response.error,
+            response=response.excerpt,
+        )
+        settled = await self.store.settle_delivery(
+            record,
+            attempt,
+            state=state,
+            next_attempt_at=next_at,
+            body=body,
+            disable_reason=disable_reason,
+            disable_after=self.delivery.disable_after_hours * 3600,
+        )
+        if not settled:
+            log.warning("lost the lease on delivery %s before settling it", record.id)
+            return
+        self.metrics.deliveries.labels(outcome).inc()
+        self.metrics.attempt_latency.observe(response.latency_ms / 1000)
+        if outcome != "delivered":
+            log.info(
+                "delivery %s to %s: attempt %d %s (%s)",
+                record.id,
+                mask_password(url),
+                attempt_number,
+                outcome,
+                response.status or response.error,
+            )
+        self.sender.hooks.delivery_attempted(
+            Attempt(
+                delivery_id=record.id,
+                subscription_id=record.subscription_id,
+                event=record.event,
+                attempt=attempt_number,
+                outcome=outcome,
+                status=response.status,
+                latency_ms=response.latency_ms,
+                error=response.error,
+                url=mask_password(url),
+            )
+        )

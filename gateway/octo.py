@@ -1,0 +1,190 @@
+"""Pydantic models of the OCTO objects the gateway emits, and the events that carry them.
+
+Field names are snake_case in Python and camelCase on the wire (``model_dump(mode="json",
+by_alias=True)``), exactly as in ``shared/octo/octo-core.schemas.json``. Every key the schema
+lists as required is always emitted, with ``None`` where the schema allows null. Optional
+capability data (``pricing``, ``product``, ``unit``) is not emitted.
+
+Timestamps are kept as the strings OCTO shows: UTC times as ``2024-05-01T10:00:00Z``, local times
+with their offset (``2024-05-01T00:00:00+02:00``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+BookingStatus = Literal[
+    "ON_HOLD", "CONFIRMED", "EXPIRED", "CANCELLED", "REDEEMED", "PENDING", "REJECTED"
+]
+AvailabilityStatus = Literal["AVAILABLE", "FREESALE", "SOLD_OUT", "LIMITED", "CLOSED"]
+Refund = Literal["FULL", "PARTIAL", "NONE"]
+DeliveryMethod = Literal["VOUCHER", "TICKET"]
+DeliveryFormat = Literal["PDF_URL", "QRCODE", "CODE128", "PKPASS_URL", "AZTECCODE"]
+RedemptionMethod = Literal["DIGITAL", "PRINT", "MANIFEST"]
+
+UtcTimestamp = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")]
+LocalTimestamp = Annotated[
+    str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}$")
+]
+
+# Never change: every booking uuid the gateway has ever sent is derived from it.
+BOOKING_NAMESPACE = uuid.UUID("6f1c2a8e-3b5d-5e7a-9c41-0d2b8f6a7e13")
+
+
+class OctoModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Contact(OctoModel):
+    full_name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    email_address: str | None = None
+    phone_number: str | None = None
+    locales: list[str] = Field(default_factory=list)
+    postal_code: str | None = None
+    country: str | None = None
+    notes: str | None = None
+
+
+class OpeningHours(OctoModel):
+    from_: str = Field(alias="from")
+    to: str
+
+
+class Availability(OctoModel):
+    id: str
+    local_date_time_start: LocalTimestamp
+    local_date_time_end: LocalTimestamp
+    utc_cutoff_at: UtcTimestamp
+    all_day: bool
+    available: bool
+    status: AvailabilityStatus
+    vacancies: int | None
+    capacity: int | None
+    max_units: int | None = None
+    opening_hours: list[OpeningHours] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _id_is_start(self) -> Availability:
+        if self.id != self.local_date_time_start:
+            raise ValueError("availability id must equal localDateTimeStart")
+        return self
+
+
+class BookingCancellation(OctoModel):
+    refund: Refund
+    reason: str | None
+    utc_cancelled_at: UtcTimestamp
+
+
+class DeliveryOption(OctoModel):
+    delivery_format: DeliveryFormat
+    delivery_value: str
+
+
+class Ticket(OctoModel):
+    redemption_method: RedemptionMethod
+    utc_redeemed_at: UtcTimestamp | None = None
+    delivery_options: list[DeliveryOption] = Field(default_factory=list)
+
+
+class UnitItem(OctoModel):
+    uuid: str
+    reseller_reference: str | None = None
+    supplier_reference: str | None = None
+    unit_id: str
+    status: BookingStatus
+    utc_redeemed_at: UtcTimestamp | None = None
+    contact: Contact = Field(default_factory=Contact)
+    ticket: Ticket | None = None
+
+
+class Booking(OctoModel):
+    id: str
+    uuid: str
+    test_mode: bool
+    reseller_reference: str | None
+    supplier_reference: str | None
+    status: BookingStatus
+    utc_created_at: UtcTimestamp
+    utc_updated_at: UtcTimestamp
+    utc_expires_at: UtcTimestamp | None = None
+    utc_redeemed_at: UtcTimestamp | None = None
+    utc_confirmed_at: UtcTimestamp | None
+    product_id: str
+    option_id: str
+    cancellable: bool
+    cancellation: BookingCancellation | None
+    freesale: bool = False
+    availability_id: str | None
+    availability: Availability | None
+    contact: Contact
+    notes: str | None
+    delivery_methods: list[DeliveryMethod] = Field(default_factory=list)
+    voucher: Ticket | None = None
+    unit_items: list[UnitItem]
+
+    @model_validator(mode="after")
+    def _status_rules(self) -> Booking:
+        """The rules OCTO validators check beyond the schema."""
+        if self.status == "CONFIRMED" and (self.utc_confirmed_at is None or self.cancellation):
+            raise ValueError("a CONFIRMED booking needs utcConfirmedAt and no cancellation")
+        if self.status == "CANCELLED" and self.cancellation is None:
+            raise ValueError("a CANCELLED booking needs a cancellation")
+        if self.availability is not None and self.availability_id != self.availability.id:
+            raise ValueError("availabilityId must equal availability.id")
+        return self
+
+
+class SupplierContact(OctoModel):
+    website: str | None = None
+    email: str | None = None
+    telephone: str | None = None
+    address: str | None = None
+
+
+class Supplier(OctoModel):
+    id: str
+    name: str
+    endpoint: str
+    contact: SupplierContact = Field(default_factory=SupplierContact)
+
+
+class AvailabilityEvent(OctoModel):
+    """What an availability_update carries besides ``webhook`` and ``supplier``."""
+
+    product_id: str
+    option_id: str
+    availability: Availability
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(productId, optionId, "YYYY-MM-DD"): the slot this event describes."""
+        return (self.product_id, self.option_id, self.availability.local_date_time_start[:10])
+
+
+class BookingEvent(OctoModel):
+    """One OCTO booking and the key of the PMS booking (room) it comes from."""
+
+    booking: Booking
+    # Orders updates and finds the previous state for the diff: source + booking id + room index.
+    booking_key: str
+    # The PMS's version of this booking (Channex revision id, Beds24 id@modifiedTime): a version
+    # already sent is not sent again.
+    revision: str | None = None
+
+
+def booking_key(source: str, booking_id: str, room_index: int | None = None) -> str:
+    """``channex:<booking id>:<room index>`` or ``beds24:<id>``."""
+    parts = [source, booking_id] if room_index is None else [source, booking_id, str(room_index)]
+    return ":".join(parts)
+
+
+def booking_uuid(source: str, booking_id: str, room_index: int | None = None) -> str:
+    """A uuid that stays the same for one PMS booking (room) across all its updates."""
+    return str(uuid.uuid5(BOOKING_NAMESPACE, booking_key(source, booking_id, room_index)))

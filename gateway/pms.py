@@ -1,0 +1,103 @@
+"""Reading a PMS API from a source plugin: JSON in, failures sorted into retry-later or give-up."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from gateway.sources import PushRejected, RetryLater
+
+
+async def request_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    params: Mapping[str, str] | None = None,
+    what: str,
+) -> Any:
+    """A PMS API call. 5xx, 429, auth failures and network errors are temporary (``RetryLater``:
+    the push waits and is tried again); 404 and other 4xx mean the push can't be processed as it is
+    (``PushRejected``: it is kept as failed, replayable)."""
+    try:
+        async with session.request(method, url, headers=headers, params=params) as response:
+            text = await response.text(errors="replace")
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RetryLater(f"{what}: {type(exc).__name__}: {exc}") from None
+    if status >= 500 or status in (408, 429):
+        raise RetryLater(f"{what}: PMS API answered {status}")
+    if status in (401, 403):
+        raise RetryLater(f"{what}: PMS API refused our credentials ({status}); check the api key")
+    if status >= 400:
+        raise PushRejected(f"{what}: PMS API answered {status}: {text[:200]}")
+    try:
+        return json.loads(text) if text.strip() else None
+    except json.JSONDecodeError:
+        raise RetryLater(f"{what}: PMS API answered {status} with a body that is not JSON") from None
+
+
+def parse_json(body: bytes) -> Any:
+    """A push body as JSON, or PushRejected naming the problem."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PushRejected(f"body is not UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise PushRejected("body is empty; expected JSON")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PushRejected(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PushRejected(f"body is nested more than {MAX_DEPTH} levels deep") from None
+    if nesting_depth(value) > MAX_DEPTH:
+        raise PushRejected(f"body is nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
+MAX_DEPTH = 32
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep containers nest, without recursion (so hostile input can't exhaust the stack)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+CARD_KEYS = {
+    "guarantee",
+    "card_number",
+    "cardnumber",
+    "cvv",
+    "cvc",
+    "card_cvv",
+    "card_token",
+    "stripetoken",
+    "pcibookingtoken",
+}
+
+
+def without_card_data(value: Any) -> Any:
+    """A deep copy without card data (Channex ``guarantee``, card numbers, CVVs, tokens)."""
+    if isinstance(value, dict):
+        return {k: without_card_data(v) for k, v in value.items() if str(k).lower() not in CARD_KEYS}
+    if isinstance(value, list):
+        return [without_card_data(v) for v in value]
+    return value

@@ -1,0 +1,133 @@
+"""Standard Webhooks signatures (symmetric, version ``v1``).
+
+Every delivery carries three headers (https://www.standardwebhooks.com, spec 1.0.0):
+
+- ``webhook-id``: the message id, the same on every retry of one message;
+- ``webhook-timestamp``: Unix seconds of this attempt;
+- ``webhook-signature``: space-separated ``v1,<base64 HMAC-SHA256>`` entries over
+  ``"{id}.{timestamp}.{body}"``, one per secret currently valid for the subscription
+  (two while a rotated-out secret is still honoured).
+
+A secret is ``whsec_`` + base64 of the key bytes. Its body must be signed exactly as sent:
+re-serialising JSON breaks the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Mapping, Sequence
+from secrets import token_bytes
+
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32
+DEFAULT_TOLERANCE = 5 * 60
+"""Seconds a timestamp may lie before or after the verifier's clock (as in the reference libs)."""
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class WebhookVerificationError(ValueError):
+    """A webhook's headers are missing or malformed, its timestamp is out of tolerance,
+    or none of its signatures matches."""
+
+
+def generate_secret() -> str:
+    """A new random secret: ``whsec_`` + base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(token_bytes(SECRET_BYTES)).decode("ascii")
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of ``secret``, with or without its ``whsec_`` prefix.
+
+    Missing ``=`` padding is tolerated (as in the reference Python library); characters
+    outside the standard base64 alphabet and an empty key raise ``ValueError``.
+    """
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"webhook secret is not valid base64: {exc}") from None
+    if not key:
+        raise ValueError("webhook secret is empty")
+    return key
+
+
+def sign(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
+    """The ``v1,<base64>`` signature of one message with one secret."""
+    # Runtime checks: the id and timestamp are joined with full stops, so neither may hold one.
+    if not msg_id or "." in msg_id:
+        raise ValueError(f"invalid webhook id {msg_id!r}: must be non-empty, without '.'")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+        raise ValueError(f"invalid webhook timestamp {timestamp!r}: must be a non-negative int")
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signature_header(msg_id: str, timestamp: int, body: bytes, secrets: Sequence[str]) -> str:
+    """The ``webhook-signature`` value: one signature per secret, space-separated.
+
+    During a secret rotation pass the new and the old secret; receivers accept the message
+    if any entry matches the secret they know.
+    """
+    if not secrets:
+        raise ValueError("at least one secret is needed to sign a webhook")
+    return " ".join(sign(msg_id, timestamp, body, secret) for secret in secrets)
+
+
+def webhook_headers(
+    msg_id: str, body: bytes, secrets: Sequence[str], now: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one delivery attempt made at ``now``
+    (Unix seconds, default: the current time)."""
+    timestamp = int(time.time()) if now is None else now
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature_header(msg_id, timestamp, body, secrets),
+    }
+
+
+def verify(
+    body: bytes,
+    headers: Mapping[str, str],
+    secret: str,
+    *,
+    now: int | None = None,
+    tolerance: int = DEFAULT_TOLERANCE,
+) -> None:
+    """Check a received webhook as a Standard Webhooks receiver would.
+
+    Header names match case-insensitively. The timestamp must be an integer within
+    ``tolerance`` seconds of ``now`` (default: the current time). Signature entries of
+    other versions than ``v1`` are skipped; the ``v1`` ones are compared in constant time.
+    Raises ``WebhookVerificationError`` when the message is not authentic.
+    """
+    secret_key(secret)  # a bad secret is the verifier's error: plain ValueError, raised first
+    lowered = {name.lower(): value for name, value in headers.items()}
+    msg_id = lowered.get("webhook-id")
+    raw_timestamp = lowered.get("webhook-timestamp")
+    signatures = lowered.get("webhook-signature")
+    if not (msg_id and raw_timestamp and signatures):
+        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
+    if "." in msg_id:
+        raise WebhookVerificationError(f"invalid webhook-id {msg_id!r}")
+    if not _DIGITS.fullmatch(raw_timestamp):
+        raise WebhookVerificationError(f"invalid webhook-timestamp {raw_timestamp!r}")
+    timestamp = int(raw_timestamp)
+    current = int(time.time()) if now is None else now
+    if timestamp < current - tolerance:
+        raise WebhookVerificationError("webhook timestamp too old")
+    if timestamp > current + tolerance:
+        raise WebhookVerificationError("webhook timestamp too new")
+    expected = sign(msg_id, timestamp, body, secret).encode()
+    if not any(
+        entry.startswith("v1,") and hmac.compare_digest(entry.encode(), expected)
+        for entry in signatures.split(" ")
+    ):
+        raise WebhookVerificationError("no matching signature")

@@ -1,0 +1,179 @@
+"""gateway.octo: wire shape, OCTO rules enforced by the models, stable booking uuids."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.octo import (
+    Availability,
+    AvailabilityEvent,
+    Booking,
+    BookingCancellation,
+    Contact,
+    OpeningHours,
+    Supplier,
+    SupplierContact,
+    UnitItem,
+    booking_key,
+    booking_uuid,
+)
+from tests.octo_schema import FIXTURES, schema_path, validate_octo
+
+
+def slot(**changes: Any) -> Availability:
+    values: dict[str, Any] = {
+        "id": "2024-05-01T00:00:00+02:00",
+        "local_date_time_start": "2024-05-01T00:00:00+02:00",
+        "local_date_time_end": "2024-05-02T00:00:00+02:00",
+        "utc_cutoff_at": "2024-04-30T22:00:00Z",
+        "all_day": True,
+        "available": True,
+        "status": "AVAILABLE",
+        "vacancies": 3,
+        "capacity": 4,
+    }
+    return Availability(**{**values, **changes})
+
+
+def booking(**changes: Any) -> Booking:
+    stay = slot()
+    values: dict[str, Any] = {
+        "id": "b-1",
+        "uuid": booking_uuid("test", "1"),
+        "test_mode": False,
+        "reseller_reference": None,
+        "supplier_reference": "1",
+        "status": "CONFIRMED",
+        "utc_created_at": "2024-04-01T10:00:00Z",
+        "utc_updated_at": "2024-04-01T10:00:00Z",
+        "utc_confirmed_at": "2024-04-01T10:00:00Z",
+        "product_id": "room",
+        "option_id": "DEFAULT",
+        "cancellable": True,
+        "cancellation": None,
+        "availability_id": stay.id,
+        "availability": stay,
+        "contact": Contact(first_name="Ada", locales=["en"]),
+        "notes": None,
+        "unit_items": [UnitItem(uuid="u-1", unit_id="adult", status="CONFIRMED")],
+    }
+    return Booking(**{**values, **changes})
+
+
+def test_booking_dumps_every_required_key_in_camel_case() -> None:
+    dumped = booking().model_dump(mode="json", by_alias=True)
+
+    validate_octo("Booking", dumped)
+    assert dumped["utcConfirmedAt"] == "2024-04-01T10:00:00Z"
+    assert dumped["unitItems"][0]["unitId"] == "adult"
+    assert dumped["contact"]["firstName"] == "Ada"
+    assert dumped["contact"]["emailAddress"] is None
+    assert "pricing" not in dumped
+    assert {"utcExpiresAt", "utcRedeemedAt", "voucher", "deliveryMethods"} <= set(dumped)
+
+
+def test_cancelled_booking_validates() -> None:
+    cancelled = booking(
+        status="CANCELLED",
+        cancellable=False,
+        cancellation=BookingCancellation(
+            refund="FULL", reason=None, utc_cancelled_at="2024-04-02T09:00:00Z"
+        ),
+    )
+
+    validate_octo("Booking", cancelled.model_dump(mode="json", by_alias=True))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"utc_confirmed_at": None}, "CONFIRMED booking needs utcConfirmedAt"),
+        (
+            {
+                "cancellation": BookingCancellation(
+                    refund="NONE", reason=None, utc_cancelled_at="2024-04-02T09:00:00Z"
+                )
+            },
+            "CONFIRMED booking needs utcConfirmedAt and no cancellation",
+        ),
+        ({"status": "CANCELLED"}, "CANCELLED booking needs a cancellation"),
+        ({"availability_id": "2024-05-02T00:00:00+02:00"}, "availabilityId must equal"),
+        ({"utc_created_at": "2024-04-01T10:00:00+00:00"}, "should match pattern"),
+        ({"status": "BOOKED"}, "Input should be"),
+    ],
+)
+def test_booking_refuses_what_octo_validators_refuse(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        booking(**changes)
+
+
+def test_availability_id_is_its_start_and_local_times_carry_an_offset() -> None:
+    with pytest.raises(ValidationError, match="id must equal localDateTimeStart"):
+        slot(id="2024-05-01")
+    with pytest.raises(ValidationError, match="should match pattern"):
+        slot(local_date_time_end="2024-05-02T00:00:00")
+
+
+def test_availability_validates_and_opening_hours_use_from() -> None:
+    hours = slot(opening_hours=[OpeningHours(from_="08:00", to="16:00")])
+    dumped = hours.model_dump(mode="json", by_alias=True)
+
+    validate_octo("Availability", dumped)
+    assert dumped["openingHours"] == [{"from": "08:00", "to": "16:00"}]
+    assert OpeningHours.model_validate({"from": "08:00", "to": "16:00"}).from_ == "08:00"
+
+
+def test_models_refuse_unknown_fields() -> None:
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        Contact(nickname="x")  # type: ignore[call-arg]
+
+
+def test_supplier_validates() -> None:
+    supplier = Supplier(
+        id="octo-gateway",
+        name="Hotel",
+        endpoint="https://gateway.example/octo",
+        contact=SupplierContact(email="ops@example.com"),
+    )
+
+    validate_octo("Supplier", supplier.model_dump(mode="json", by_alias=True))
+
+
+def test_booking_uuid_is_stable_and_distinct_per_room() -> None:
+    first = booking_uuid("channex", "abc", 0)
+
+    assert first == booking_uuid("channex", "abc", 0)
+    # Pinned: a changed namespace would give every booking a new uuid.
+    assert first == str(
+        uuid.uuid5(uuid.UUID("6f1c2a8e-3b5d-5e7a-9c41-0d2b8f6a7e13"), "channex:abc:0")
+    )
+    assert len({first, booking_uuid("channex", "abc", 1), booking_uuid("channex", "abc")}) == 3
+    assert booking_uuid("beds24", "abc") != booking_uuid("channex", "abc")
+    assert booking_key("beds24", "42") == "beds24:42"
+    assert booking_key("channex", "abc", 2) == "channex:abc:2"
+
+
+def test_availability_event_key_and_wire_shape() -> None:
+    event = AvailabilityEvent(product_id="room", option_id="rate", availability=slot())
+
+    assert event.key == ("room", "rate", "2024-05-01")
+    assert set(event.model_dump(mode="json", by_alias=True)) == {
+        "productId",
+        "optionId",
+        "availability",
+    }
+
+
+def test_schema_bundle_falls_back_to_the_fixture_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCTO_SCHEMAS", str(FIXTURES))
+    assert schema_path() == FIXTURES / "octo-core.schemas.json"
+
+    monkeypatch.delenv("OCTO_SCHEMAS")
+    shared = schema_path()
+    if shared != FIXTURES / "octo-core.schemas.json":
+        # The copy must not drift from the shared bundle it stands in for.
+        assert shared.read_bytes() == (FIXTURES / "octo-core.schemas.json").read_bytes()

@@ -1,0 +1,310 @@
+"""Standard Webhooks signing: every vector of shared/standard-webhooks-vectors.md, plus a
+cross-check against the independent reference library (``standardwebhooks`` on PyPI)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError as ReferenceVerificationError
+
+from gateway.signing import (
+    WebhookVerificationError,
+    generate_secret,
+    secret_key,
+    sign,
+    signature_header,
+    verify,
+    webhook_headers,
+)
+
+# Vector A (python, go, javascript, php, ruby, csharp, java reference tests)
+SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+ID_A = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+TS_A = 1614265330
+BODY_A = b'{"test": 2432232314}'
+SIG_A = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+# Vector B (rust reference test)
+SECRET_B = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+ID_B = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk"
+TS_B = 1649367553
+BODY_B = b'{"email":"test@example.com","username":"test_user"}'
+SIG_B = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+
+POSITIVE = [
+    pytest.param(SECRET_A, ID_A, TS_A, BODY_A, SIG_A, id="vector-A"),
+    pytest.param(SECRET_B, ID_B, TS_B, BODY_B, SIG_B, id="vector-B"),
+]
+
+DECOY = "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc="
+
+
+def headers_a(signature: str, timestamp: int = TS_A) -> dict[str, str]:
+    return {
+        "webhook-id": ID_A,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+    }
+
+
+# --- positive vectors ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("secret", "msg_id", "timestamp", "body", "expected"), POSITIVE)
+def test_sign_matches_vector(
+    secret: str, msg_id: str, timestamp: int, body: bytes, expected: str
+) -> None:
+    assert sign(msg_id, timestamp, body, secret) == expected
+    assert len(expected) == len("v1,") + 44
+
+
+@pytest.mark.parametrize(("secret", "msg_id", "timestamp", "body", "expected"), POSITIVE)
+def test_verify_accepts_vector(
+    secret: str, msg_id: str, timestamp: int, body: bytes, expected: str
+) -> None:
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": expected,
+    }
+    verify(body, headers, secret, now=timestamp)
+
+
+@pytest.mark.parametrize(("secret", "msg_id", "timestamp", "body", "expected"), POSITIVE)
+def test_reference_library_signs_vector_like_us(
+    secret: str, msg_id: str, timestamp: int, body: bytes, expected: str
+) -> None:
+    when = datetime.fromtimestamp(timestamp, tz=UTC)
+    assert Webhook(secret).sign(msg_id, when, body.decode()) == expected
+
+
+def test_vector_keys_are_24_bytes() -> None:
+    assert len(secret_key(SECRET_A)) == 24
+    assert len(secret_key(SECRET_B)) == 24
+
+
+# --- negative and edge-case vectors -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        pytest.param("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA=", id="last-byte-changed"),
+        pytest.param("v1,dawfeoifkpqwoekfpqoekf", id="garbage"),
+        pytest.param("v1,", id="empty-v1"),
+        pytest.param(SIG_A[:20], id="partial-prefix"),
+        pytest.param(SIG_A[:-1], id="missing-last-char"),
+        pytest.param(
+            "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", id="only-v2-with-right-bytes"
+        ),
+        pytest.param("g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", id="no-version"),
+        pytest.param(f"{DECOY} {DECOY}", id="two-wrong-v1"),
+    ],
+)
+def test_verify_rejects_bad_signature(signature: str) -> None:
+    with pytest.raises(WebhookVerificationError, match="no matching signature"):
+        verify(BODY_A, headers_a(signature), SECRET_A, now=TS_A)
+
+
+def test_verify_rejects_rust_wrong_signature() -> None:
+    headers = {
+        "webhook-id": ID_B,
+        "webhook-timestamp": str(TS_B),
+        "webhook-signature": "v1,R3PTzyfHASBKHH98a7yexTwaJ4yNIcGhFQc1yuN+BPU=",
+    }
+    with pytest.raises(WebhookVerificationError):
+        verify(BODY_B, headers, SECRET_B, now=TS_B)
+
+
+def test_verify_accepts_one_valid_among_several() -> None:
+    signature = f"{DECOY} {DECOY.replace('v1,', 'v2,')} {SIG_A} {DECOY}"
+    verify(BODY_A, headers_a(signature), SECRET_A, now=TS_A)
+
+
+@pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_verify_rejects_missing_header(missing: str) -> None:
+    headers = headers_a(SIG_A)
+    del headers[missing]
+    with pytest.raises(WebhookVerificationError, match="missing"):
+        verify(BODY_A, headers, SECRET_A, now=TS_A)
+
+
+@pytest.mark.parametrize("timestamp", ["hello", "1614265330.0", "-1614265330", " 1614265330", ""])
+def test_verify_rejects_non_integer_timestamp(timestamp: str) -> None:
+    headers = {**headers_a(SIG_A), "webhook-timestamp": timestamp}
+    with pytest.raises(WebhookVerificationError):
+        verify(BODY_A, headers, SECRET_A, now=TS_A)
+
+
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [(-5 * 60 - 1, "too old"), (5 * 60 + 1, "too new")],
+    ids=["too-old", "too-new"],
+)
+def test_verify_rejects_timestamp_out_of_tolerance(offset: int, message: str) -> None:
+    now = int(time.time())
+    timestamp = now + offset
+    headers = headers_a(sign(ID_A, timestamp, BODY_A, SECRET_A), timestamp)
+    with pytest.raises(WebhookVerificationError, match=message):
+        verify(BODY_A, headers, SECRET_A)
+    # The reference library agrees.
+    with pytest.raises(ReferenceVerificationError, match=message):
+        Webhook(SECRET_A).verify(BODY_A, headers)
+
+
+@pytest.mark.parametrize("offset", [-5 * 60, 5 * 60])
+def test_verify_accepts_timestamp_at_tolerance_edge(offset: int) -> None:
+    headers = headers_a(sign(ID_A, TS_A + offset, BODY_A, SECRET_A), TS_A + offset)
+    verify(BODY_A, headers, SECRET_A, now=TS_A)
+
+
+@pytest.mark.parametrize("secret", [SECRET_A, SECRET_A.removeprefix("whsec_")])
+def test_secret_with_and_without_prefix(secret: str) -> None:
+    assert sign(ID_A, TS_A, BODY_A, secret) == SIG_A
+    verify(BODY_A, headers_a(SIG_A), secret, now=TS_A)
+
+
+@pytest.mark.parametrize(
+    ("unpadded", "padded"),
+    [
+        ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS="),
+        ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr=="),
+        ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr=="),
+    ],
+    ids=["needs-1-pad", "needs-2-pad", "needs-2-pad-prefixed"],
+)
+def test_unpadded_secret_verifies(unpadded: str, padded: str) -> None:
+    assert secret_key(unpadded) == secret_key(padded)
+    signature = sign(ID_A, TS_A, BODY_A, padded)
+    verify(BODY_A, headers_a(signature), unpadded, now=TS_A)
+    assert Webhook(unpadded).sign(ID_A, datetime.fromtimestamp(TS_A, tz=UTC), BODY_A.decode()) == (
+        signature
+    )
+
+
+@pytest.mark.parametrize("secret", ["", "whsec_"])
+def test_empty_secret_is_an_error(secret: str) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        secret_key(secret)
+    with pytest.raises(ValueError, match="empty"):
+        sign(ID_A, TS_A, BODY_A, secret)
+
+
+@pytest.mark.parametrize("secret", ["whsec_not base64!", "whsec_a", "whsec_MfKQ-r8_"])
+def test_secret_outside_base64_alphabet_is_an_error(secret: str) -> None:
+    with pytest.raises(ValueError, match="not valid base64"):
+        secret_key(secret)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [161426533.0, "161426533.0", "invalid timestamp", -161426533, True],
+    ids=["float", "float-string", "string", "negative", "bool"],
+)
+def test_sign_rejects_invalid_timestamp(timestamp: Any) -> None:
+    with pytest.raises(ValueError, match="timestamp"):
+        sign(ID_A, timestamp, BODY_A, SECRET_A)
+
+
+@pytest.mark.parametrize("msg_id", ["", "msg.1"])
+def test_sign_rejects_invalid_id(msg_id: str) -> None:
+    with pytest.raises(ValueError, match="webhook id"):
+        sign(msg_id, TS_A, BODY_A, SECRET_A)
+
+
+def test_verify_rejects_id_with_full_stop() -> None:
+    headers = {**headers_a(SIG_A), "webhook-id": "msg.1"}
+    with pytest.raises(WebhookVerificationError, match="webhook-id"):
+        verify(BODY_A, headers, SECRET_A, now=TS_A)
+
+
+def test_verify_matches_header_names_case_insensitively() -> None:
+    headers = {
+        "Webhook-Id": ID_A,
+        "WEBHOOK-TIMESTAMP": str(TS_A),
+        "webhook-SIGNATURE": SIG_A,
+    }
+    verify(BODY_A, headers, SECRET_A, now=TS_A)
+
+
+def test_verify_rejects_changed_body() -> None:
+    with pytest.raises(WebhookVerificationError):
+        verify(b'{"test":2432232314}', headers_a(SIG_A), SECRET_A, now=TS_A)
+
+
+# --- our API: secrets, rotation, headers ---------------------------------------------------
+
+
+def test_generate_secret() -> None:
+    first, second = generate_secret(), generate_secret()
+    assert first.startswith("whsec_")
+    assert first != second
+    assert len(secret_key(first)) == 32
+    assert base64.b64encode(secret_key(first)).decode() == first.removeprefix("whsec_")
+
+
+def test_signature_header_signs_with_every_secret_in_order() -> None:
+    header = signature_header(ID_A, TS_A, BODY_A, [SECRET_B, SECRET_A])
+    assert header == f"{sign(ID_A, TS_A, BODY_A, SECRET_B)} {SIG_A}"
+    for secret in (SECRET_A, SECRET_B):
+        verify(BODY_A, headers_a(header), secret, now=TS_A)
+
+
+def test_signature_header_needs_a_secret() -> None:
+    with pytest.raises(ValueError, match="at least one secret"):
+        signature_header(ID_A, TS_A, BODY_A, [])
+
+
+def test_webhook_headers() -> None:
+    assert webhook_headers(ID_A, BODY_A, [SECRET_A], now=TS_A) == {
+        "webhook-id": ID_A,
+        "webhook-timestamp": str(TS_A),
+        "webhook-signature": SIG_A,
+    }
+    before = int(time.time())
+    headers = webhook_headers(ID_A, BODY_A, [SECRET_A])
+    assert before <= int(headers["webhook-timestamp"]) <= int(time.time())
+
+
+# --- cross-check with the reference library ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [BODY_A, BODY_B, b"{}", '{"name": "Zoë", "city": "Kraków"}'.encode()],
+    ids=["A", "B", "empty-object", "non-ascii"],
+)
+def test_reference_library_verifies_our_headers(body: bytes) -> None:
+    secret = generate_secret()
+    headers = webhook_headers("msg_cross_check", body, [secret])
+    Webhook(secret).verify(body, headers, json_parse=False)
+
+
+def test_reference_library_verifies_both_secrets_during_rotation() -> None:
+    new, old, stranger = generate_secret(), generate_secret(), generate_secret()
+    headers = webhook_headers("msg_rotation", BODY_B, [new, old])
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (new, old):
+        Webhook(secret).verify(BODY_B, headers, json_parse=False)
+        verify(BODY_B, headers, secret)
+    with pytest.raises(ReferenceVerificationError):
+        Webhook(stranger).verify(BODY_B, headers, json_parse=False)
+    with pytest.raises(WebhookVerificationError):
+        verify(BODY_B, headers, stranger)
+
+
+def test_we_verify_reference_library_signatures() -> None:
+    secret = generate_secret()
+    now = int(time.time())
+    signature = Webhook(secret).sign("msg_theirs", datetime.fromtimestamp(now, tz=UTC), "{}")
+    headers = {
+        "webhook-id": "msg_theirs",
+        "webhook-timestamp": str(now),
+        "webhook-signature": signature,
+    }
+    verify(b"{}", headers, secret)
