@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pluggy
 from aiohttp import web
+from pydantic import ValidationError
 
 from gateway import admin, ingest, ops, subscriptions, webhook_actions
 from gateway.appkeys import (
@@ -26,7 +27,7 @@ from gateway.appkeys import (
     store_key,
     templates_key,
 )
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, describe_errors
 from gateway.delivery import Deliverer, Sender, make_session
 from gateway.errors import octo_errors
 from gateway.hooks import Hooks
@@ -34,7 +35,9 @@ from gateway.metrics import Metrics, metrics_middleware
 from gateway.plugins import make_plugin_manager
 from gateway.processing import Processor
 from gateway.store import SQLiteStore, Store
-from gateway.templates import Templates
+from gateway.samples import sample_data
+from gateway.sources import Source
+from gateway.templates import DEFAULT_TEMPLATES, TemplateProblem, Templates
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,8 @@ def create_app(
     app[hooks_key] = hooks
     app[templates_key] = Templates(config.templates.dir)
     hooks.prepare_jinja2_environment(app[templates_key].env)
-    app[ingest.sources_key] = hooks.sources()
+    check_templates(app[templates_key], config)
+    app[ingest.sources_key] = check_sources(config, hooks.sources())
     app[ingest.wake_processor_key] = lambda: None
 
     app.cleanup_ctx.append(_store_ctx(store or SQLiteStore(config.storage.path)))
@@ -96,6 +100,33 @@ def create_app(
 
 
 pms_session_key = web.AppKey("pms_session", aiohttp.ClientSession)
+
+
+def check_sources(config: GatewayConfig, sources: dict[str, Source]) -> dict[str, Source]:
+    """Every configured source needs a plugin, and its settings must suit that plugin."""
+    file = config.source_file or "config"
+    for name, settings in config.sources.items():
+        source = sources.get(name)
+        if source is None:
+            known = ", ".join(sorted(sources)) or "none"
+            raise ConfigError(f"{file}: sources.{name}: no plugin provides this source (loaded: {known})")
+        try:
+            source.check_settings(settings)
+        except ValidationError as exc:
+            raise ConfigError(f"{file}: " + describe_errors(exc, prefix=("sources", name))) from None
+        except ValueError as exc:
+            raise ConfigError(f"{file}: sources.{name}: {exc}") from None
+    return sources
+
+
+def check_templates(templates: Templates, config: GatewayConfig) -> None:
+    """The default body templates must render the sample events to valid JSON."""
+    for event in DEFAULT_TEMPLATES:
+        context = {"webhook": {}, "supplier": {}, **sample_data(event)}
+        try:
+            templates.render_body(event, None, context)
+        except TemplateProblem as exc:
+            raise ConfigError(f"{config.source_file or 'config'}: templates.dir: {exc}") from None
 
 
 def _store_ctx(store: Store) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -12,7 +12,13 @@ import logging
 import signal
 import sqlite3
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlencode
 
 import click
 from aiohttp import web
@@ -21,6 +27,10 @@ from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.hooks import Hooks
 from gateway.plugins import PluginError, make_plugin_manager
+from gateway.samples import PUSHES, load
+from gateway.store import SQLiteStore
+
+T = TypeVar("T")
 
 log = logging.getLogger("gateway")
 
@@ -80,7 +90,7 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
         fail(f"storage {config.storage.path}: {exc}")
     except OSError as exc:
         fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}")
-    except ConfigError as exc:
+    except (ConfigError, PluginError) as exc:
         fail(str(exc), 2)
 
 
@@ -123,8 +133,12 @@ def _listening_urls(runner: web.AppRunner) -> list[str]:
 def check(config_path: Path | None) -> None:
     """Validate the config file, templates and plugins."""
     config = load_or_exit(config_path)
-    hooks = load_hooks_or_exit(config)
-    click.echo(f"{config.source_file}: ok ({len(hooks.sources())} sources)")
+    try:
+        create_app(config)  # loads plugins, checks sources and templates; starts nothing
+    except (ConfigError, PluginError) as exc:
+        fail(str(exc), 2)
+    sources = ", ".join(sorted(config.sources)) or "none"
+    click.echo(f"{config.source_file}: ok (sources: {sources})")
 
 
 @cli.command()
@@ -156,6 +170,136 @@ def load_hooks_or_exit(config: GatewayConfig) -> Hooks:
     except PluginError as exc:
         fail(f"plugin error: {exc}", 2)
     return hooks
+
+
+def open_store(config: GatewayConfig) -> SQLiteStore:
+    if not config.storage.path.exists():
+        fail(f"{config.storage.path}: no database yet (start the gateway once)")
+    return SQLiteStore(config.storage.path)
+
+
+def run_with_store(config: GatewayConfig, work: Callable[[SQLiteStore], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        store = open_store(config)
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(runner())
+    except sqlite3.Error as exc:
+        fail(f"storage {config.storage.path}: {exc}")
+        raise
+
+
+@cli.command(name="push-sample")
+@click.argument("source")
+@click.argument("kind")
+@config_option
+@click.option("--url", default=None, help="Gateway base URL (default: from server.host/port).")
+def push_sample(source: str, kind: str, config_path: Path | None, url: str | None) -> None:
+    """Post a bundled sample push (SOURCE KIND) to a running gateway.
+
+    \b
+    Kinds: channex booking | booking_new | ari | message; beds24 v1 | v2 | inventory.
+    With [sandbox] enabled and the source's api_url = "sandbox", the PMS reads are answered by
+    the gateway itself, so a subscription can be watched end to end without a PMS.
+    """
+    config = load_or_exit(config_path)
+    sample = PUSHES.get((source, kind))
+    if sample is None:
+        known = ", ".join(f"{s} {k}" for s, k in PUSHES)
+        fail(f"no sample {source} {kind}; choose one of: {known}", 2)
+    settings = config.sources.get(source)
+    if settings is None:
+        fail(f"{config.source_file}: sources.{source}: not configured", 2)
+    base = (url or f"http://{config.server.host}:{config.server.port}").rstrip("/")
+    target = f"{base}/ingest/{source}?" + urlencode(sample.get("query", {}))
+    body = json.dumps(load(sample["file"])).encode() if "file" in sample else None
+    request = urllib.request.Request(
+        target.rstrip("?"),
+        data=body,
+        method="POST" if body is not None else "GET",
+        headers={"X-Gateway-Token": settings.token, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            click.echo(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        fail(f"gateway answered {exc.code}: {exc.read().decode(errors='replace')}")
+    except OSError as exc:
+        fail(f"cannot reach the gateway at {base}: {exc}")
+
+
+@cli.command(name="replay-pushes")
+@click.argument("push_ids", nargs=-1)
+@config_option
+def replay_pushes(push_ids: tuple[str, ...], config_path: Path | None) -> None:
+    """Queue failed pushes (all of them, or the PUSH_IDS given) to be processed again.
+
+    A running gateway picks them up within its ingest poll interval."""
+    config = load_or_exit(config_path)
+    ids = list(push_ids) or None
+    replayed = run_with_store(config, lambda store: store.replay_failed_pushes(ids))
+    for push_id in replayed:
+        click.echo(push_id)
+    click.echo(f"{len(replayed)} failed push(es) queued again", err=True)
+
+
+@cli.command()
+@click.argument("webhook_id")
+@config_option
+@click.option("--state", default=None, help="Only messages in this state (pending, delivered, dead, ...).")
+@click.option("--limit", default=20, show_default=True, help="How many attempts to show.")
+def deliveries(webhook_id: str, config_path: Path | None, state: str | None, limit: int) -> None:
+    """Show a subscription's delivery attempts, newest first."""
+    config = load_or_exit(config_path)
+    rows = run_with_store(
+        config, lambda store: store.list_attempts(webhook_id, state=state, limit=limit)
+    )
+    for _, attempt, state_now in rows:
+        view = attempt.view(state_now)
+        click.echo(
+            f"{view['attemptedAt']}  {view['messageId']}  #{view['attempt']}  {view['outcome']:<9}"
+            f"  {view['status'] or '-':>3}  {view['latencyMs'] or 0:>8.1f} ms  {view['error'] or ''}"
+        )
+    if not rows:
+        click.echo("no delivery attempts", err=True)
+
+
+@cli.command()
+@click.argument("webhook_id")
+@click.option("--since", required=True, help="RFC 3339 time, e.g. 2026-11-24T00:00:00Z.")
+@click.option("--wait/--no-wait", default=True, help="Show progress until the replay is sent.")
+@config_option
+def replay(webhook_id: str, since: str, wait: bool, config_path: Path | None) -> None:
+    """Send a subscription's messages since a time again (the running gateway sends them)."""
+    config = load_or_exit(config_path)
+    try:
+        moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--since: {since!r} is not an RFC 3339 time", 2)
+    if moment.tzinfo is None:
+        fail("--since: give a time zone, e.g. 2026-11-24T00:00:00Z", 2)
+    started = moment.timestamp()
+    count = run_with_store(config, lambda store: store.replay_deliveries(webhook_id, started))
+    click.echo(f"{count} message(s) queued again")
+    if wait and count:
+        run_with_store(config, lambda store: _follow(store, webhook_id, started, count))
+
+
+async def _follow(store: SQLiteStore, webhook_id: str, since: float, total: int) -> None:
+    with click.progressbar(length=total, label="re-sending", file=sys.stderr) as bar:
+        done = 0
+        while done < total:
+            waiting, _ = await store.replay_progress(webhook_id, since)
+            now_done = max(total - waiting, 0)
+            bar.update(now_done - done)
+            done = now_done
+            if done < total:
+                await asyncio.sleep(0.5)
 
 
 def main() -> None:

@@ -202,6 +202,11 @@ def key_path(loc: tuple[str | int, ...]) -> str:
 
 
 def _describe(file: Path, exc: ValidationError) -> str:
+    return f"{file}: " + describe_errors(exc)
+
+
+def describe_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
+    """``api_keys[1].key: field required; server.port: ...`` for every problem pydantic found."""
     problems = []
     for error in exc.errors():
         message = error["msg"]
@@ -209,8 +214,8 @@ def _describe(file: Path, exc: ValidationError) -> str:
             message = "field required"
         elif error["type"] == "extra_forbidden":
             message = "unknown key"
-        problems.append(f"{key_path(tuple(error['loc']))}: {message}")
-    return f"{file}: " + "; ".join(problems)
+        problems.append(f"{key_path((*prefix, *error['loc']))}: {message}")
+    return "; ".join(problems)
 
 
 def _resolve_paths(config: GatewayConfig, base: Path) -> None:

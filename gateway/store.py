@@ -650,6 +650,39 @@ class SQLiteStore:
 
         return await self._read(stats)
 
+    # -- operator tools ------------------------------------------------------------------------
+
+    async def replay_failed_pushes(self, ids: list[str] | None = None) -> list[str]:
+        """Queue failed pushes (all, or the given ids) for processing again; returns their ids."""
+
+        def replay() -> list[str]:
+            sql = (
+                "update pushes set state = 'accepted', attempts = 0, next_attempt_at = ?,"
+                " lease_token = null, lease_expires_at = null, processed_at = null"
+                " where state = 'failed'"
+            )
+            params: list[Any] = [time.time()]
+            if ids is not None:
+                sql += f" and id in ({','.join('?' * len(ids))})"
+                params += ids
+            with self._immediate() as db:
+                return [row["id"] for row in db.query(sql + " returning id", params)]
+
+        return await self._write(replay)
+
+    async def replay_progress(self, subscription_id: str, since: float) -> tuple[int, int]:
+        """(waiting, finished) among a subscription's messages created since ``since``."""
+
+        def progress(db: Database) -> tuple[int, int]:
+            waiting, finished = db.execute(
+                "select sum(state in ('pending', 'leased')), sum(state in ('delivered', 'dead'))"
+                " from deliveries where subscription_id = ? and created_at >= ?",
+                [subscription_id, since],
+            ).fetchone()
+            return int(waiting or 0), int(finished or 0)
+
+        return await self._read(progress)
+
 
 def _subscription_row(sub: Subscription) -> dict[str, Any]:
     return {

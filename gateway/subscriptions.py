@@ -11,14 +11,16 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from gateway.appkeys import config_key, store_key
+from gateway.appkeys import config_key, sender_key, store_key
 from gateway.auth import find_api_key
 from gateway.config import ApiKey
 from gateway.errors import OctoError, bad_request, describe_validation_error, not_found
 from gateway.models import EventName, Subscription, mask_password
 from gateway.netguard import UnresolvableHost, check_url
+from gateway.samples import sample_data
 from gateway.signing import generate_secret
 from gateway.store import utcnow
+from gateway.templates import TemplateProblem, is_url_template
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,25 @@ def check_headers(headers: dict[str, str]) -> None:
             raise bad_request(f"headers.{name}: value may not contain line breaks")
 
 
+async def check_delivery(request: web.Request, subscription: Subscription) -> None:
+    """Render the subscription's body and URL templates against a sample event now, so a broken
+    template is refused with 400 instead of failing every delivery later."""
+    sender = request.app[sender_key]
+    data = sample_data(subscription.event)
+    try:
+        sender.render(subscription.event, data, subscription)
+    except TemplateProblem as exc:
+        raise bad_request(f"template: {exc}") from None
+    if is_url_template(subscription.url):
+        try:
+            rendered = sender.target(subscription.event, data, subscription)
+        except TemplateProblem as exc:
+            raise bad_request(f"url: {exc}") from None
+        await check_target(request, rendered)
+    else:
+        await check_target(request, subscription.url)
+
+
 async def check_target(request: web.Request, url: str) -> None:
     allow_private = request.app[config_key].delivery.allow_private_targets
     try:
@@ -120,7 +141,6 @@ async def create_webhook(request: web.Request) -> web.Response:
     body: CreateWebhookBody = parse_body(CreateWebhookBody, await read_json_object(request))
     headers = body.headers or {}
     check_headers(headers)
-    await check_target(request, body.url)
     now = utcnow()
     subscription = Subscription(
         id=str(uuid.uuid4()),
@@ -137,6 +157,7 @@ async def create_webhook(request: web.Request) -> web.Response:
         created_at=now,
         updated_at=now,
     )
+    await check_delivery(request, subscription)
     await request.app[store_key].insert_subscription(subscription)
     log.info(
         "tenant %s created subscription %s (%s -> %s)",
@@ -175,8 +196,6 @@ async def patch_webhook(request: web.Request) -> web.Response:
             raise bad_request(f"{field}: may not be null")
     if body.headers is not None:
         check_headers(body.headers)
-    if body.url is not None:
-        await check_target(request, body.url)
     updated = subscription.model_copy(
         update={
             "url": body.url if body.url is not None else subscription.url,
@@ -196,6 +215,9 @@ async def patch_webhook(request: web.Request) -> web.Response:
     )
     if body.active:
         updated.disabled_reason = None
+        updated.failing_since = None
+    if {"url", "event", "template"} & changes.keys():
+        await check_delivery(request, updated)
     await request.app[store_key].update_subscription(updated)
     log.info("tenant %s updated subscription %s", updated.tenant, updated.id)
     return web.json_response(updated.webhook())

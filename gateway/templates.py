@@ -27,6 +27,8 @@ class TemplateProblem(ValueError):
 
 
 def to_json(value: Any) -> str:
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # filters receive undefined values without failing
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
@@ -63,7 +65,7 @@ class Templates:
         label = name or DEFAULT_TEMPLATES[event]
         try:
             text = template.render(context)
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, TypeError, ValueError) as exc:
             raise TemplateProblem(f"template {label!r}: {exc}") from None
         try:
             json.loads(text)
@@ -80,5 +82,5 @@ class Templates:
                 template = self.env.from_string(url)
                 self._url_cache[url] = template
             return template.render(context).strip()
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, TypeError, ValueError) as exc:
             raise TemplateProblem(f"url template: {exc}") from None

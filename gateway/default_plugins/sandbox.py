@@ -8,6 +8,8 @@ end to end on a machine with no PMS account and no network.
 from __future__ import annotations
 
 import copy
+import json
+from collections import deque
 from datetime import date, timedelta
 from typing import Any
 
@@ -79,8 +81,44 @@ async def beds24_calendar(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "type": "calendar", "count": 1, "data": [item]})
 
 
+received_key = web.AppKey("sandbox_received", deque[dict[str, Any]])
+
+
+async def receiver_post(request: web.Request) -> web.Response:
+    """A webhook receiver for demos: keeps the last 100 deliveries in memory."""
+    _enabled(request)
+    if received_key not in request.app:
+        raise OctoError(404, "the sandbox receiver is not running")
+    body = await request.read()
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        parsed = body.decode("utf-8", "replace")
+    request.app[received_key].appendleft(
+        {
+            "webhook-id": request.headers.get("webhook-id"),
+            "webhook-timestamp": request.headers.get("webhook-timestamp"),
+            "webhook-signature": request.headers.get("webhook-signature"),
+            "body": parsed,
+        }
+    )
+    return web.json_response({"received": True})
+
+
+async def receiver_get(request: web.Request) -> web.Response:
+    _enabled(request)
+    return web.json_response(list(request.app.get(received_key, ())))
+
+
+@hookimpl
+def startup(app: web.Application) -> None:
+    app[received_key] = deque(maxlen=100)
+
+
 @hookimpl
 def register_routes(register: Any) -> None:
+    register("POST", "/sandbox/receiver", receiver_post)
+    register("GET", "/sandbox/receiver", receiver_get)
     register("GET", "/sandbox/channex/booking_revisions/feed", channex_feed)
     register("GET", "/sandbox/channex/booking_revisions/{id}", channex_revision)
     register("POST", "/sandbox/channex/booking_revisions/{id}/ack", channex_ack)

@@ -1,0 +1,106 @@
+"""Jinja2 body and URL templates: sandboxed, strict, checked when a subscription sets them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import create_app
+from gateway.samples import sample_data
+from gateway.templates import Templates, TemplateProblem
+from tests.conftest import AUTH_A, REPO
+from tests.octo_schema import validate_octo
+
+
+@pytest.fixture
+def template_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", directory)
+    (directory / "slim.json.j2").write_text('{"ref": {{ booking.supplierReference | json }}, "n": {{ diff | length }}}')
+    (directory / "broken-json.json.j2").write_text('{"ref": {{ booking.supplierReference }}}')
+    (directory / "undefined.json.j2").write_text('{"x": {{ booking.noSuchField | json }}}')
+    (directory / "escape.json.j2").write_text('{"x": "{{ booking.__class__.__mro__ }}"}')
+    (directory / "syntax.json.j2").write_text('{"x": {{ booking.uuid }')
+    return directory
+
+
+def context(event: str) -> dict[str, Any]:
+    return {"webhook": {"id": "w"}, "supplier": {"id": "s"}, **sample_data(event)}
+
+
+def test_default_bodies_are_contract_shaped(template_dir: Path) -> None:
+    templates = Templates(template_dir)
+    booking = json.loads(templates.render_body("booking_update", None, context("booking_update")))
+    assert set(booking) == {"webhook", "booking", "diff", "supplier"}
+    validate_octo("Booking", booking["booking"])
+    availability = json.loads(
+        templates.render_body("availability_update", None, context("availability_update"))
+    )
+    assert set(availability) == {"webhook", "availability", "productId", "optionId", "supplier"}
+    validate_octo("Availability", availability["availability"])
+
+
+def test_custom_template_renders(template_dir: Path) -> None:
+    body = Templates(template_dir).render_body("booking_update", "slim.json.j2", context("booking_update"))
+    data = sample_data("booking_update")
+    assert json.loads(body) == {"ref": data["booking"]["supplierReference"], "n": 0}
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("broken-json.json.j2", "valid JSON"),
+        ("undefined.json.j2", "noSuchField"),
+        ("escape.json.j2", "unsafe"),
+        ("syntax.json.j2", "line 1"),
+        ("missing.json.j2", "not found"),
+        ("../gateway.toml", "plain file name"),
+    ],
+)
+def test_bad_templates_are_refused(template_dir: Path, name: str, problem: str) -> None:
+    with pytest.raises(TemplateProblem, match=problem):
+        Templates(template_dir).render_body("booking_update", name, context("booking_update"))
+
+
+def test_url_template_renders_booking_values(template_dir: Path) -> None:
+    templates = Templates(template_dir)
+    url = "https://93.184.216.34/hook?ref={{ booking.supplierReference }}"
+    rendered = templates.render_url(url, context("booking_update"))
+    assert rendered.endswith("ref=" + sample_data("booking_update")["booking"]["supplierReference"])
+    assert templates.render_url("https://93.184.216.34/plain", {}) == "https://93.184.216.34/plain"
+
+
+async def test_subscription_refuses_broken_templates(aiohttp_client: Any, make_config: Any, template_dir: Path) -> None:
+    client = await aiohttp_client(create_app(make_config(templates={"dir": str(template_dir)})))
+    base = {"url": "https://93.184.216.34/hook", "event": "booking_update"}
+    for template in ("broken-json.json.j2", "undefined.json.j2", "missing.json.j2", "escape.json.j2"):
+        response = await client.post("/octo/webhooks", json={**base, "template": template}, headers=AUTH_A)
+        assert response.status == 400, template
+        assert "template" in (await response.json())["errorMessage"]
+    ok = await client.post("/octo/webhooks", json={**base, "template": "slim.json.j2"}, headers=AUTH_A)
+    assert ok.status == 200
+    webhook = await ok.json()
+    assert webhook["template"] == "slim.json.j2"
+    patched = await client.patch(
+        f"/octo/webhooks/{webhook['id']}", json={"template": "broken-json.json.j2"}, headers=AUTH_A
+    )
+    assert patched.status == 400
+
+
+async def test_subscription_url_templates(aiohttp_client: Any, make_config: Any) -> None:
+    client = await aiohttp_client(create_app(make_config()))
+    good = "https://93.184.216.34/hook?ref={{ booking.supplierReference }}"
+    response = await client.post("/octo/webhooks", json={"url": good, "event": "booking_update"}, headers=AUTH_A)
+    assert response.status == 200
+    # booking values don't exist in availability events
+    wrong = await client.post("/octo/webhooks", json={"url": good, "event": "availability_update"}, headers=AUTH_A)
+    assert wrong.status == 400
+    # a template that renders to a private address is refused like a literal one
+    private = "http://{{ '127.0.0.1' }}/hook"
+    refused = await client.post("/octo/webhooks", json={"url": private, "event": "booking_update"}, headers=AUTH_A)
+    assert refused.status == 400
+    assert "url" in (await refused.json())["errorMessage"]
