@@ -34,9 +34,10 @@ from gateway.hooks import Hooks
 from gateway.metrics import Metrics, metrics_middleware
 from gateway.plugins import make_plugin_manager
 from gateway.processing import Processor
-from gateway.store import SQLiteStore, Store
 from gateway.samples import sample_data
 from gateway.sources import Source
+from gateway.storage import Store
+from gateway.store import SQLiteStore
 from gateway.templates import DEFAULT_TEMPLATES, TemplateProblem, Templates
 
 log = logging.getLogger(__name__)
@@ -109,11 +110,15 @@ def check_sources(config: GatewayConfig, sources: dict[str, Source]) -> dict[str
         source = sources.get(name)
         if source is None:
             known = ", ".join(sorted(sources)) or "none"
-            raise ConfigError(f"{file}: sources.{name}: no plugin provides this source (loaded: {known})")
+            raise ConfigError(
+                f"{file}: sources.{name}: no plugin provides this source (loaded: {known})"
+            )
         try:
             source.check_settings(settings)
         except ValidationError as exc:
-            raise ConfigError(f"{file}: " + describe_errors(exc, prefix=("sources", name))) from None
+            raise ConfigError(
+                f"{file}: " + describe_errors(exc, prefix=("sources", name))
+            ) from None
         except ValueError as exc:
             raise ConfigError(f"{file}: sources.{name}: {exc}") from None
     return sources
@@ -158,10 +163,11 @@ async def _startup_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     store = app[store_key]
+    sources: dict[str, Source] = app[ingest.sources_key]
     deliverer = Deliverer(store, config, app[sender_key], app[metrics_key])
     processor = Processor(
         store,
-        app[ingest.sources_key],
+        sources,
         config.sources,
         app[pms_session_key],
         config.ingest,
@@ -192,7 +198,9 @@ async def _prune_forever(app: web.Application) -> None:
         try:
             pruned = await store.prune_delivered(time.time() - retention)
             if pruned:
-                log.info("pruned %d delivered messages older than %g days", pruned, retention / 86400)
+                log.info(
+                    "pruned %d delivered messages older than %g days", pruned, retention / 86400
+                )
         except Exception:
             log.exception("pruning delivered messages failed; trying again later")
         await asyncio.sleep(3600)

@@ -8,7 +8,7 @@ from gateway.config import GatewayConfig
 from gateway.delivery import Deliverer, Sender
 from gateway.hooks import Hooks
 from gateway.metrics import Metrics
-from gateway.store import Store
+from gateway.storage import Store
 from gateway.templates import Templates
 
 config_key = web.AppKey("config", GatewayConfig)

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from urllib.parse import urlencode
 
 import click
@@ -43,7 +43,7 @@ config_option = click.option(
 )
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"gateway: {message}", err=True)
     sys.exit(code)
 
@@ -53,7 +53,6 @@ def load_or_exit(path: Path | None) -> GatewayConfig:
         return load_config(path)
     except ConfigError as exc:
         fail(str(exc), 2)
-        raise  # unreachable; keeps type checkers honest
 
 
 def setup_logging(level: str) -> None:
@@ -151,7 +150,9 @@ def plugins(config_path: Path | None, as_json: bool) -> None:
     sources = hooks.sources()
     described = hooks.describe()
     for plugin in described:
-        plugin["sources"] = sorted(n for n, owner in hooks.source_owners.items() if owner == plugin["name"])
+        plugin["sources"] = sorted(
+            n for n, owner in hooks.source_owners.items() if owner == plugin["name"]
+        )
     if as_json:
         click.echo(json.dumps(described, indent=2))
         return
@@ -251,7 +252,9 @@ def replay_pushes(push_ids: tuple[str, ...], config_path: Path | None) -> None:
 @cli.command()
 @click.argument("webhook_id")
 @config_option
-@click.option("--state", default=None, help="Only messages in this state (pending, delivered, dead, ...).")
+@click.option(
+    "--state", default=None, help="Only messages in this state (pending, delivered, dead, ...)."
+)
 @click.option("--limit", default=20, show_default=True, help="How many attempts to show.")
 def deliveries(webhook_id: str, config_path: Path | None, state: str | None, limit: int) -> None:
     """Show a subscription's delivery attempts, newest first."""

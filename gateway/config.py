@@ -45,7 +45,7 @@ class TemplatesConfig(Section):
     dir: Path = Path("templates")
 
 
-DEFAULT_RETRY_SCHEDULE = [5, 300, 1800, 7200, 18000, 36000, 36000]
+DEFAULT_RETRY_SCHEDULE: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
 
 
 class DeliveryConfig(Section):

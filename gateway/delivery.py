@@ -25,7 +25,8 @@ from gateway.metrics import Metrics
 from gateway.models import AttemptRecord, DeliveryRecord, DeliveryState, Subscription, mask_password
 from gateway.netguard import check_url, guarded_connector
 from gateway.signing import webhook_headers
-from gateway.store import Store, utcnow
+from gateway.storage import Store
+from gateway.store import utcnow
 from gateway.templates import TemplateProblem, Templates
 
 log = logging.getLogger(__name__)

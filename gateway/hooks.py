@@ -46,10 +46,14 @@ class Hooks:
             def register(source: Any, plugin: str = impl.plugin_name) -> None:
                 name = getattr(source, "name", None)
                 if not isinstance(name, str) or not name.isidentifier():
-                    raise PluginError(f"plugin {plugin}: a source needs a name made of letters, digits and _")
+                    raise PluginError(
+                        f"plugin {plugin}: a source needs a name made of letters, digits and _"
+                    )
                 for method in ("check_settings", "accept", "process", "acknowledge"):
                     if not callable(getattr(source, method, None)):
-                        raise PluginError(f"plugin {plugin}: source {name!r} has no {method}() method")
+                        raise PluginError(
+                            f"plugin {plugin}: source {name!r} has no {method}() method"
+                        )
                 if name in found:
                     raise PluginError(f"plugin {plugin}: source {name!r} is already registered")
                 found[name] = source
@@ -62,8 +66,14 @@ class Hooks:
         routes: list[Route] = []
         for impl in self._impls("register_routes"):
 
-            def register(method: str, path: str, handler: Handler, plugin: str = impl.plugin_name) -> None:
-                if method.upper() not in METHODS or not path.startswith("/") or not callable(handler):
+            def register(
+                method: str, path: str, handler: Handler, plugin: str = impl.plugin_name
+            ) -> None:
+                if (
+                    method.upper() not in METHODS
+                    or not path.startswith("/")
+                    or not callable(handler)
+                ):
                     raise PluginError(f"plugin {plugin}: bad route {method} {path}")
                 routes.append(Route(method.upper(), path, handler, plugin))
 
@@ -73,17 +83,25 @@ class Hooks:
     def prepare_jinja2_environment(self, env: Any) -> None:
         self.pm.hook.prepare_jinja2_environment(env=env)
 
-    def render_payload(self, event: str, payload: dict[str, Any], subscription: Any) -> dict[str, Any]:
-        result = self.pm.hook.render_payload(event=event, payload=payload, subscription=subscription)
+    def render_payload(
+        self, event: str, payload: dict[str, Any], subscription: Any
+    ) -> dict[str, Any]:
+        result = self.pm.hook.render_payload(
+            event=event, payload=payload, subscription=subscription
+        )
         if result is None:
             return payload
         if not isinstance(result, dict):
-            raise TypeError(f"render_payload must return a dict or None, not {type(result).__name__}")
+            raise TypeError(
+                f"render_payload must return a dict or None, not {type(result).__name__}"
+            )
         return result
 
     def delivery_headers(self, event: str, subscription: Any, body: bytes) -> dict[str, str]:
         headers: dict[str, str] = {}
-        for result in self.pm.hook.delivery_headers(event=event, subscription=subscription, body=body):
+        for result in self.pm.hook.delivery_headers(
+            event=event, subscription=subscription, body=body
+        ):
             if result is None:
                 continue
             if not isinstance(result, dict) or not all(

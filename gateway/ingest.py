@@ -24,7 +24,7 @@ SECRET_HEADERS = {"x-gateway-token", "authorization", "cookie", "proxy-authoriza
 REJECTED_KIND = "rejected"
 
 sources_key = web.AppKey("sources", dict[str, Source])
-wake_processor_key = web.AppKey("wake_processor", Callable[[], None])
+wake_processor_key: web.AppKey[Callable[[], None]] = web.AppKey("wake_processor")
 
 
 def incoming_push(request: web.Request, source: str, body: bytes) -> IncomingPush:

@@ -122,7 +122,9 @@ class PushRecord(BaseModel):
             "attempts": self.attempts,
             "receivedAt": iso_from_epoch(self.received_at),
             "processedAt": iso_from_epoch(self.processed_at),
-            "nextAttemptAt": iso_from_epoch(self.next_attempt_at) if self.state == "accepted" else None,
+            "nextAttemptAt": iso_from_epoch(self.next_attempt_at)
+            if self.state == "accepted"
+            else None,
             "payload": self.payload,
         }
 

@@ -21,7 +21,7 @@ from gateway.ingest import REJECTED_KIND, incoming_from_raw
 from gateway.models import NewEvent, PushRecord
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
-from gateway.store import Store
+from gateway.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,11 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from gateway.translate.channex import availability_from_ari, bookings_from_revision, revision_attributes
+from gateway.translate.channex import (
+    availability_from_ari,
+    bookings_from_revision,
+    revision_attributes,
+)
 from gateway.translate.settings import TranslationSettings
 
 # gateway push-sample SOURCE KIND: which bundled file is pushed, and how.

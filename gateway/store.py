@@ -1,11 +1,8 @@
 """Durable storage: the only module that speaks SQL.
 
-``Store`` is the interface handlers and workers use; ``SQLiteStore`` implements it on one SQLite file
-through sqlite-utils. Every write runs on a single writer thread (so the event loop never blocks on a
+``SQLiteStore`` implements ``gateway.storage.Store`` on one SQLite file through sqlite-utils. Every write runs on a single writer thread (so the event loop never blocks on a
 write and SQLite never sees two writers from this process); reads run on a small pool of reader
 threads, each with its own connection, which WAL lets proceed while the writer writes.
-
-A PostgreSQL implementation can sit beside ``SQLiteStore`` and satisfy the same Protocol.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
@@ -38,24 +35,6 @@ from gateway.models import (
 from gateway.translate.diff import booking_diff
 
 T = TypeVar("T")
-
-
-class Store(Protocol):
-    """What the rest of the gateway may ask of storage."""
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def insert_subscription(self, subscription: Subscription) -> None: ...
-
-    async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None: ...
-
-    async def list_subscriptions(self, tenant: str) -> list[Subscription]: ...
-
-    async def update_subscription(self, subscription: Subscription) -> None: ...
-
-    async def delete_subscription(self, tenant: str, id: str) -> Subscription | None: ...
 
 
 def utcnow() -> datetime:
@@ -166,7 +145,7 @@ class SQLiteStore:
 
         def insert() -> None:
             with self._immediate() as db:
-                db["subscriptions"].insert(row)
+                db.table("subscriptions").insert(row)
 
         await self._write(insert)
 
@@ -200,7 +179,7 @@ class SQLiteStore:
 
         def update() -> None:
             with self._immediate() as db:
-                db["subscriptions"].update(subscription.id, row)
+                db.table("subscriptions").update(subscription.id, row)
 
         await self._write(update)
 
@@ -272,7 +251,7 @@ class SQLiteStore:
                     )
                 if found:
                     return _push(found[0]), False
-                db["pushes"].insert(row)
+                db.table("pushes").insert(row)
             return _push(row), True
 
         return await self._write(insert)
@@ -530,7 +509,7 @@ class SQLiteStore:
                 ).rowcount
                 if changed != 1:
                     return False
-                db["attempts"].insert(attempt.model_dump())
+                db.table("attempts").insert(attempt.model_dump())
                 _track_health(db, delivery.subscription_id, state, now, disable_reason, disable_after)
             return True
 

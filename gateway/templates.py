@@ -51,13 +51,19 @@ class Templates:
     def body_template(self, event: str, name: str | None) -> jinja2.Template:
         template_name = name or DEFAULT_TEMPLATES[event]
         if not set(template_name) <= TEMPLATE_NAME_CHARS or template_name.startswith("."):
-            raise TemplateProblem(f"template {template_name!r}: use a plain file name in the templates folder")
+            raise TemplateProblem(
+                f"template {template_name!r}: use a plain file name in the templates folder"
+            )
         try:
             return self.env.get_template(template_name)
         except jinja2.TemplateNotFound:
-            raise TemplateProblem(f"template {template_name!r} not found in {self.directory}") from None
+            raise TemplateProblem(
+                f"template {template_name!r} not found in {self.directory}"
+            ) from None
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateProblem(f"template {template_name!r} line {exc.lineno}: {exc.message}") from None
+            raise TemplateProblem(
+                f"template {template_name!r} line {exc.lineno}: {exc.message}"
+            ) from None
 
     def render_body(self, event: str, name: str | None, context: dict[str, Any]) -> bytes:
         """Render a delivery body; it must be valid JSON."""

@@ -15,7 +15,9 @@ from tests.conftest import AUTH_A, AUTH_B, TENANT_A
 PUBLIC_URL = "https://93.184.216.34/hooks/octo"
 
 
-async def create(client: TestClient[Any, Any], body: dict[str, Any], auth: dict[str, str] = AUTH_A) -> Any:
+async def create(
+    client: TestClient[Any, Any], body: dict[str, Any], auth: dict[str, str] = AUTH_A
+) -> Any:
     response = await client.post("/octo/webhooks", json=body, headers=auth)
     assert response.status == 200, await response.text()
     return await response.json()
@@ -87,9 +89,13 @@ async def test_list_get_patch_delete(client: TestClient[Any, Any]) -> None:
 
 async def test_patch_active_toggles(client: TestClient[Any, Any]) -> None:
     webhook = await create(client, {"url": PUBLIC_URL, "event": "booking_update"})
-    off = await client.patch(f"/octo/webhooks/{webhook['id']}", json={"active": False}, headers=AUTH_A)
+    off = await client.patch(
+        f"/octo/webhooks/{webhook['id']}", json={"active": False}, headers=AUTH_A
+    )
     assert (await off.json())["active"] is False
-    on = await client.patch(f"/octo/webhooks/{webhook['id']}", json={"active": True}, headers=AUTH_A)
+    on = await client.patch(
+        f"/octo/webhooks/{webhook['id']}", json={"active": True}, headers=AUTH_A
+    )
     assert (await on.json())["active"] is True
 
 
@@ -121,14 +127,22 @@ async def test_tenants_see_only_their_own(client: TestClient[Any, Any]) -> None:
         {"Authorization": f"bearer {TENANT_A['key']}x"},
     ],
 )
-async def test_missing_or_wrong_key_is_401(client: TestClient[Any, Any], headers: dict[str, str]) -> None:
-    for method, path in [("GET", "/octo/webhooks"), ("POST", "/octo/webhooks"), ("GET", "/octo/webhooks/x")]:
+async def test_missing_or_wrong_key_is_401(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    for method, path in [
+        ("GET", "/octo/webhooks"),
+        ("POST", "/octo/webhooks"),
+        ("GET", "/octo/webhooks/x"),
+    ]:
         response = await client.request(method, path, headers=headers, json={})
         await expect_error(response, 401, "UNAUTHORIZED")
 
 
 async def test_bearer_scheme_is_case_insensitive(client: TestClient[Any, Any]) -> None:
-    response = await client.get("/octo/webhooks", headers={"Authorization": f"bearer {TENANT_A['key']}"})
+    response = await client.get(
+        "/octo/webhooks", headers={"Authorization": f"bearer {TENANT_A['key']}"}
+    )
     assert response.status == 200
 
 
@@ -137,7 +151,9 @@ async def test_octo_capabilities_echoed(client: TestClient[Any, Any]) -> None:
         "/octo/webhooks", headers={**AUTH_A, "Octo-Capabilities": "octo/webhooks"}
     )
     assert response.headers["Octo-Capabilities"] == "octo/webhooks"
-    unauthorized = await client.get("/octo/webhooks", headers={"Octo-Capabilities": "octo/webhooks"})
+    unauthorized = await client.get(
+        "/octo/webhooks", headers={"Octo-Capabilities": "octo/webhooks"}
+    )
     assert unauthorized.headers["Octo-Capabilities"] == "octo/webhooks"
 
 
@@ -151,12 +167,18 @@ async def test_octo_capabilities_echoed(client: TestClient[Any, Any]) -> None:
         ({"url": PUBLIC_URL, "event": "booking_update", "retryOnError": "yes"}, ["retryOnError"]),
         ({"url": PUBLIC_URL, "event": "booking_update", "headers": ["a"]}, ["headers"]),
         ({"url": PUBLIC_URL, "event": "booking_update", "headers": {"X": 1}}, ["headers"]),
-        ({"url": PUBLIC_URL, "event": "booking_update", "colour": "red"}, ["colour", "unknown field"]),
+        (
+            {"url": PUBLIC_URL, "event": "booking_update", "colour": "red"},
+            ["colour", "unknown field"],
+        ),
         ({"url": "ftp://93.184.216.34/x", "event": "booking_update"}, ["url"]),
         ({"url": "/relative/path", "event": "booking_update"}, ["url"]),
         ({"url": "not a url", "event": "booking_update"}, ["url"]),
         ({"url": PUBLIC_URL, "event": "booking_update", "headers": {"X-A": "a\r\nB: c"}}, ["X-A"]),
-        ({"url": PUBLIC_URL, "event": "booking_update", "headers": {"bad name": "v"}}, ["bad name"]),
+        (
+            {"url": PUBLIC_URL, "event": "booking_update", "headers": {"bad name": "v"}},
+            ["bad name"],
+        ),
         (
             {"url": PUBLIC_URL, "event": "booking_update", "headers": {"Webhook-Signature": "v"}},
             ["Webhook-Signature"],
@@ -180,7 +202,9 @@ async def test_bad_bodies_name_the_field(
         (b'"text"', "JSON object"),
     ],
 )
-async def test_malformed_json_is_400(client: TestClient[Any, Any], raw: bytes, mention: str) -> None:
+async def test_malformed_json_is_400(
+    client: TestClient[Any, Any], raw: bytes, mention: str
+) -> None:
     response = await client.post(
         "/octo/webhooks", data=raw, headers={**AUTH_A, "Content-Type": "application/json"}
     )
@@ -196,7 +220,9 @@ async def test_patch_validates_too(client: TestClient[Any, Any]) -> None:
         ({"url": "http://127.0.0.1/x"}, "url"),
         ({"secret": "whsec_x"}, "secret"),
     ]:
-        await expect_error(await client.patch(path, json=body, headers=AUTH_A), 400, "BAD_REQUEST", mention)
+        await expect_error(
+            await client.patch(path, json=body, headers=AUTH_A), 400, "BAD_REQUEST", mention
+        )
 
 
 async def test_oversize_body_is_413(client: TestClient[Any, Any]) -> None:
@@ -253,11 +279,15 @@ async def test_url_password_masked_everywhere_but_creation(
     ],
 )
 async def test_private_targets_refused(client: TestClient[Any, Any], url: str) -> None:
-    response = await client.post("/octo/webhooks", json={"url": url, "event": "booking_update"}, headers=AUTH_A)
+    response = await client.post(
+        "/octo/webhooks", json={"url": url, "event": "booking_update"}, headers=AUTH_A
+    )
     await expect_error(response, 400, "BAD_REQUEST", "url")
 
 
-async def test_private_targets_allowed_when_configured(aiohttp_client: Any, make_config: Any) -> None:
+async def test_private_targets_allowed_when_configured(
+    aiohttp_client: Any, make_config: Any
+) -> None:
     from gateway.app import create_app
 
     client = await aiohttp_client(create_app(make_config(delivery={"allow_private_targets": True})))
@@ -267,5 +297,7 @@ async def test_private_targets_allowed_when_configured(aiohttp_client: Any, make
 
 async def test_unknown_route_and_method_answer_octo_errors(client: TestClient[Any, Any]) -> None:
     await expect_error(await client.get("/octo/nothing-here", headers=AUTH_A), 404, "NOT_FOUND")
-    await expect_error(await client.put("/octo/webhooks", headers=AUTH_A), 405, "METHOD_NOT_ALLOWED")
+    await expect_error(
+        await client.put("/octo/webhooks", headers=AUTH_A), 405, "METHOD_NOT_ALLOWED"
+    )
     await expect_error(await client.get("/nowhere"), 404, "NOT_FOUND")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def gateway(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def gateway(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         capture_output=True,
@@ -141,3 +144,34 @@ def test_help(command: list[str]) -> None:
     result = gateway(*command, "--help")
     assert result.returncode == 0
     assert "Usage: gateway" in result.stdout
+
+
+def test_plugins_lists_plugins_hooks_and_sources() -> None:
+    result = gateway("plugins", "--config", str(REPO / "gateway.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "gateway_plugins.channex" in result.stdout
+    assert "register_sources" in result.stdout
+    assert "sources: beds24, channex" in result.stdout
+    as_json = gateway("plugins", "--json", "--config", str(REPO / "gateway.toml"))
+    names = {p["name"] for p in json.loads(as_json.stdout)}
+    assert {"gateway.default_plugins.sandbox", "gateway_plugins.beds24"} <= names
+
+
+def test_configured_source_without_plugin_is_refused(tmp_path: Path) -> None:
+    path = demo_config(tmp_path, '\n[sources.opera]\ntoken = "x"\n')
+    result = gateway("check", "--config", str(path))
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith(f"gateway: {path}: sources.opera: no plugin provides")
+
+
+def test_bad_source_setting_names_the_key(tmp_path: Path) -> None:
+    text = (
+        demo_config(tmp_path)
+        .read_text()
+        .replace('timezone = "UTC"', 'timezone = "Mars/Olympus"', 1)
+    )
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    result = gateway("check", "--config", str(path))
+    assert result.returncode != 0
+    assert "sources.channex.timezone" in result.stderr

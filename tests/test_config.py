@@ -35,11 +35,14 @@ def test_defaults_when_empty(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('[[api_keys]]\nname = "a"\nkey = "key-00001"\n[[api_keys]]\nname = "b"\n', "api_keys[1].key: field required"),
+        (
+            '[[api_keys]]\nname = "a"\nkey = "key-00001"\n[[api_keys]]\nname = "b"\n',
+            "api_keys[1].key: field required",
+        ),
         ('[server]\nport = "eighty"\n', "server.port:"),
-        ('[server]\nport = 70000\n', "server.port:"),
+        ("[server]\nport = 70000\n", "server.port:"),
         ('[server]\ncolour = "red"\n', "server.colour: unknown key"),
-        ('[delivery]\nretry_schedule = [5, -1]\n', "delivery.retry_schedule:"),
+        ("[delivery]\nretry_schedule = [5, -1]\n", "delivery.retry_schedule:"),
         ('[sources.channex]\napi_url = "x"\n', "sources.channex.token: field required"),
         ('[[api_keys]]\nname = "a"\nkey = "short"\n', "api_keys[0].key:"),
         ("[server\n", "invalid TOML"),
@@ -78,10 +81,15 @@ def test_missing_env_var_names_key(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     path = write(tmp_path, '[[api_keys]]\nname = "a"\nkey = "${NOT_SET_ANYWHERE}"\n')
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == f"{path}: api_keys[0].key: environment variable NOT_SET_ANYWHERE is not set"
+    assert (
+        str(info.value)
+        == f"{path}: api_keys[0].key: environment variable NOT_SET_ANYWHERE is not set"
+    )
 
 
-def test_relative_paths_resolve_against_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sub = tmp_path / "etc"
     sub.mkdir()
     path = sub / "gateway.toml"

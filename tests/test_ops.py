@@ -22,6 +22,13 @@ async def test_metrics_count_requests_and_latency(client: TestClient[Any, Any]) 
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     text = await response.text()
-    assert 'gateway_http_requests_total{method="GET",route="/octo/webhooks",status="200"} 1.0' in text
-    assert 'gateway_http_requests_total{method="GET",route="/octo/webhooks",status="401"} 1.0' in text
-    assert 'gateway_http_request_duration_seconds_count{method="GET",route="/octo/webhooks"} 2.0' in text
+    assert (
+        'gateway_http_requests_total{method="GET",route="/octo/webhooks",status="200"} 1.0' in text
+    )
+    assert (
+        'gateway_http_requests_total{method="GET",route="/octo/webhooks",status="401"} 1.0' in text
+    )
+    assert (
+        'gateway_http_request_duration_seconds_count{method="GET",route="/octo/webhooks"} 2.0'
+        in text
+    )

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.samples import sample_data
-from gateway.templates import Templates, TemplateProblem
+from gateway.templates import TemplateProblem, Templates
 from tests.conftest import AUTH_A, REPO
 from tests.octo_schema import validate_octo
 
@@ -20,7 +20,9 @@ from tests.octo_schema import validate_octo
 def template_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "templates"
     shutil.copytree(REPO / "templates", directory)
-    (directory / "slim.json.j2").write_text('{"ref": {{ booking.supplierReference | json }}, "n": {{ diff | length }}}')
+    (directory / "slim.json.j2").write_text(
+        '{"ref": {{ booking.supplierReference | json }}, "n": {{ diff | length }}}'
+    )
     (directory / "broken-json.json.j2").write_text('{"ref": {{ booking.supplierReference }}}')
     (directory / "undefined.json.j2").write_text('{"x": {{ booking.noSuchField | json }}}')
     (directory / "escape.json.j2").write_text('{"x": "{{ booking.__class__.__mro__ }}"}')
@@ -45,7 +47,9 @@ def test_default_bodies_are_contract_shaped(template_dir: Path) -> None:
 
 
 def test_custom_template_renders(template_dir: Path) -> None:
-    body = Templates(template_dir).render_body("booking_update", "slim.json.j2", context("booking_update"))
+    body = Templates(template_dir).render_body(
+        "booking_update", "slim.json.j2", context("booking_update")
+    )
     data = sample_data("booking_update")
     assert json.loads(body) == {"ref": data["booking"]["supplierReference"], "n": 0}
 
@@ -74,14 +78,25 @@ def test_url_template_renders_booking_values(template_dir: Path) -> None:
     assert templates.render_url("https://93.184.216.34/plain", {}) == "https://93.184.216.34/plain"
 
 
-async def test_subscription_refuses_broken_templates(aiohttp_client: Any, make_config: Any, template_dir: Path) -> None:
+async def test_subscription_refuses_broken_templates(
+    aiohttp_client: Any, make_config: Any, template_dir: Path
+) -> None:
     client = await aiohttp_client(create_app(make_config(templates={"dir": str(template_dir)})))
     base = {"url": "https://93.184.216.34/hook", "event": "booking_update"}
-    for template in ("broken-json.json.j2", "undefined.json.j2", "missing.json.j2", "escape.json.j2"):
-        response = await client.post("/octo/webhooks", json={**base, "template": template}, headers=AUTH_A)
+    for template in (
+        "broken-json.json.j2",
+        "undefined.json.j2",
+        "missing.json.j2",
+        "escape.json.j2",
+    ):
+        response = await client.post(
+            "/octo/webhooks", json={**base, "template": template}, headers=AUTH_A
+        )
         assert response.status == 400, template
         assert "template" in (await response.json())["errorMessage"]
-    ok = await client.post("/octo/webhooks", json={**base, "template": "slim.json.j2"}, headers=AUTH_A)
+    ok = await client.post(
+        "/octo/webhooks", json={**base, "template": "slim.json.j2"}, headers=AUTH_A
+    )
     assert ok.status == 200
     webhook = await ok.json()
     assert webhook["template"] == "slim.json.j2"
@@ -94,13 +109,19 @@ async def test_subscription_refuses_broken_templates(aiohttp_client: Any, make_c
 async def test_subscription_url_templates(aiohttp_client: Any, make_config: Any) -> None:
     client = await aiohttp_client(create_app(make_config()))
     good = "https://93.184.216.34/hook?ref={{ booking.supplierReference }}"
-    response = await client.post("/octo/webhooks", json={"url": good, "event": "booking_update"}, headers=AUTH_A)
+    response = await client.post(
+        "/octo/webhooks", json={"url": good, "event": "booking_update"}, headers=AUTH_A
+    )
     assert response.status == 200
     # booking values don't exist in availability events
-    wrong = await client.post("/octo/webhooks", json={"url": good, "event": "availability_update"}, headers=AUTH_A)
+    wrong = await client.post(
+        "/octo/webhooks", json={"url": good, "event": "availability_update"}, headers=AUTH_A
+    )
     assert wrong.status == 400
     # a template that renders to a private address is refused like a literal one
     private = "http://{{ '127.0.0.1' }}/hook"
-    refused = await client.post("/octo/webhooks", json={"url": private, "event": "booking_update"}, headers=AUTH_A)
+    refused = await client.post(
+        "/octo/webhooks", json={"url": private, "event": "booking_update"}, headers=AUTH_A
+    )
     assert refused.status == 400
     assert "url" in (await refused.json())["errorMessage"]

@@ -77,7 +77,12 @@ async def beds24_calendar(request: web.Request) -> web.Response:
             }
         )
         day += timedelta(days=1)
-    item = {"roomId": int(room) if room.isdigit() else room, "propertyId": 125517, "name": "Sandbox room", "calendar": days}
+    item = {
+        "roomId": int(room) if room.isdigit() else room,
+        "propertyId": 125517,
+        "name": "Sandbox room",
+        "calendar": days,
+    }
     return web.json_response({"success": True, "type": "calendar", "count": 1, "data": [item]})
 
 
