@@ -220,7 +220,7 @@ def describe_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) ->
 
 def _resolve_paths(config: GatewayConfig, base: Path) -> None:
     def resolve(path: Path) -> Path:
-        return path if path.is_absolute() else (base / path)
+        return (base / path).resolve()
 
     if str(config.storage.path) != ":memory:":
         config.storage.path = resolve(config.storage.path)

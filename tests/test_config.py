@@ -113,3 +113,14 @@ def test_gateway_config_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     path = write(tmp_path, "[server]\nport = 9191\n")
     monkeypatch.setenv("GATEWAY_CONFIG", str(path))
     assert load_config().server.port == 9191
+
+
+def test_demo_config_is_the_shipped_one_with_private_targets() -> None:
+    shipped = load_config(REPO / "gateway.toml")
+    demo = load_config(REPO / "docs" / "demo.toml")
+    assert demo.delivery.allow_private_targets is True
+    assert shipped.delivery.allow_private_targets is False
+    assert demo.plugins.dir == shipped.plugins.dir
+    assert demo.templates.dir == shipped.templates.dir
+    demo.delivery.allow_private_targets = False
+    assert demo.model_dump(exclude={"storage"}) == shipped.model_dump(exclude={"storage"})
