@@ -2,17 +2,22 @@
 
 The only module that opens outbound connections to subscribers. Work is leased from the store, so a
 crash (or kill -9) mid-delivery only lets the lease expire and the message is sent again with the
-same ``webhook-id``.
+same ``webhook-id``. An attempt never outlives ``delivery.timeout`` (plus a second), and the lease
+is comfortably longer, so a live worker always settles its message before anyone else may take it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import codecs
+import contextlib
 import logging
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
@@ -22,7 +27,13 @@ from yarl import URL
 from gateway.config import DeliveryConfig, GatewayConfig
 from gateway.hooks import Hooks
 from gateway.metrics import Metrics
-from gateway.models import AttemptRecord, DeliveryRecord, DeliveryState, Subscription, mask_password
+from gateway.models import (
+    AttemptRecord,
+    DeliveryRecord,
+    DeliveryState,
+    Subscription,
+    mask_password,
+)
 from gateway.netguard import check_url, guarded_connector
 from gateway.signing import webhook_headers
 from gateway.storage import Store
@@ -77,10 +88,13 @@ def retry_delay(
     retry_after: float | None = None,
     rng: random.Random | None = None,
 ) -> float | None:
-    """Seconds to wait after ``failed_attempts`` failures, or None when the schedule is spent.
+    """Seconds to wait after ``failed_attempts`` (1, 2, ...) failures, or None when the schedule
+    is spent.
 
     Each delay gets +/-20 % jitter; a ``Retry-After`` is honoured within 1x-2x of the scheduled
     delay (never sooner than the schedule, never more than twice as late)."""
+    if failed_attempts < 1:
+        raise ValueError(f"failed_attempts must be 1 or more, not {failed_attempts}")
     if failed_attempts > len(schedule):
         return None
     base = schedule[failed_attempts - 1]
@@ -90,15 +104,19 @@ def retry_delay(
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
+    """A ``Retry-After`` header (delay-seconds or HTTP-date) as seconds from ``now``."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
-        return max(parsedate_to_datetime(value).timestamp() - now, 0.0)
+        moment = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if moment.tzinfo is None:  # "-0000": UTC, with no zone information
+        moment = moment.replace(tzinfo=UTC)
+    return max(moment.timestamp() - now, 0.0)
 
 
 def webhook_object(subscription: Subscription) -> dict[str, Any]:
@@ -110,9 +128,8 @@ def webhook_object(subscription: Subscription) -> dict[str, Any]:
 
 def supplier_object(config: GatewayConfig) -> dict[str, Any]:
     supplier = config.supplier
-    endpoint = supplier.endpoint or (
-        config.server.public_url or f"http://{config.server.host}:{config.server.port}"
-    ).rstrip("/") + "/octo"
+    listening = config.server.public_url or f"http://{config.server.host}:{config.server.port}"
+    endpoint = supplier.endpoint or listening.rstrip("/") + "/octo"
     return {
         "id": supplier.id,
         "name": supplier.name,
@@ -132,12 +149,17 @@ def body_context(
     return {"event": event, "webhook": webhook_object(subscription), "supplier": supplier, **data}
 
 
-def split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without its credentials, and the ``Authorization: Basic`` value they make (UTF-8,
+    RFC 7617), or None when the URL carries none."""
     parsed = URL(url)
     if parsed.user is None:
         return url, None
-    auth = aiohttp.BasicAuth(parsed.user, parsed.password or "")
-    return str(parsed.with_user(None)), auth
+    user, password = parsed.user, parsed.password or ""
+    if ":" in user:
+        raise ValueError("a user name in the URL may not contain ':'")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return str(parsed.with_user(None)), f"Basic {token}"
 
 
 def make_session(config: DeliveryConfig) -> aiohttp.ClientSession:
@@ -150,11 +172,28 @@ def make_session(config: DeliveryConfig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
 
 
+async def read_excerpt(content: aiohttp.StreamReader, limit: int = RESPONSE_EXCERPT) -> str:
+    """The first ``limit`` bytes of an answer as text (however it is chunked); a character cut in
+    half at the end is dropped, other undecodable bytes are replaced."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    return decoder.decode(bytes(data), final=len(data) < limit)
+
+
 class Sender:
     """Renders, signs and POSTs one message; knows nothing of queues."""
 
     def __init__(
-        self, config: GatewayConfig, templates: Templates, hooks: Hooks, session: aiohttp.ClientSession
+        self,
+        config: GatewayConfig,
+        templates: Templates,
+        hooks: Hooks,
+        session: aiohttp.ClientSession,
     ) -> None:
         self.config = config
         self.templates = templates
@@ -174,26 +213,48 @@ class Sender:
     async def post(
         self, msg_id: str, event: str, url: str, body: bytes, subscription: Subscription
     ) -> Response:
+        """One attempt, never longer than ``delivery.timeout`` (plus a second of slack); every
+        failure is an answer with an ``error``, never an exception."""
         started = time.perf_counter()
         try:
-            if url != subscription.url:  # a URL template: check what it rendered to
-                await check_url(url, allow_private=self.config.delivery.allow_private_targets)
-            target, auth = split_credentials(url)
-            headers = {**subscription.headers, **self.hooks.delivery_headers(event, subscription, body)}
-            headers.update(
-                webhook_headers(msg_id, body, subscription.signing_secrets(utcnow()))
-            )
-            headers["Content-Type"] = "application/json"
-            async with self.session.post(
-                target, data=body, headers=headers, auth=auth, allow_redirects=False
-            ) as answer:
-                excerpt = (await answer.content.read(RESPONSE_EXCERPT)).decode("utf-8", "replace")
-                retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
-                return Response(answer.status, excerpt, retry_after, None, _ms(started))
+            async with asyncio.timeout(self.config.delivery.timeout + 1):
+                return await self._post(msg_id, event, url, body, subscription, started)
         except TimeoutError:
             return Response(None, None, None, "timed out", _ms(started))
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             return Response(None, None, None, f"{type(exc).__name__}: {exc}", _ms(started))
+        except Exception as exc:
+            # A plugin's delivery_headers, say: it fails the attempt, never the worker.
+            log.exception("delivery %s failed unexpectedly", msg_id)
+            return Response(None, None, None, f"{type(exc).__name__}: {exc}", _ms(started))
+
+    async def _post(
+        self,
+        msg_id: str,
+        event: str,
+        url: str,
+        body: bytes,
+        subscription: Subscription,
+        started: float,
+    ) -> Response:
+        if url != subscription.url:  # a URL template: check what it rendered to
+            await check_url(url, allow_private=self.config.delivery.allow_private_targets)
+        target, authorization = split_credentials(url)
+        headers = {
+            **subscription.headers,
+            **self.hooks.delivery_headers(event, subscription, body),
+        }
+        if authorization is not None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            headers["Authorization"] = authorization
+        headers.update(webhook_headers(msg_id, body, subscription.signing_secrets(utcnow())))
+        headers["Content-Type"] = "application/json"
+        async with self.session.post(
+            target, data=body, headers=headers, allow_redirects=False
+        ) as answer:
+            excerpt = await read_excerpt(answer.content)
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
+            return Response(answer.status, excerpt, retry_after, None, _ms(started))
 
 
 def _ms(started: float) -> float:
@@ -204,7 +265,9 @@ class Deliverer:
     """Claims due deliveries and sends them, within overall and per-subscription limits; woken at
     once when new deliveries are stored, polling only for due retries."""
 
-    def __init__(self, store: Store, config: GatewayConfig, sender: Sender, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, config: GatewayConfig, sender: Sender, metrics: Metrics
+    ) -> None:
         self.store = store
         self.config = config
         self.delivery = config.delivery
@@ -214,33 +277,60 @@ class Deliverer:
         self._running: dict[asyncio.Task[None], DeliveryRecord] = {}
         self._per_subscription: Counter[str] = Counter()
         self._stopping = False
-        self.lease_seconds = self.delivery.timeout * 2 + 30
+        self._loop_started = False
+        self._loop_exited = asyncio.Event()
+        # An attempt lasts at most timeout + 1 s (Sender.post); the lease covers that twice over
+        # plus time to render and settle, and a crashed worker's messages are re-sent soon after.
+        self.lease_seconds = self.delivery.timeout * 2 + 5
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            room = self.delivery.concurrency - len(self._running)
-            if room > 0:
-                busy = [
-                    sid
-                    for sid, n in self._per_subscription.items()
-                    if n >= self.delivery.per_subscriber_concurrency
-                ]
-                claimed = await self.store.claim_deliveries(
-                    min(room, self.delivery.per_subscriber_concurrency * 8),
-                    self.lease_seconds,
-                    busy_subscriptions=busy,
-                    ordering_max_wait=self.delivery.ordering_max_wait,
-                )
-                self._start(claimed)
-            await self._sleep()
+        self._loop_started = True
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                started = time.time()
+                try:
+                    if await self._claim():
+                        continue  # a full batch: more may be due now
+                    await self._sleep(started)
+                except Exception:
+                    log.exception("delivery worker: claiming failed; trying again shortly")
+                    await self._pause(self.delivery.poll_interval)
+        finally:
+            self._loop_exited.set()
+
+    async def _claim(self) -> bool:
+        """Claim what there is room for; True when the batch was full."""
+        room = self.delivery.concurrency - len(self._running)
+        if room <= 0:
+            return False
+        busy = [
+            sid
+            for sid, n in self._per_subscription.items()
+            if n >= self.delivery.per_subscriber_concurrency
+        ]
+        limit = min(room, self.delivery.per_subscriber_concurrency * 8)
+        claimed = await self.store.claim_deliveries(
+            limit,
+            self.lease_seconds,
+            busy_subscriptions=busy,
+            ordering_max_wait=self.delivery.ordering_max_wait,
+        )
+        if self._stopping:  # stopped while claiming: hand them back untouched
+            await self.store.release_deliveries(claimed)
+            return False
+        self._start(claimed)
+        return len(claimed) == limit
 
     def _start(self, claimed: list[DeliveryRecord]) -> None:
         for record in claimed:
-            if self._per_subscription[record.subscription_id] >= self.delivery.per_subscriber_concurrency:
+            if (
+                self._per_subscription[record.subscription_id]
+                >= self.delivery.per_subscriber_concurrency
+            ):
                 # Claimed in the same batch as others of its subscription: hand it back at once.
                 task = asyncio.create_task(self.store.release_deliveries([record]))
             else:
@@ -257,20 +347,27 @@ class Deliverer:
         if task.exception() is not None:
             log.error("delivery task for %s crashed", record.id, exc_info=task.exception())
 
-    async def _sleep(self) -> None:
+    async def _sleep(self, claimed_at: float) -> None:
+        """Wait for a wake-up, the next retry falling due, or the poll interval. Messages that
+        were due when the last claim ran but were not taken wait for something else (an earlier
+        message of their booking, or room at their subscription), which wakes the loop itself."""
         timeout = self.delivery.poll_interval
         due = await self.store.next_delivery_due()
-        if due is not None:
+        if due is not None and due > claimed_at:
             timeout = min(timeout, max(due - time.time(), 0.005))
-        try:
+        await self._pause(timeout)
+
+    async def _pause(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, let in-flight requests finish within ``grace``, release the rest."""
         self._stopping = True
         self._wake.set()
+        if self._loop_started:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._loop_exited.wait(), max(grace, 1.0))
         if not self._running:
             return
         _, pending = await asyncio.wait(set(self._running), timeout=grace)
@@ -299,12 +396,17 @@ class Deliverer:
         try:
             body = record.body or self.sender.render(record.event, record.data, subscription)
             url = self.sender.target(record.event, record.data, subscription)
-        except TemplateProblem as exc:
-            response = Response(None, None, None, str(exc), 0.0)
-            body = None
-            url = subscription.url
-        else:
-            response = await self.sender.post(record.id, record.event, url, body, subscription)
+        except Exception as exc:
+            # A broken template or a plugin's render_payload: a failed attempt like any other,
+            # retried on the schedule, so the message ends dead instead of stuck in a lease.
+            if not isinstance(exc, TemplateProblem):
+                log.exception("rendering delivery %s failed", record.id)
+            response = Response(None, None, None, f"cannot render: {exc}", 0.0)
+            await self._settle(
+                record, subscription, attempt_number, response, None, subscription.url
+            )
+            return
+        response = await self.sender.post(record.id, record.event, url, body, subscription)
         await self._settle(record, subscription, attempt_number, response, body, url)
 
     async def _settle(

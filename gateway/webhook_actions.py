@@ -19,6 +19,8 @@ from gateway.templates import TemplateProblem
 
 ROTATION_GRACE = timedelta(hours=24)
 DELIVERY_STATES = {"pending", "leased", "delivered", "dead", "skipped", "superseded"}
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
 
 
 class ReplayBody(BaseModel):
@@ -58,8 +60,10 @@ async def list_deliveries(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state is not None and state not in DELIVERY_STATES:
         raise bad_request(f"state: must be one of {', '.join(sorted(DELIVERY_STATES))}")
-    limit = _int_query(request, "limit", 50, 1, 500)
-    before = _int_query(request, "before", None, 1, None)
+    limit = _int_query(request, "limit", 1, MAX_PAGE)
+    if limit is None:
+        limit = DEFAULT_PAGE
+    before = _int_query(request, "before", 1, None)
     rows = await request.app[store_key].list_attempts(
         subscription.id, state=state, limit=limit, before=before
     )
@@ -70,13 +74,17 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return response
 
 
-def _int_query(
-    request: web.Request, name: str, default: int | None, low: int, high: int | None
-) -> int | None:
+def _int_query(request: web.Request, name: str, low: int, high: int | None) -> int | None:
+    """A whole-number query parameter within bounds, or None when absent; anything else is 400."""
     raw = request.query.get(name)
     if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+        return None
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if (
+        not (raw.isascii() and raw.isdigit())
+        or int(raw) < low
+        or (high is not None and int(raw) > high)
+    ):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise bad_request(f"{name}: must be a whole number {bound}")
     return int(raw)
@@ -86,7 +94,7 @@ async def replay(request: web.Request) -> web.Response:
     subscription = await own_subscription(request)
     body: ReplayBody = parse_body(ReplayBody, await read_json_object(request))
     if not subscription.active:
-        raise bad_request("subscription is disabled; PATCH {\"active\": true} first")
+        raise bad_request('subscription is disabled; PATCH {"active": true} first')
     replayed = await request.app[store_key].replay_deliveries(
         subscription.id, body.since.timestamp()
     )
