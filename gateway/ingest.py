@@ -10,11 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.appkeys import config_key, store_key
 from gateway.auth import tokens_equal
 from gateway.errors import OctoError, error_response
+from gateway.pms import without_card_data
 from gateway.sources import IncomingPush, PushRejected, Source
+from gateway.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +35,52 @@ def incoming_push(request: web.Request, source: str, body: bytes) -> IncomingPus
         source=source,
         method=request.method,
         query={k: v for k, v in request.query.items() if k != "token"},
-        headers={k: v for k, v in request.headers.items() if k.lower() not in SECRET_HEADERS},
+        # Case-insensitive, like HTTP: ``headers.get("Content-Type")`` finds "content-type" too.
+        headers=CIMultiDictProxy(
+            CIMultiDict(
+                (k, v) for k, v in request.headers.items() if k.lower() not in SECRET_HEADERS
+            )
+        ),
         body=body,
     )
 
 
+# Where a body that isn't JSON mentions one of these, it may hold card data: it is not kept.
+CARD_HINTS = (b"cvv", b"cvc", b"card", b"guarantee", b"token")
+
+
+def keepable_body(body: bytes) -> bytes | None:
+    """What of a rejected push's body may be stored: a JSON body without its card data (a JSON body
+    that needs no redaction is kept byte for byte), a body that isn't JSON only when it mentions
+    nothing card-like; else None."""
+    try:
+        doc = json.loads(body)
+        redacted = without_card_data(doc)
+        if redacted == doc:
+            return body
+        return json.dumps(redacted).encode("utf-8")
+    except (ValueError, RecursionError):
+        lowered = body.lower()
+        return None if any(hint in lowered for hint in CARD_HINTS) else body
+
+
 def raw_payload(push: IncomingPush, *, keep_body: bool) -> dict[str, Any]:
     """How a push that could not be parsed is kept, so it can be parsed again after a fix."""
+    body = keepable_body(push.body) if keep_body and push.body else None
     return {
         "method": push.method,
         "query": dict(push.query),
         "contentType": push.headers.get("Content-Type"),
-        "body": base64.b64encode(push.body).decode("ascii") if keep_body else None,
+        "body": base64.b64encode(body).decode("ascii") if body else None,
     }
 
 
 def incoming_from_raw(source: str, raw: dict[str, Any]) -> IncomingPush:
     body = base64.b64decode(raw["body"]) if raw.get("body") else b""
-    headers = {"Content-Type": raw["contentType"]} if raw.get("contentType") else {}
-    return IncomingPush(source, raw["method"], raw["query"], headers, body)
+    headers: CIMultiDict[str] = CIMultiDict()
+    if raw.get("contentType"):
+        headers["Content-Type"] = raw["contentType"]
+    return IncomingPush(source, raw["method"], raw["query"], CIMultiDictProxy(headers), body)
 
 
 def dedupe_key(kind: str, payload: Any) -> str:
@@ -68,29 +98,26 @@ async def ingest(request: web.Request) -> web.Response:
     token = request.headers.get(TOKEN_HEADER) or request.query.get("token") or ""
     if not token or not tokens_equal(token, settings.token):
         raise OctoError(401, f"missing or wrong token for source {name!r}")
-    body = await request.read()
-    push = incoming_push(request, name, body)
     store = request.app[store_key]
+    try:
+        body = await request.read()
+    except web.RequestPayloadError as exc:
+        # A body that can't even be read (a broken Content-Encoding): kept as failed, without it.
+        push = incoming_push(request, name, b"")
+        cause = exc.__cause__ or exc
+        return await reject(store, push, PushRejected(f"body could not be read: {cause}"))
+    push = incoming_push(request, name, body)
     try:
         accepted = source.accept(push)
     except PushRejected as exc:
-        payload = raw_payload(push, keep_body=exc.keep_body)
-        record, _ = await store.insert_push(
-            source=name,
-            kind=REJECTED_KIND,
-            payload=payload,
-            dedupe_key=dedupe_key(REJECTED_KIND, payload),
-            order_key=None,
-            state="failed",
-            error=str(exc),
-        )
-        log.warning("push %s from %s rejected: %s", record.id, name, exc)
-        return error_response(400, f"{name} push rejected: {exc}", id=record.id, state=record.state)
+        return await reject(store, push, exc)
     record, created = await store.insert_push(
         source=name,
         kind=accepted.kind,
         payload=accepted.payload,
-        dedupe_key=None if accepted.coalesce_key else accepted.dedupe_key or dedupe_key(accepted.kind, accepted.payload),
+        dedupe_key=None
+        if accepted.coalesce_key
+        else accepted.dedupe_key or dedupe_key(accepted.kind, accepted.payload),
         order_key=accepted.order_key,
         coalesce_key=accepted.coalesce_key,
     )
@@ -101,6 +128,23 @@ async def ingest(request: web.Request) -> web.Response:
     return web.json_response(
         {"id": record.id, "state": record.state, "kind": record.kind, "duplicate": not created}
     )
+
+
+async def reject(store: Store, push: IncomingPush, exc: PushRejected) -> web.Response:
+    """Keep a push that can't be parsed as ``failed`` (replayable) and answer 400 naming why."""
+    name = push.source
+    payload = raw_payload(push, keep_body=exc.keep_body)
+    record, _ = await store.insert_push(
+        source=name,
+        kind=REJECTED_KIND,
+        payload=payload,
+        dedupe_key=dedupe_key(REJECTED_KIND, payload),
+        order_key=None,
+        state="failed",
+        error=str(exc),
+    )
+    log.warning("push %s from %s rejected: %s", record.id, name, exc)
+    return error_response(400, f"{name} push rejected: {exc}", id=record.id, state=record.state)
 
 
 def add_routes(app: web.Application) -> None:

@@ -38,29 +38,38 @@ async def request_json(
     try:
         return json.loads(text) if text.strip() else None
     except json.JSONDecodeError:
-        raise RetryLater(f"{what}: PMS API answered {status} with a body that is not JSON") from None
+        raise RetryLater(
+            f"{what}: PMS API answered {status} with a body that is not JSON"
+        ) from None
 
 
 def parse_json(body: bytes) -> Any:
     """A push body as JSON, or PushRejected naming the problem."""
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8").removeprefix("\ufeff")  # a byte order mark is not JSON
     except UnicodeDecodeError as exc:
         raise PushRejected(f"body is not UTF-8 (byte {exc.start})") from None
     if not text.strip():
         raise PushRejected("body is empty; expected JSON")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise PushRejected(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise PushRejected(f"body is nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError:
+        # Python refuses integers of more than 4300 digits (int_max_str_digits).
+        raise PushRejected("body is not valid JSON: a number in it is too long") from None
     if nesting_depth(value) > MAX_DEPTH:
         raise PushRejected(f"body is nested more than {MAX_DEPTH} levels deep")
     return value
 
 
 MAX_DEPTH = 32
+
+
+def _no_constant(name: str) -> Any:
+    raise PushRejected(f"body is not valid JSON: {name} is not a JSON value")
 
 
 def nesting_depth(value: Any) -> int:
@@ -81,6 +90,27 @@ def nesting_depth(value: Any) -> int:
     return deepest
 
 
+# More guests than this in one booking (room) is refused: OCTO gets one unit item per guest, and a
+# count like 10**8 in a push would otherwise exhaust memory.
+MAX_GUESTS = 500
+
+
+def limit_guests(counts: Mapping[str, Any], where: str) -> None:
+    """PushRejected when the guest counts (whole numbers, as the translators read them) of one
+    booking add up to more than MAX_GUESTS; values that aren't numbers are left to the translator."""
+    total = 0
+    for field, value in counts.items():
+        try:
+            number = int(value or 0)
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if number > MAX_GUESTS:
+            raise PushRejected(f"{where}.{field}: more than {MAX_GUESTS} guests ({number})")
+        total += max(number, 0)
+    if total > MAX_GUESTS:
+        raise PushRejected(f"{where}: more than {MAX_GUESTS} guests in all ({total})")
+
+
 CARD_KEYS = {
     "guarantee",
     "card_number",
@@ -97,7 +127,9 @@ CARD_KEYS = {
 def without_card_data(value: Any) -> Any:
     """A deep copy without card data (Channex ``guarantee``, card numbers, CVVs, tokens)."""
     if isinstance(value, dict):
-        return {k: without_card_data(v) for k, v in value.items() if str(k).lower() not in CARD_KEYS}
+        return {
+            k: without_card_data(v) for k, v in value.items() if str(k).lower() not in CARD_KEYS
+        }
     if isinstance(value, list):
         return [without_card_data(v) for v in value]
     return value

@@ -8,6 +8,7 @@ backoff; a push that can't be turned into events is marked ``failed`` with its e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def push_retry_delay(attempts: int, config: IngestConfig) -> float:
     """Exponential backoff with full jitter on the upper half, capped."""
-    delay = min(config.retry_base * 2 ** max(attempts - 1, 0), config.retry_max)
+    delay: float = min(config.retry_base * 2.0 ** max(attempts - 1, 0), config.retry_max)
     return delay * random.uniform(0.5, 1.0)
 
 
@@ -66,7 +67,8 @@ def availability_event(source: str, event: AvailabilityEvent, only_if_changed: b
 def new_events(source: str, outcome: Outcome) -> list[NewEvent]:
     events = [booking_event(source, b) for b in outcome.bookings]
     events += [
-        availability_event(source, a, outcome.only_changed_availability) for a in outcome.availability
+        availability_event(source, a, outcome.only_changed_availability)
+        for a in outcome.availability
     ]
     return events
 
@@ -136,13 +138,18 @@ class Processor:
     async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            room = self.config.concurrency - len(self._running)
-            if room > 0:
-                for push in await self.store.claim_pushes(room, self.config.lease_seconds):
-                    task = asyncio.create_task(self.process(push))
-                    self._running.add(task)
-                    task.add_done_callback(self._done)
-            await self._sleep()
+            try:
+                room = self.config.concurrency - len(self._running)
+                if room > 0:
+                    for push in await self.store.claim_pushes(room, self.config.lease_seconds):
+                        task = asyncio.create_task(self.process(push))
+                        self._running.add(task)
+                        task.add_done_callback(self._done)
+                await self._sleep()
+            except Exception:
+                # A storage hiccup (locked, disk full) must not end processing for good.
+                log.exception("push processor: claiming pushes failed; trying again shortly")
+                await asyncio.sleep(self.config.poll_interval)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -154,14 +161,12 @@ class Processor:
             due = await self.store.next_push_due()
             if due is not None:
                 timeout = min(timeout, max(due - datetime.now(UTC).timestamp(), 0.0))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming; give pushes in progress ``grace`` seconds, then cancel (their leases
-        expire and another run picks them up)."""
+        """Stop claiming; give pushes in progress ``grace`` seconds, then cancel them (each hands
+        its push back, so the next start processes it at once)."""
         self._stopping = True
         self._wake.set()
         if self._running:
@@ -171,17 +176,37 @@ class Processor:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def process(self, push: PushRecord) -> None:
+        try:
+            await self._process(push)
+        except Exception:
+            # Storage failed while settling: the lease runs out and the push is processed again.
+            log.exception(
+                "processing push %s failed; it is retried when its lease expires", push.id
+            )
+
+    async def _process(self, push: PushRecord) -> None:
         assert push.lease_token is not None
         source = self.sources.get(push.source)
         settings = self.settings.get(push.source)
         if source is None or settings is None:
-            await self.store.fail_push(push.id, push.lease_token, f"no source {push.source!r} loaded")
+            await self.store.fail_push(
+                push.id, push.lease_token, f"no source {push.source!r} loaded"
+            )
             return
         settings = effective_settings(push.source, settings, self.server)
         context = Context(push.source, settings, self.http, self.store)
         try:
             stored = self._stored(push, source)
             outcome = await source.process(stored, context)
+        except asyncio.CancelledError:
+            # The gateway is stopping: hand the push back now, so the next start takes it at once
+            # instead of waiting for the lease to run out.
+            await asyncio.shield(
+                self.store.defer_push(
+                    push.id, push.lease_token, "interrupted: the gateway stopped", 0
+                )
+            )
+            raise
         except (RetryLater, aiohttp.ClientError, TimeoutError) as exc:
             await self._defer(push, f"{type(exc).__name__}: {exc}")
             return
@@ -225,4 +250,4 @@ class Processor:
             return
         delay = push_retry_delay(push.attempts, self.config)
         await self.store.defer_push(push.id, push.lease_token, error, delay)
-        log.warning("push %s: %s; retrying in %.0f s", push.id, error, delay)
+        log.warning("push %s: %s; retrying in %.1f s", push.id, error, delay)

@@ -8,6 +8,9 @@ today and an availability_update is sent for every day that changed since the la
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -15,13 +18,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.config import SourceConfig
 from gateway.hookspecs import hookimpl
-from gateway.pms import parse_json, request_json, without_card_data
-from gateway.sources import AcceptedPush, IncomingPush, Outcome, PushRejected, SourceContext, StoredPush
+from gateway.pms import limit_guests, parse_json, request_json, without_card_data
+from gateway.sources import (
+    AcceptedPush,
+    IncomingPush,
+    Outcome,
+    PushRejected,
+    SourceContext,
+    StoredPush,
+)
 from gateway.translate.beds24 import availability_from_calendar, booking_from_beds24
 from gateway.translate.common import TranslationError
 from gateway.translate.settings import TranslationSettings
 
 V1_STATUSES = {"new", "modify", "cancel", "message"}
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Beds24 ids: ASCII digits ("²".isdigit() is true, and int() of 5,000 digits raises).
+NUMBER = re.compile(r"[0-9]{1,18}")
+
+
+def _id_text(value: Any) -> str:
+    """An id Beds24 may write as a number or a string; anything else is ''."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return ""
+    return str(value)[:64]
 
 
 class Beds24Settings(BaseModel):
@@ -45,6 +65,13 @@ class Beds24Source:
             return self._accept_v1(push)
         if push.method != "POST":
             raise PushRejected("expected ?bookid=N (version 1) or a POSTed JSON body (version 2)")
+        content_type = push.headers.get("Content-Type", "").lower()
+        if content_type.startswith(FORM_TYPES):
+            # Only version 1 sends forms, and its form may hold card data: never kept.
+            raise PushRejected(
+                "a form body needs ?bookid=N (version 1); version 2 and inventory pushes are JSON",
+                keep_body=False,
+            )
         doc = parse_json(push.body)
         if isinstance(doc, dict) and doc.get("action") is not None:
             return self._accept_inventory(doc)
@@ -55,21 +82,29 @@ class Beds24Source:
             where = f"[{index}]" if isinstance(doc, list) else "body"
             if not isinstance(item, dict) or not isinstance(item.get("booking"), dict):
                 raise PushRejected(f"{where}.booking: missing or not an object")
-            if not isinstance(item["booking"].get("id"), (int, str)) or isinstance(item["booking"].get("id"), bool):
+            if not isinstance(item["booking"].get("id"), (int, str)) or isinstance(
+                item["booking"].get("id"), bool
+            ):
                 raise PushRejected(f"{where}.booking.id: missing or not a number")
         bookings = [without_card_data(item["booking"]) for item in items]
         versions = sorted(f"{b['id']}@{b.get('modifiedTime')}" for b in bookings)
+        # Hashed: an array of thousands of bookings must not make a key of a megabyte.
+        digest = hashlib.sha256(json.dumps(versions).encode("utf-8")).hexdigest()
         order_key = f"beds24:{bookings[0]['id']}" if len(bookings) == 1 else None
-        return AcceptedPush(kind="v2", payload=bookings, dedupe_key="v2:" + ",".join(versions), order_key=order_key)
+        return AcceptedPush(
+            kind="v2", payload=bookings, dedupe_key=f"v2:{digest}", order_key=order_key
+        )
 
     def _accept_v1(self, push: IncomingPush) -> AcceptedPush:
         # A version 1 form body may hold card data (CVV, tokens): it is never read or kept.
         bookid = push.query.get("bookid", "")
         status = push.query.get("status", "")
-        if not bookid.isdigit():
+        if not NUMBER.fullmatch(bookid):
             raise PushRejected("bookid: must be a booking number", keep_body=False)
         if status and status not in V1_STATUSES:
-            raise PushRejected(f"status: must be one of {', '.join(sorted(V1_STATUSES))}", keep_body=False)
+            raise PushRejected(
+                f"status: must be one of {', '.join(sorted(V1_STATUSES))}", keep_body=False
+            )
         return AcceptedPush(
             kind="v1",
             payload={"bookid": int(bookid), "status": status or None},
@@ -79,11 +114,17 @@ class Beds24Source:
 
     def _accept_inventory(self, doc: dict[str, Any]) -> AcceptedPush:
         if doc.get("action") != "SYNC_ROOM":
-            raise PushRejected(f"action: {doc.get('action')!r} is not a known inventory action (SYNC_ROOM)")
-        room = str(doc.get("roomId", ""))
-        if not room.isdigit():
+            raise PushRejected(
+                f"action: {doc.get('action')!r} is not a known inventory action (SYNC_ROOM)"
+            )
+        room = _id_text(doc.get("roomId"))
+        if not NUMBER.fullmatch(room):
             raise PushRejected("roomId: must be a room number")
-        payload = {"roomId": room, "propId": str(doc.get("propId", "")), "ownerId": str(doc.get("ownerId", ""))}
+        payload = {
+            "roomId": room,
+            "propId": _id_text(doc.get("propId")),
+            "ownerId": _id_text(doc.get("ownerId")),
+        }
         return AcceptedPush(kind="inventory", payload=payload, coalesce_key=f"inventory:{room}")
 
     async def process(self, push: StoredPush, context: SourceContext) -> Outcome:
@@ -101,16 +142,22 @@ class Beds24Source:
             raise PushRejected(f"cannot translate: {exc}") from None
         raise PushRejected(f"unknown Beds24 push kind {push.kind!r}")
 
-    def _bookings(self, bookings: list[dict[str, Any]], translation: TranslationSettings, kind: str) -> Outcome:
+    def _bookings(
+        self, bookings: list[dict[str, Any]], translation: TranslationSettings, kind: str
+    ) -> Outcome:
         outcome = Outcome(note=f"{kind}: {len(bookings)} booking(s)")
         for booking in bookings:
+            guests = {field: booking.get(field) for field in ("numAdult", "numChild")}
+            limit_guests(guests, f"booking {booking.get('id')}")
             event = booking_from_beds24(booking, translation, source=self.name)
             if event is not None:
                 revision = f"{booking.get('id')}@{booking.get('modifiedTime')}"
                 outcome.bookings.append(event.model_copy(update={"revision": revision}))
         return outcome
 
-    async def _read_booking(self, api: Beds24Settings, context: SourceContext, bookid: int) -> dict[str, Any]:
+    async def _read_booking(
+        self, api: Beds24Settings, context: SourceContext, bookid: int
+    ) -> dict[str, Any]:
         answer = await request_json(
             context.http,
             "GET",
@@ -122,10 +169,15 @@ class Beds24Source:
         data = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(data, list) or not data or not isinstance(data[0], dict):
             raise PushRejected(f"Beds24 has no booking {bookid}")
-        return without_card_data(data[0])
+        booking: dict[str, Any] = without_card_data(data[0])
+        return booking
 
     async def _inventory(
-        self, api: Beds24Settings, translation: TranslationSettings, context: SourceContext, room: str
+        self,
+        api: Beds24Settings,
+        translation: TranslationSettings,
+        context: SourceContext,
+        room: str,
     ) -> Outcome:
         start = context.today()
         end = start + timedelta(days=api.sync_days - 1)

@@ -8,16 +8,30 @@ availability_update per product, option and day. Every other event is stored and
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.config import SourceConfig
 from gateway.hookspecs import hookimpl
-from gateway.pms import parse_json, request_json, without_card_data
-from gateway.sources import AcceptedPush, IncomingPush, Outcome, PushRejected, SourceContext, StoredPush
-from gateway.translate.channex import availability_from_ari, bookings_from_revision, revision_attributes
-from gateway.translate.common import TranslationError
+from gateway.pms import limit_guests, parse_json, request_json, without_card_data
+from gateway.sources import (
+    AcceptedPush,
+    IncomingPush,
+    Outcome,
+    PushRejected,
+    RetryLater,
+    SourceContext,
+    StoredPush,
+)
+from gateway.translate.channex import (
+    availability_from_ari,
+    bookings_from_revision,
+    revision_attributes,
+)
+from gateway.translate.common import DayKey, TranslationError, days, parse_day, text
 from gateway.translate.settings import TranslationSettings
 
 BOOKING_EVENTS = {
@@ -29,6 +43,67 @@ BOOKING_EVENTS = {
     "booking_unmapped_rate",
     "non_acked_booking",
 }
+
+
+# Channex ids are UUIDs; anything else in an id that goes into a URL path is refused.
+CHANNEX_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# A row's date_from..date_to range longer than this is refused (Channex keeps about two years).
+MAX_ROW_DAYS = 1100
+# One event per product/option/day: a push touching more than this many is refused, not expanded.
+MAX_SLOTS = 200_000
+
+
+def slot_keys(rows: list[dict[str, Any]], translation: TranslationSettings) -> list[DayKey]:
+    """Every (productId, optionId, day) the ARI rows touch, keyed as the translator keys them
+    (one ``date`` or a ``date_from``..``date_to`` range), so stop-sell-only rows find the last
+    known vacancies."""
+    keys: dict[DayKey, None] = {}
+    for number, row in enumerate(rows):
+        room_type = text(row.get("room_type_id"))
+        if room_type is None or not (row.get("availability") is not None or _stop_sell_given(row)):
+            continue  # the translator names a missing room type; rate-only rows change nothing
+        product = translation.product_id(room_type)
+        option = translation.option_id(text(row.get("rate_plan_id")))
+        if row.get("date") is not None:
+            first = last = parse_day(row["date"], f"payload[{number}].date")
+        else:
+            first = parse_day(row.get("date_from"), f"payload[{number}].date_from")
+            to = row.get("date_to")
+            last = parse_day(to, f"payload[{number}].date_to") if to else first
+        if (last - first).days >= MAX_ROW_DAYS:
+            raise TranslationError(
+                f"payload[{number}]: date_from..date_to spans more than {MAX_ROW_DAYS} days"
+            )
+        for day in days(first, last):
+            keys[(product, option, day.isoformat())] = None
+        if len(keys) > MAX_SLOTS:
+            raise TranslationError(
+                f"payload: more than {MAX_SLOTS} product/option/days in one push"
+            )
+    return list(keys)
+
+
+def _limit_guests(attributes: dict[str, Any], revision_id: str) -> None:
+    rooms = attributes.get("rooms")
+    for index, room in enumerate(rooms if isinstance(rooms, list) else []):
+        occupancy = room.get("occupancy") if isinstance(room, dict) else None
+        occupancy = occupancy or attributes.get("occupancy")
+        if isinstance(occupancy, dict):
+            limit_guests(occupancy, f"revision {revision_id}: rooms[{index}].occupancy")
+
+
+def _revision_named(payload: Any) -> bool:
+    return isinstance(payload, dict) and bool(
+        payload.get("revision_id") or payload.get("booking_revision_id")
+    )
+
+
+def _id_part(value: Any) -> str:
+    return value[:128] if isinstance(value, str) else ""
+
+
+def _stop_sell_given(row: dict[str, Any]) -> bool:
+    return row.get("stop_sell") is not None or row.get("stop_sell_manual") is not None
 
 
 class ChannexSettings(BaseModel):
@@ -67,10 +142,25 @@ class ChannexSource:
         else:
             kind = "other"
         booking_id = payload.get("booking_id") if isinstance(payload, dict) else None
+        order_key = f"channex:{booking_id}" if kind == "booking" and booking_id else None
+        coalesce_key = None
+        if kind == "booking" and not _revision_named(payload):
+            # A push without a revision id reads the feed: such pushes take turns per property
+            # (two reading the feed at once could send one booking's revisions out of order), and
+            # one still waiting stands for any later one (its read will see the same revisions).
+            order_key = coalesce_key = f"channex-feed:{_id_part(doc.get('property_id'))}"
+        if kind == "booking" and isinstance(payload, dict):
+            for key in ("revision_id", "booking_revision_id", "booking_id"):
+                value = payload.get(key)
+                if value is not None and not (
+                    isinstance(value, str) and CHANNEX_ID.fullmatch(value)
+                ):
+                    raise PushRejected(f"payload.{key}: not a Channex id")
         return AcceptedPush(
             kind=kind,
             payload=without_card_data(doc),
-            order_key=f"channex:{booking_id}" if kind == "booking" and booking_id else None,
+            order_key=order_key,
+            coalesce_key=coalesce_key,
         )
 
     async def process(self, push: StoredPush, context: SourceContext) -> Outcome:
@@ -92,8 +182,10 @@ class ChannexSource:
         payload = doc.get("payload") or {}
         revision_id = payload.get("revision_id") or payload.get("booking_revision_id")
         if revision_id:
-            answer = await self._get(context, api, f"/booking_revisions/{revision_id}")
-            revisions = [answer.get("data") if isinstance(answer, dict) else None]
+            answer = await self._get(
+                context, api, f"/booking_revisions/{quote(str(revision_id), safe='')}"
+            )
+            revisions: Any = [answer.get("data") if isinstance(answer, dict) else None]
         else:
             # No payload (send_data: false): read every revision not yet acknowledged.
             params = {}
@@ -106,6 +198,7 @@ class ChannexSource:
         outcome = Outcome(note=f"{doc.get('event')}: {len(revisions)} revision(s)")
         for revision in revisions:
             attributes = without_card_data(revision_attributes({"data": revision}))
+            _limit_guests(attributes, str(revision.get("id")))
             events = bookings_from_revision(
                 attributes, translation, source=self.name, received_at=context.now()
             )
@@ -122,24 +215,27 @@ class ChannexSource:
         if not rows:
             return Outcome(note="ari push without rows (send_data: false); nothing to translate")
         rows = [row for row in rows if isinstance(row, dict)]
-        keys = [
-            (translation.product_id(str(r.get("room_type_id"))), translation.option_id(r.get("rate_plan_id")), str(r.get("date")))
-            for r in rows
-        ]
-        previous = await context.known_availability(keys)
+        previous = await context.known_availability(slot_keys(rows, translation))
         events = availability_from_ari(rows, translation, previous)
         return Outcome(availability=events, note=f"ari: {len(rows)} row(s), {len(events)} event(s)")
 
     async def acknowledge(self, outcome: Outcome, context: SourceContext) -> None:
         api = ChannexSettings.model_validate(context.settings.model_dump())
+        failures = []
+        # Every revision is tried, so one failed ack does not leave the others in the feed.
         for revision_id in outcome.acknowledge:
-            await request_json(
-                context.http,
-                "POST",
-                f"{api.api_url.rstrip('/')}/booking_revisions/{revision_id}/ack",
-                headers={"user-api-key": api.api_key},
-                what=f"acknowledging Channex revision {revision_id}",
-            )
+            try:
+                await request_json(
+                    context.http,
+                    "POST",
+                    f"{api.api_url.rstrip('/')}/booking_revisions/{quote(revision_id, safe='')}/ack",
+                    headers={"user-api-key": api.api_key},
+                    what=f"acknowledging Channex revision {revision_id}",
+                )
+            except (RetryLater, PushRejected) as exc:
+                failures.append(str(exc))
+        if failures:
+            raise RetryLater("; ".join(failures))
 
     async def _get(
         self,
