@@ -94,6 +94,7 @@ def m002_pushes_and_events(db: Database) -> None:
         create table booking_state (
             key text primary key,
             revision text,
+            version text,
             booking text not null,
             updated_at real not null
         )

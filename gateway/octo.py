@@ -177,6 +177,8 @@ class BookingEvent(OctoModel):
     # The PMS's version of this booking (Channex revision id, Beds24 id@modifiedTime): a version
     # already sent is not sent again.
     revision: str | None = None
+    # Orders versions of one booking (an ISO timestamp): an older version arriving late is dropped.
+    version: str | None = None
 
 
 def booking_key(source: str, booking_id: str, room_index: int | None = None) -> str:

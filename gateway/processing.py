@@ -48,6 +48,7 @@ def booking_event(source: str, event: BookingEvent) -> NewEvent:
         data={"booking": booking.model_dump(mode="json", by_alias=True)},
         state_key=subject,
         revision=event.revision,
+        version=event.version,
     )
 
 

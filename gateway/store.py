@@ -263,7 +263,9 @@ class SQLiteStore:
 
         return await self._read(get)
 
-    async def list_pushes(self, state: PushState | None = None, limit: int = 100) -> list[PushRecord]:
+    async def list_pushes(
+        self, state: PushState | None = None, limit: int = 100
+    ) -> list[PushRecord]:
         sql = "select * from pushes"
         params: list[Any] = []
         if state is not None:
@@ -335,7 +337,9 @@ class SQLiteStore:
             params.append(lease_token)
         return await self._settle_push(id, lease_token, sql, params)
 
-    async def _settle_push(self, id: str, lease_token: str | None, sql: str, params: list[Any]) -> bool:
+    async def _settle_push(
+        self, id: str, lease_token: str | None, sql: str, params: list[Any]
+    ) -> bool:
         def settle() -> bool:
             with self._immediate() as db:
                 return db.execute(sql, params).rowcount == 1
@@ -365,7 +369,8 @@ class SQLiteStore:
             for chunk in _chunks(keys, 500):
                 marks = ",".join("?" * len(chunk))
                 for row in db.query(
-                    f"select key, availability from availability_state where key in ({marks})", chunk
+                    f"select key, availability from availability_state where key in ({marks})",
+                    chunk,
                 ):
                     found[row["key"]] = json.loads(row["availability"])
             return found
@@ -510,7 +515,9 @@ class SQLiteStore:
                 if changed != 1:
                     return False
                 db.table("attempts").insert(attempt.model_dump())
-                _track_health(db, delivery.subscription_id, state, now, disable_reason, disable_after)
+                _track_health(
+                    db, delivery.subscription_id, state, now, disable_reason, disable_after
+                )
             return True
 
         return await self._write(settle)
@@ -760,19 +767,23 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
     if event.event == "booking_update":
         booking = event.data["booking"]
         row = db.execute(
-            "select revision, booking from booking_state where key = ?", [event.state_key]
+            "select revision, booking, version from booking_state where key = ?",
+            [event.state_key],
         ).fetchone()
         previous = json.loads(row[1]) if row else None
         if row is not None and event.revision is not None and row[0] == event.revision:
             return None
+        if row is not None and row[2] and event.version and event.version < row[2]:
+            return None  # an older version of the booking, delivered late by the PMS
         diff = booking_diff(previous, booking)
         if previous is not None and not diff:
             return None
         db.execute(
-            "insert into booking_state (key, revision, booking, updated_at) values (?, ?, ?, ?)"
-            " on conflict (key) do update set revision = excluded.revision,"
-            " booking = excluded.booking, updated_at = excluded.updated_at",
-            [event.state_key, event.revision, json.dumps(booking), now],
+            "insert into booking_state (key, revision, version, booking, updated_at)"
+            " values (?, ?, ?, ?, ?) on conflict (key) do update set revision = excluded.revision,"
+            " version = excluded.version, booking = excluded.booking,"
+            " updated_at = excluded.updated_at",
+            [event.state_key, event.revision, event.version, json.dumps(booking), now],
         )
         return {"booking": booking, "diff": diff}
     availability = event.data["availability"]
@@ -787,7 +798,11 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
         " updated_at = excluded.updated_at",
         [event.state_key, json.dumps(availability), now],
     )
-    return {"availability": availability, "productId": event.product_id, "optionId": event.option_id}
+    return {
+        "availability": availability,
+        "productId": event.product_id,
+        "optionId": event.option_id,
+    }
 
 
 def _fan_out(
@@ -832,7 +847,17 @@ def _fan_out(
         db.execute(
             "insert into deliveries (id, event_seq, subscription_id, event, order_key, state,"
             " next_attempt_at, created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [new_id("msg"), event_seq, subscription_id, event.event, order_key, state, now, now, now],
+            [
+                new_id("msg"),
+                event_seq,
+                subscription_id,
+                event.event,
+                order_key,
+                state,
+                now,
+                now,
+                now,
+            ],
         )
         pending += state == "pending"
     return pending

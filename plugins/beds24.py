@@ -152,7 +152,12 @@ class Beds24Source:
             event = booking_from_beds24(booking, translation, source=self.name)
             if event is not None:
                 revision = f"{booking.get('id')}@{booking.get('modifiedTime')}"
-                outcome.bookings.append(event.model_copy(update={"revision": revision}))
+                version = booking.get("modifiedTime")
+                outcome.bookings.append(
+                    event.model_copy(
+                        update={"revision": revision, "version": str(version) if version else None}
+                    )
+                )
         return outcome
 
     async def _read_booking(

@@ -202,8 +202,17 @@ class ChannexSource:
             events = bookings_from_revision(
                 attributes, translation, source=self.name, received_at=context.now()
             )
+            # Channex does not promise delivery order: a revision's inserted_at says which is newer.
+            version = attributes.get("inserted_at")
             for event in events:
-                outcome.bookings.append(event.model_copy(update={"revision": revision.get("id")}))
+                outcome.bookings.append(
+                    event.model_copy(
+                        update={
+                            "revision": revision.get("id"),
+                            "version": str(version) if version else None,
+                        }
+                    )
+                )
             if revision.get("id"):
                 outcome.acknowledge.append(str(revision["id"]))
         return outcome

@@ -86,3 +86,42 @@ async def test_subscription_round_trip_and_tenant_scope(tmp_path: Path) -> None:
         assert await store.delete_subscription("t", "s1") is None
     finally:
         await store.close()
+
+
+async def test_older_booking_version_arriving_late_is_dropped(tmp_path: Path) -> None:
+    from gateway.models import NewEvent
+    from gateway.samples import sample_data
+
+    store = SQLiteStore(tmp_path / "versions.db")
+    await store.open()
+    booking = sample_data("booking_update")["booking"]
+
+    async def emit(version: str, status_note: str) -> int | None:
+        await store.insert_push(source="s", kind="k", payload={}, dedupe_key=None, order_key=None)
+        [push] = await store.claim_pushes(1, 60)
+        assert push.lease_token is not None
+        event = NewEvent(
+            event="booking_update",
+            subject="s:b1",
+            product_id=booking["productId"],
+            option_id=booking["optionId"],
+            data={"booking": {**booking, "notes": status_note}},
+            state_key="s:b1",
+            revision=version,
+            version=version,
+        )
+        await store.complete_push(push.id, push.lease_token, [event])
+        db = connect(tmp_path / "versions.db")
+        try:
+            return int(
+                db.execute("select count(*) from events where subject = 's:b1'").fetchone()[0]
+            )
+        finally:
+            db.close()
+
+    try:
+        assert await emit("2026-02-15T10:00:00Z", "first") == 1
+        assert await emit("2026-02-15T12:00:00Z", "newest") == 2
+        assert await emit("2026-02-15T11:00:00Z", "stale") == 2  # older than the last one sent
+    finally:
+        await store.close()
