@@ -307,16 +307,12 @@ class Deliverer:
         room = self.delivery.concurrency - len(self._running)
         if room <= 0:
             return False
-        busy = [
-            sid
-            for sid, n in self._per_subscription.items()
-            if n >= self.delivery.per_subscriber_concurrency
-        ]
-        limit = min(room, self.delivery.per_subscriber_concurrency * 8)
+        limit = room
         claimed = await self.store.claim_deliveries(
             limit,
             self.lease_seconds,
-            busy_subscriptions=busy,
+            in_flight=dict(self._per_subscription),
+            per_subscription=self.delivery.per_subscriber_concurrency,
             ordering_max_wait=self.delivery.ordering_max_wait,
         )
         if self._stopping:  # stopped while claiming: hand them back untouched

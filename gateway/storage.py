@@ -7,6 +7,7 @@ change of a leased row (push or delivery) is fenced by its lease token.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.models import (
@@ -34,7 +35,10 @@ class Store(Protocol):
 
     async def list_subscriptions(self, tenant: str) -> list[Subscription]: ...
 
-    async def update_subscription(self, subscription: Subscription) -> None: ...
+    async def update_subscription(
+        self, subscription: Subscription, *, expected_updated_at: datetime | None = None
+    ) -> bool:
+        """False when the row changed since ``expected_updated_at`` (optimistic concurrency)."""
 
     async def delete_subscription(self, tenant: str, id: str) -> Subscription | None: ...
 
@@ -86,7 +90,8 @@ class Store(Protocol):
         limit: int,
         lease_seconds: float,
         *,
-        busy_subscriptions: list[str],
+        in_flight: dict[str, int],
+        per_subscription: int,
         ordering_max_wait: float,
     ) -> list[DeliveryRecord]: ...
 

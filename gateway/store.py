@@ -174,14 +174,23 @@ class SQLiteStore:
 
         return await self._read(list_)
 
-    async def update_subscription(self, subscription: Subscription) -> None:
+    async def update_subscription(
+        self, subscription: Subscription, *, expected_updated_at: datetime | None = None
+    ) -> bool:
+        """Write the whole row; with ``expected_updated_at``, only if nobody changed it since it
+        was read (the gateway may disable a subscription meanwhile). False if it changed."""
         row = _subscription_row(subscription)
+        assignments = ", ".join(f"{column} = :{column}" for column in row if column != "id")
+        sql = f"update subscriptions set {assignments} where id = :id and deleted_at is null"
+        if expected_updated_at is not None:
+            sql += " and updated_at = :expected"
+        params = {**row, "expected": _ts(expected_updated_at)}
 
-        def update() -> None:
+        def update() -> bool:
             with self._immediate() as db:
-                db.table("subscriptions").update(subscription.id, row)
+                return db.execute(sql, params).rowcount == 1
 
-        await self._write(update)
+        return await self._write(update)
 
     async def delete_subscription(self, tenant: str, id: str) -> Subscription | None:
         """Soft delete, so delivery history keeps its subscription; returns what was deleted."""
@@ -416,15 +425,17 @@ class SQLiteStore:
         limit: int,
         lease_seconds: float,
         *,
-        busy_subscriptions: list[str],
+        in_flight: dict[str, int],
+        per_subscription: int,
         ordering_max_wait: float,
     ) -> list[DeliveryRecord]:
         """Lease due deliveries with one UPDATE ... RETURNING. A delivery waits while an earlier
         one of the same subject (booking) for the same subscription is unfinished, unless that one
-        is older than ``ordering_max_wait``; subscriptions at their concurrency limit are skipped."""
+        is older than ``ordering_max_wait``; no subscription gets more than ``per_subscription``
+        minus what it has ``in_flight`` already, so one busy subscriber can't fill a batch."""
         now = time.time()
         token = new_id("lease")
-        busy = json.dumps(busy_subscriptions)
+        in_flight_json = json.dumps(in_flight)
 
         def claim() -> list[DeliveryRecord]:
             with self._immediate() as db:
@@ -434,17 +445,31 @@ class SQLiteStore:
                         update deliveries set state = 'leased', lease_token = :token,
                             lease_expires_at = :expires, updated_at = :now
                         where seq in (
-                            select d.seq from deliveries d
-                            where ((d.state = 'pending' and d.next_attempt_at <= :now)
-                                   or (d.state = 'leased' and d.lease_expires_at < :now))
-                              and d.subscription_id not in (select value from json_each(:busy))
-                              and not exists (
-                                select 1 from deliveries e
-                                where e.order_key = d.order_key and e.seq < d.seq
-                                  and e.state in ('pending', 'leased')
-                                  and e.created_at > :now - :max_wait
-                              )
-                            order by d.next_attempt_at, d.seq limit :limit
+                            select seq from (
+                                select c.seq, c.subscription_id, c.next_attempt_at,
+                                    row_number() over (
+                                        partition by c.subscription_id
+                                        order by c.next_attempt_at, c.seq
+                                    ) as place
+                                from (
+                                    -- a bounded window of due candidates, oldest first
+                                    select d.seq, d.subscription_id, d.next_attempt_at
+                                    from deliveries d
+                                    where ((d.state = 'pending' and d.next_attempt_at <= :now)
+                                           or (d.state = 'leased' and d.lease_expires_at < :now))
+                                      and not exists (
+                                        select 1 from deliveries e
+                                        where e.order_key = d.order_key and e.seq < d.seq
+                                          and e.state in ('pending', 'leased')
+                                          and e.created_at > :now - :max_wait
+                                      )
+                                    order by d.next_attempt_at, d.seq limit :window
+                                ) c
+                            ) ranked
+                            where ranked.place <= :per_subscription - coalesce(
+                                (select value from json_each(:in_flight)
+                                 where key = ranked.subscription_id), 0)
+                            order by ranked.next_attempt_at, ranked.seq limit :limit
                         )
                         returning *
                         """,
@@ -452,7 +477,9 @@ class SQLiteStore:
                             "token": token,
                             "expires": now + lease_seconds,
                             "now": now,
-                            "busy": busy,
+                            "in_flight": in_flight_json,
+                            "per_subscription": per_subscription,
+                            "window": limit * 8,
                             "max_wait": ordering_max_wait,
                             "limit": limit,
                         },
@@ -615,12 +642,19 @@ class SQLiteStore:
             with self._immediate() as db:
                 ids = "select id from deliveries where state = 'delivered' and delivered_at < ?"
                 db.execute(f"delete from attempts where delivery_id in ({ids})", [older_than])
-                return int(
+                pruned = int(
                     db.execute(
                         "delete from deliveries where state = 'delivered' and delivered_at < ?",
                         [older_than],
                     ).rowcount
                 )
+                # Events no message refers to any more are history nobody can replay.
+                db.execute(
+                    "delete from events where created_at < ? and not exists"
+                    " (select 1 from deliveries d where d.event_seq = events.seq)",
+                    [older_than],
+                )
+                return pruned
 
         return await self._write(prune)
 

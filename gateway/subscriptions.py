@@ -218,9 +218,18 @@ async def patch_webhook(request: web.Request) -> web.Response:
         updated.failing_since = None
     if {"url", "event", "template"} & changes.keys():
         await check_delivery(request, updated)
-    await request.app[store_key].update_subscription(updated)
+    await save(request, updated, subscription)
     log.info("tenant %s updated subscription %s", updated.tenant, updated.id)
     return web.json_response(updated.webhook())
+
+
+async def save(request: web.Request, updated: Subscription, read: Subscription) -> None:
+    """Write a change made to what was read; a 409 if the gateway changed it meanwhile (e.g.
+    disabled it after a 410), so that change is not silently undone."""
+    if not await request.app[store_key].update_subscription(
+        updated, expected_updated_at=read.updated_at
+    ):
+        raise OctoError(409, f"webhook {read.id} changed meanwhile; read it and try again")
 
 
 def _pick(new: bool | None, old: bool) -> bool:

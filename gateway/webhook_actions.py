@@ -14,7 +14,7 @@ from gateway.models import iso
 from gateway.samples import sample_data
 from gateway.signing import generate_secret
 from gateway.store import utcnow
-from gateway.subscriptions import own_subscription, parse_body, read_json_object
+from gateway.subscriptions import own_subscription, parse_body, read_json_object, save
 from gateway.templates import TemplateProblem
 
 ROTATION_GRACE = timedelta(hours=24)
@@ -115,7 +115,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
             "updated_at": now,
         }
     )
-    await request.app[store_key].update_subscription(rotated)
+    await save(request, rotated, subscription)
     view = rotated.webhook()
     view["previousSecretExpiresAt"] = iso(now + ROTATION_GRACE)
     return web.json_response(view)

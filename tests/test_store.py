@@ -79,6 +79,14 @@ async def test_subscription_round_trip_and_tenant_scope(tmp_path: Path) -> None:
         updated = await store.get_subscription("t", "s1")
         assert updated is not None and updated.active is False
 
+        # A change made to a stale read is refused, so it can't undo what happened meanwhile.
+        later = updated.model_copy(update={"active": True, "updated_at": utcnow()})
+        assert await store.update_subscription(later, expected_updated_at=updated.updated_at)
+        stale = updated.model_copy(update={"retry_on_error": False, "updated_at": utcnow()})
+        assert not await store.update_subscription(stale, expected_updated_at=updated.updated_at)
+        current = await store.get_subscription("t", "s1")
+        assert current is not None and current.active is True and current.retry_on_error
+
         assert await store.delete_subscription("other", "s1") is None
         deleted = await store.delete_subscription("t", "s1")
         assert deleted is not None and deleted.id == "s1"
