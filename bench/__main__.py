@@ -1,0 +1,160 @@
+"""``python -m bench``: measure the gateway against its floor in one run, print a table, write
+``bench/results/<date>.json`` and a PNG chart next to it.
+
+Phases, in order (each gateway phase on a fresh ``python -m gateway serve`` child):
+
+1. floor: a bare aiohttp handler that reads and parses the same JSON (``bench/bare_server.py``);
+2. ingest: Beds24 v2 and Channex ARI pushes, every body unique, no subscribers;
+3. e2e: an open-loop sender at 200 pushes/s with 1, 10 and 100 subscribers; latency from the
+   push's scheduled send time to its arrival at the receiver process, and losses;
+4. delivery: a released backlog against a bare aiohttp client posting to the same receiver;
+5. history: ingest again on a database holding 1,000,000 delivered messages; peak RSS.
+
+``--quick`` is the smoke-test size (a couple of seconds per phase, 1,000 stored deliveries,
+1 and 2 subscribers). wrk is used when installed (``apt-get install wrk``), else a Python
+generator. A missed target never fails the run: the exit status is about the harness only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import phases, report
+from bench.load import wrk_available
+from bench.phases import Context, Plan
+from bench.receiver import Receiver
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PHASES: dict[str, Callable[[Context], Awaitable[Any]]] = {
+    "floor": phases.floor,
+    "ingest": phases.ingest,
+    "e2e": phases.e2e,
+    "delivery": phases.delivery,
+    "history": phases.history,
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def meta(plan: Plan, started: datetime) -> dict[str, Any]:
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "quick": plan.quick,
+        "generator": plan.generator,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "aiohttp": metadata.version("aiohttp"),
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        "plan": asdict(plan),
+    }
+
+
+async def run(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Any]:
+    started = datetime.now().astimezone()
+    results: dict[str, Any] = {"meta": meta(plan, started)}
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        receiver = Receiver(workdir)
+        await receiver.start()
+        ctx = Context(plan=plan, workdir=workdir, session=session, receiver=receiver)
+        try:
+            for name in only:
+                log(f"{name} ...")
+                began = time.perf_counter()
+                results[name] = await PHASES[name](ctx)
+                log(f"{name} done in {time.perf_counter() - began:.1f} s")
+        finally:
+            await receiver.stop()
+    measured = [v for v in ctx.rss_mb.values() if v is not None]
+    results["rss"] = {"peak_mb": max(measured) if measured else None, "per_gateway_mb": ctx.rss_mb}
+    results["losses"] = report.total_losses(results)
+    results["targets"] = report.targets(results)
+    results["meta"]["seconds"] = (datetime.now().astimezone() - started).total_seconds()
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke-test size (about 30 s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
+    parser.add_argument(
+        "--generator",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="throughput load generator (auto: wrk when installed)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run (default: all of {','.join(PHASES)})",
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="parent of the scratch folder")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, dbs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in only if name not in PHASES]
+    if unknown:
+        print(f"unknown phase(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    generator = args.generator
+    if generator == "auto":
+        generator = "wrk" if wrk_available() else "python"
+        if generator == "python":
+            log(
+                "wrk not found: using the Python generator (it may cap the floor; apt-get install wrk)"
+            )
+    elif generator == "wrk" and not wrk_available():
+        print("--generator wrk: wrk is not installed", file=sys.stderr)
+        return 2
+    plan = Plan.quick_plan(generator) if args.quick else Plan(generator=generator)
+    workdir = Path(tempfile.mkdtemp(prefix="octo-bench-", dir=args.workdir))
+    log(f"scratch folder {workdir}")
+    ok = False
+    try:
+        results = asyncio.run(run(plan, workdir, only))
+        ok = True
+    finally:
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"logs and databases kept in {workdir}")
+    print(report.table(results))
+    when = datetime.now()
+    json_path = report.result_path(args.out, when, ".json")
+    report.write_json(results, json_path)
+    print(f"\nresults: {json_path}")
+    chart = json_path.with_suffix(".png")
+    if report.write_chart(results, chart):
+        print(f"chart:   {chart}")
+    else:
+        print("chart:   not written (needs matplotlib and the e2e phase)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""The measurements, one function per phase. Each starts the processes it needs and stops them.
+
+Every gateway phase starts a fresh gateway on a fresh database (except the history phase, whose
+database is the point), so no phase inherits another's backlog, caches or queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import bodies
+from bench.gateway_proc import Gateway, source_tokens
+from bench.history import prefill
+from bench.load import run_bare, run_closed, run_open
+from bench.procs import PYTHON, ServerProcess, free_port
+from bench.receiver import Receiver
+
+# Replay everything: the delivery phase's database holds only that phase's messages.
+EPOCH = "2000-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each phase to run. ``quick`` is the smoke-test size (seconds, not minutes)."""
+
+    generator: str
+    quick: bool = False
+    connections: int = 32
+    throughput_seconds: int = 10
+    rate: float = 200.0
+    e2e_seconds: float = 10.0
+    e2e_subscribers: tuple[int, ...] = (1, 10, 100)
+    # The gateway can't deliver 200 pushes/s x 100 subscribers as they come; the send time of a
+    # phase is cut so it offers at most this many deliveries (it still runs at the full rate).
+    e2e_max_deliveries: int = 30_000
+    peak_pushes: int = 2_000
+    peak_subscribers: int = 10
+    history_deliveries: int = 1_000_000
+    drain_timeout: float = 300.0
+
+    @classmethod
+    def quick_plan(cls, generator: str) -> Plan:
+        return cls(
+            generator=generator,
+            quick=True,
+            connections=8,
+            throughput_seconds=2,
+            e2e_seconds=1.5,
+            e2e_subscribers=(1, 2),
+            peak_pushes=100,
+            peak_subscribers=2,
+            history_deliveries=1_000,
+            drain_timeout=30.0,
+        )
+
+
+@dataclass
+class Context:
+    plan: Plan
+    workdir: Path
+    session: aiohttp.ClientSession
+    receiver: Receiver
+    templates: dict[str, Path] = field(default_factory=dict)
+    rss_mb: dict[str, float | None] = field(default_factory=dict)
+    _next_base: int = 0
+
+    def base(self) -> int:
+        """A fresh range of request numbers, so no phase repeats another's bookings."""
+        self._next_base += 10_000_000
+        return self._next_base
+
+    def template_file(self, source: str, *, with_note: bool = False) -> Path:
+        """The body template for ``source`` on disk (wrk reads files)."""
+        key = f"{source}-note" if with_note else source
+        if key not in self.templates:
+            path = self.workdir / f"{key}.template.json"
+            if with_note:
+                path.write_text(bodies.template(source), encoding="utf-8")
+            else:
+                bodies.write_wrk_template(source, path)
+            self.templates[key] = path
+        return self.templates[key]
+
+    async def gateway(self, name: str, db_path: Path | None = None) -> Gateway:
+        gateway = Gateway(self.workdir, name, db_path)
+        await gateway.start()
+        return gateway
+
+    async def stop(self, gateway: Gateway) -> dict[str, Any]:
+        await gateway.stop()
+        self.rss_mb[gateway.name] = gateway.final_rss_mb
+        return {"peak_rss_mb": gateway.final_rss_mb, "cpu_s": gateway.final_cpu_s}
+
+
+async def floor(ctx: Context) -> dict[str, Any]:
+    """The bare aiohttp handler loaded exactly like the gateway's ingest."""
+    port = free_port()
+    server = ServerProcess(
+        "floor",
+        [PYTHON, "-m", "bench.bare_server", "--port", str(port)],
+        ctx.workdir / "floor.log",
+        port,
+    )
+    await server.start("/healthz")
+    tokens = source_tokens()
+    try:
+        results = {}
+        for source in bodies.SOURCES:
+            results[source] = await run_closed(
+                generator=ctx.plan.generator,
+                url=f"{server.url}/ingest/{source}",
+                template_file=ctx.template_file(source),
+                token=tokens[source],
+                base=ctx.base(),
+                duration=ctx.plan.throughput_seconds,
+                connections=ctx.plan.connections,
+            )
+    finally:
+        await server.stop()
+    return results
+
+
+async def _ingest_once(ctx: Context, gateway: Gateway, source: str) -> dict[str, Any]:
+    base = ctx.base()
+    # One push first: a cold start (imports, the start-up prune) is not ingest throughput, but
+    # how long it takes is worth knowing.
+    started = time.perf_counter()
+    await gateway.push(ctx.session, source, bodies.expand(bodies.template(source), base))
+    first_push_ms = (time.perf_counter() - started) * 1000
+    before = await gateway.states()
+    result = await run_closed(
+        generator=ctx.plan.generator,
+        url=f"{gateway.url}/ingest/{source}",
+        template_file=ctx.template_file(source),
+        token=gateway.tokens[source],
+        base=base,
+        duration=ctx.plan.throughput_seconds,
+        connections=ctx.plan.connections,
+    )
+    after = await gateway.states()
+    processed = after["pushes"].get("processed", 0) - before["pushes"].get("processed", 0)
+    result["first_push_ms"] = first_push_ms
+    result["processed_per_s"] = processed / result["duration_s"] if result["duration_s"] else 0.0
+    result["unprocessed_at_end"] = after["pushes"].get("accepted", 0)
+    result["failed_pushes"] = after["pushes"].get("failed", 0)
+    return result
+
+
+async def ingest(ctx: Context) -> dict[str, Any]:
+    """Ingest throughput per source: unique pushes, no subscribers, shipped durability."""
+    results = {}
+    for source in bodies.SOURCES:
+        gateway = await ctx.gateway(f"ingest-{source}")
+        try:
+            result = await _ingest_once(ctx, gateway, source)
+        finally:
+            stopped = await ctx.stop(gateway)
+        results[source] = {**result, **stopped}
+    return results
+
+
+async def _subscribe(ctx: Context, gateway: Gateway, count: int, prefix: str) -> list[str]:
+    ids = []
+    for i in range(count):
+        url = ctx.receiver.hook_url(f"{prefix}{i}")
+        ids.append(await gateway.subscribe(ctx.session, url, "booking_update"))
+    return ids
+
+
+async def _drain(ctx: Context, gateway: Gateway, expected: int) -> dict[str, Any]:
+    """Wait until every expected delivery arrived, or the gateway has nothing left to send (what
+    is missing then is lost), or the drain timeout (what is missing then may still be waiting)."""
+    deadline = time.monotonic() + ctx.plan.drain_timeout
+    idle_since: float | None = None
+    started = time.monotonic()
+    while True:
+        stats = await ctx.receiver.stats(ctx.session)
+        if stats["received"] >= expected:
+            break
+        pushes, deliveries = await gateway.backlog()
+        if pushes == 0 and deliveries == 0:
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > 2.0:
+                break
+        else:
+            idle_since = None
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    stats = await ctx.receiver.stats(ctx.session)
+    pushes, deliveries = await gateway.backlog()
+    stats["drain_s"] = time.monotonic() - started
+    stats["waiting_pushes"] = pushes
+    stats["waiting_deliveries"] = deliveries
+    return stats
+
+
+async def _warm_up(ctx: Context, gateway: Gateway, subscribers: int) -> None:
+    """One booking through every subscription (connections opened, caches filled), then a
+    clean slate at the receiver."""
+    await ctx.receiver.reset(ctx.session)
+    await gateway.push(ctx.session, "beds24", bodies.expand(bodies.template("beds24"), ctx.base()))
+    await _drain(ctx, gateway, subscribers)
+    await ctx.receiver.reset(ctx.session)
+
+
+async def e2e(ctx: Context) -> list[dict[str, Any]]:
+    """End-to-end latency at a fixed push rate for each subscriber count, with losses."""
+    results = []
+    for subscribers in ctx.plan.e2e_subscribers:
+        plan = ctx.plan
+        seconds = min(plan.e2e_seconds, plan.e2e_max_deliveries / (plan.rate * subscribers))
+        gateway = await ctx.gateway(f"e2e-{subscribers}")
+        try:
+            await _subscribe(ctx, gateway, subscribers, "e2e-")
+            await _warm_up(ctx, gateway, subscribers)
+            sender = await run_open(
+                url=f"{gateway.url}/ingest/beds24",
+                template_file=ctx.template_file("beds24", with_note=True),
+                token=gateway.tokens["beds24"],
+                base=ctx.base(),
+                rate=plan.rate,
+                duration=seconds,
+            )
+            expected = sender["ok"] * subscribers
+            stats = await _drain(ctx, gateway, expected)
+            states = await gateway.states()
+        finally:
+            stopped = await ctx.stop(gateway)
+        waiting = stats["waiting_deliveries"] + stats["waiting_pushes"] * subscribers
+        timed_out = stats["received"] < expected and waiting > 0
+        latency = stats["latency_ms"]
+        results.append(
+            {
+                "subscribers": subscribers,
+                "rate": plan.rate,
+                "send_seconds": seconds,
+                "pushes_sent": sender["sent"],
+                "pushes_ok": sender["ok"],
+                "push_errors": sender["sent"] - sender["ok"],
+                "sender_max_lag_ms": sender["max_lag_ms"],
+                "push_answer_ms": sender["answer_ms"],
+                "expected": expected,
+                "received": stats["received"],
+                "duplicates": stats["duplicates"],
+                "losses": max(expected - stats["received"] - waiting, 0),
+                "timed_out": timed_out,
+                "waiting_at_end": waiting,
+                "p50_ms": latency["p50"],
+                "p95_ms": latency["p95"],
+                "p99_ms": latency["p99"],
+                "max_ms": latency["max"],
+                "deliveries_per_s": stats["received"] / stats["span_s"] if stats["span_s"] else 0.0,
+                "drain_s": stats["drain_s"],
+                "delivery_states": states["deliveries"],
+                **stopped,
+            }
+        )
+    return results
+
+
+async def delivery(ctx: Context) -> dict[str, Any]:
+    """Peak delivery throughput: a backlog released at once, against a bare aiohttp client.
+
+    The backlog is built through the public API: subscriptions are switched off, bookings are
+    pushed (their deliveries are stored as skipped), then each subscription is switched on and
+    replayed, which makes every message due at once. Only delivery work is left to do, so the
+    receiver's arrival rate is the delivery pipeline's peak."""
+    plan = ctx.plan
+    gateway = await ctx.gateway("delivery")
+    try:
+        sub_ids = await _subscribe(ctx, gateway, plan.peak_subscribers, "peak-")
+        for sub_id in sub_ids:
+            await gateway.set_active(ctx.session, sub_id, False)
+        base, template = ctx.base(), bodies.template("beds24")
+        gate = asyncio.Semaphore(16)
+
+        async def push(n: int) -> None:
+            async with gate:
+                await gateway.push(ctx.session, "beds24", bodies.expand(template, n, "peak"))
+
+        await asyncio.gather(*(push(base + i) for i in range(plan.peak_pushes)))
+        while (await gateway.backlog())[0]:
+            await asyncio.sleep(0.2)
+        await ctx.receiver.reset(ctx.session)
+        replayed = 0
+        for sub_id in sub_ids:
+            await gateway.set_active(ctx.session, sub_id, True)
+            replayed += await gateway.replay(ctx.session, sub_id, EPOCH)
+        stats = await _drain(ctx, gateway, replayed)
+        body = await gateway.a_delivered_body()
+    finally:
+        stopped = await ctx.stop(gateway)
+    gateway_result = {
+        "messages": replayed,
+        "received": stats["received"],
+        "span_s": stats["span_s"],
+        "per_s": stats["received"] / stats["span_s"] if stats["span_s"] else 0.0,
+        "rate_by_quarter": stats["rate_by_quarter"],
+        "losses": max(replayed - stats["received"] - stats["waiting_deliveries"], 0),
+        **stopped,
+    }
+    if body is None:
+        raise RuntimeError("the delivery phase delivered nothing; see the gateway log")
+    body_file = ctx.workdir / "delivered-body.json"
+    body_file.write_bytes(body)
+    await ctx.receiver.reset(ctx.session)
+    client = await run_bare(
+        url=f"{ctx.receiver.url}/bare", body_file=body_file, count=replayed, concurrency=64
+    )
+    bare_stats = await ctx.receiver.stats(ctx.session)
+    await ctx.receiver.reset(ctx.session)
+    bare = {
+        "messages": replayed,
+        "received": bare_stats["received"],
+        "span_s": bare_stats["span_s"],
+        "per_s": bare_stats["received"] / bare_stats["span_s"] if bare_stats["span_s"] else 0.0,
+        "rate_by_quarter": bare_stats["rate_by_quarter"],
+        "client_errors": client["errors"],
+        "client_cpu_s": client["cpu_s"],
+    }
+    return {"gateway": gateway_result, "bare_client": bare, "body_bytes": len(body)}
+
+
+async def history(ctx: Context) -> dict[str, Any]:
+    """Ingest throughput on a database holding ``history_deliveries`` delivered messages."""
+    db_path = ctx.workdir / "history.db"
+    filled = await asyncio.to_thread(prefill, db_path, ctx.plan.history_deliveries)
+    gateway = await ctx.gateway("history", db_path)
+    try:
+        result = await _ingest_once(ctx, gateway, "beds24")
+    finally:
+        stopped = await ctx.stop(gateway)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    return {**filled, **result, **stopped}

@@ -1,0 +1,197 @@
+"""Targets, the printed table, the result JSON and the chart.
+
+Targets are ratios within one run (the gateway against a bare aiohttp server or client loaded by
+the same generator on the same machine), so they hold on any machine without tuning numbers.
+A missed target is reported, never raised: the run's job is to measure.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+LATENCY_SUBSCRIBERS = 10  # the subscriber count the p99 target is about
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _target(name: str, value: float | None, op: str, limit: float, unit: str) -> dict[str, Any]:
+    passed: bool | None = None
+    if value is not None:
+        passed = value >= limit if op == ">=" else value <= limit
+    return {"name": name, "value": value, "op": op, "limit": limit, "unit": unit, "pass": passed}
+
+
+def _e2e_for_target(e2e: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The phase with 10 subscribers, or (quick runs) the largest count below it."""
+    candidates = [p for p in e2e if p["subscribers"] <= LATENCY_SUBSCRIBERS]
+    return max(candidates, key=lambda p: p["subscribers"]) if candidates else None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    floor, ingest = results.get("floor", {}), results.get("ingest", {})
+    for source in ("beds24", "channex"):
+        if source in floor and source in ingest:
+            value = _ratio(ingest[source]["rps"], floor[source]["rps"])
+            out.append(_target(f"ingest {source} / floor", value, ">=", 0.7, "x"))
+    delivery = results.get("delivery")
+    if delivery:
+        value = _ratio(delivery["gateway"]["per_s"], delivery["bare_client"]["per_s"])
+        out.append(_target("peak deliveries / bare client", value, ">=", 0.6, "x"))
+    phase = _e2e_for_target(results.get("e2e", []))
+    if phase:
+        name = f"p99 end-to-end at {phase['rate']:g}/s x {phase['subscribers']} subscribers"
+        out.append(_target(name, phase["p99_ms"], "<=", 100.0, "ms"))
+    history = results.get("history")
+    if history and "beds24" in ingest:
+        value = _ratio(history["rps"], ingest["beds24"]["rps"])
+        name = f"ingest with {history['stored_deliveries']:,} stored deliveries / empty database"
+        out.append(_target(name, value, ">=", 0.9, "x"))
+    peak = results.get("rss", {}).get("peak_mb")
+    if peak is not None:
+        out.append(_target("peak RSS of the gateway", peak, "<=", 200.0, "MB"))
+    if "losses" in results:
+        out.append(_target("lost deliveries", float(results["losses"]), "<=", 0.0, ""))
+    return out
+
+
+def total_losses(results: dict[str, Any]) -> int:
+    losses = sum(int(p["losses"]) for p in results.get("e2e", []))
+    if results.get("delivery"):
+        losses += int(results["delivery"]["gateway"]["losses"])
+    return losses
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str]] = []
+    meta = results["meta"]
+    generator = f"{meta['generator']} -c{meta['plan']['connections']}"
+    for source, run in results.get("floor", {}).items():
+        share = run["generator_cpu_share"] * 100
+        detail = f"{_num(run['rps'])} req/s ({generator}, generator used {share:.0f} % of a CPU)"
+        rows.append(("floor (bare aiohttp)", source, detail))
+    for source, run in results.get("ingest", {}).items():
+        detail = (
+            f"{_num(run['rps'])} req/s, p99 answer {_num(run['latency_ms']['p99'], 1)} ms,"
+            f" processed {_num(run['processed_per_s'])}/s, RSS {_num(run['peak_rss_mb'])} MB"
+        )
+        rows.append(("ingest", source, detail))
+    for phase in results.get("e2e", []):
+        detail = (
+            f"p50 {_num(phase['p50_ms'], 1)} / p95 {_num(phase['p95_ms'], 1)} /"
+            f" p99 {_num(phase['p99_ms'], 1)} / max {_num(phase['max_ms'], 1)} ms;"
+            f" {_num(phase['received'])}/{_num(phase['expected'])} delivered"
+            f" at {_num(phase['deliveries_per_s'])}/s, losses {phase['losses']},"
+            f" push errors {phase['push_errors']}"
+        )
+        label = f"{phase['subscribers']} sub x {phase['pushes_ok']} pushes"
+        rows.append((f"end-to-end @ {phase['rate']:g}/s", label, detail))
+    delivery = results.get("delivery")
+    if delivery:
+        gw, bare = delivery["gateway"], delivery["bare_client"]
+        rows.append(
+            (
+                "peak delivery",
+                f"{gw['messages']:,} msgs",
+                f"gateway {_num(gw['per_s'])}/s vs bare client {_num(bare['per_s'])}/s"
+                f" ({delivery['body_bytes']:,} B bodies), losses {gw['losses']}; gateway rate by"
+                f" quarter of the drain: {' / '.join(_num(r) for r in gw['rate_by_quarter'])}",
+            )
+        )
+    history = results.get("history")
+    if history:
+        rows.append(
+            (
+                "ingest with history",
+                f"{history['stored_deliveries']:,} stored",
+                f"{_num(history['rps'])} req/s (db {_num(history['db_mb'])} MB, first push"
+                f" after start {_num(history['first_push_ms'])} ms, prefill"
+                f" {_num(history['prefill_s'])} s)",
+            )
+        )
+    rss = results.get("rss", {})
+    rows.append(("peak RSS", "gateway", f"{_num(rss.get('peak_mb'), 1)} MB"))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
+    lines.append("")
+    lines.append("targets:")
+    for t in results.get("targets", []):
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
+        lines.append(f"  {verdict:<4}  {t['name']}: {value} {t['unit']} ({t['op']} {t['limit']:g})")
+    return "\n".join(lines)
+
+
+def result_path(out_dir: Path, when: datetime, suffix: str) -> Path:
+    """``<out>/<YYYY-MM-DD>.json``; a second run on the same day gets ``-2``, and so on."""
+    stem = when.strftime("%Y-%m-%d")
+    path, n = out_dir / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = out_dir / f"{stem}-{n}{suffix}"
+    return path
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def write_chart(results: dict[str, Any], path: Path) -> bool:
+    """Latency percentiles and delivery throughput against subscriber count. False (and no file)
+    when matplotlib is not installed: it is a bench extra, not a gateway dependency."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    e2e = results.get("e2e", [])
+    if not e2e:
+        return False
+    subs = [p["subscribers"] for p in e2e]
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+        lat.plot(subs, [p[key] or 0 for p in e2e], marker="o", label=label)
+    lat.axhline(100, color="grey", linestyle="--", linewidth=1, label="p99 target (100 ms)")
+    lat.set(xscale="log", yscale="log", xlabel="subscribers", ylabel="push -> subscriber (ms)")
+    lat.set_xticks(subs, [str(n) for n in subs])
+    lat.set_title(f"end-to-end latency at {e2e[0]['rate']:g} pushes/s")
+    lat.legend()
+    offered = [p["rate"] * p["subscribers"] for p in e2e]
+    thr.plot(subs, offered, linestyle=":", color="grey", label="offered")
+    thr.plot(subs, [p["deliveries_per_s"] for p in e2e], marker="o", label="delivered")
+    delivery = results.get("delivery")
+    if delivery:
+        thr.axhline(
+            delivery["gateway"]["per_s"],
+            color="C2",
+            linestyle="--",
+            label="gateway, released backlog",
+        )
+        thr.axhline(
+            delivery["bare_client"]["per_s"], color="C3", linestyle="--", label="bare client"
+        )
+    thr.set(xscale="log", yscale="log", xlabel="subscribers", ylabel="deliveries/s")
+    thr.set_xticks(subs, [str(n) for n in subs])
+    thr.set_title("delivery throughput")
+    thr.legend()
+    meta = results["meta"]
+    fig.suptitle(f"octo-gateway bench {meta['date']} ({meta['generator']}, {meta['cpus']} CPUs)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

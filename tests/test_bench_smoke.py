@@ -1,0 +1,84 @@
+"""The benchmark harness runs end to end on a tiny load, so it can't rot unnoticed.
+
+Nothing here is timed: how fast the gateway is is what ``python -m bench`` reports, and a test that
+asserted it would fail on a busy CI machine. These only check that every phase runs, the result
+file keeps its shape, and no delivery was lost. They need no wrk (``auto`` falls back to the
+Python generator, and one test forces it) and no matplotlib (the chart is then skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+TOP_KEYS = {"meta", "floor", "ingest", "e2e", "delivery", "history", "rss", "losses", "targets"}
+THROUGHPUT_KEYS = {"requests", "ok", "rps", "duration_s", "http_errors", "generator"}
+E2E_KEYS = {
+    "subscribers",
+    "pushes_ok",
+    "expected",
+    "received",
+    "losses",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "deliveries_per_s",
+}
+
+
+def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "bench", "--quick", "--out", str(out)]
+    command += ["--workdir", str(tmp_path), *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 1, files
+    result: dict[str, Any] = json.loads(files[0].read_text(encoding="utf-8"))
+    return result
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_has_every_phase_and_loses_nothing(tmp_path: Path) -> None:
+    results = run_bench(tmp_path)
+
+    assert set(results) >= TOP_KEYS
+    for section in ("floor", "ingest"):
+        for source in ("beds24", "channex"):
+            assert set(results[section][source]) >= THROUGHPUT_KEYS
+            assert results[section][source]["ok"] > 0
+    assert [p["subscribers"] for p in results["e2e"]] == [1, 2]
+    for phase in results["e2e"]:
+        assert set(phase) >= E2E_KEYS
+        assert phase["pushes_ok"] > 0
+        assert phase["losses"] == 0
+        assert phase["received"] == phase["expected"]
+    delivery = results["delivery"]
+    assert {"gateway", "bare_client"} <= set(delivery)
+    assert delivery["gateway"]["losses"] == 0
+    assert delivery["gateway"]["received"] == delivery["gateway"]["messages"] > 0
+    assert results["history"]["stored_deliveries"] == 1_000
+    assert results["history"]["ok"] > 0
+    assert results["rss"]["peak_mb"] > 0
+    assert results["losses"] == 0
+    assert {t["name"] for t in results["targets"]} and all(
+        {"value", "limit", "pass"} <= set(t) for t in results["targets"]
+    )
+
+
+@pytest.mark.timeout(60)
+def test_python_generator_stands_in_for_wrk(tmp_path: Path) -> None:
+    results = run_bench(tmp_path, "--generator", "python", "--only", "floor")
+
+    assert results["meta"]["generator"] == "python"
+    for source in ("beds24", "channex"):
+        assert results["floor"][source]["generator"] == "python"
+        assert results["floor"][source]["ok"] > 0
+        assert results["floor"][source]["http_errors"] == 0
