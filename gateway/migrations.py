@@ -69,6 +69,8 @@ def m002_pushes_and_events(db: Database) -> None:
         """
     )
     db.execute("create index pushes_due on pushes (state, next_attempt_at)")
+    # Claims walk waiting pushes in arrival order without sorting the backlog.
+    db.execute("create index pushes_waiting on pushes (seq) where state = 'accepted'")
     db.execute("create index pushes_order on pushes (order_key, state, seq)")
     db.execute("create index pushes_coalesce on pushes (source, coalesce_key, state)")
     db.execute(
@@ -136,7 +138,15 @@ def m003_deliveries(db: Database) -> None:
         )
         """
     )
-    db.execute("create index deliveries_due on deliveries (state, next_attempt_at)")
+    # Claims and due-time look-ups walk only queued rows; a leased row's next_attempt_at is its
+    # lease expiry, so an expired lease is due like a retry.
+    db.execute(
+        "create index deliveries_queue on deliveries (next_attempt_at, seq)"
+        " where state in ('pending', 'leased')"
+    )
+    db.execute(
+        "create index deliveries_delivered on deliveries (delivered_at) where state = 'delivered'"
+    )
     db.execute("create index deliveries_order on deliveries (order_key, state, seq)")
     db.execute("create index deliveries_subscription on deliveries (subscription_id, seq)")
     db.execute(

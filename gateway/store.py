@@ -72,11 +72,18 @@ class SQLiteStore:
         self._local = threading.local()
         self._reader_dbs: list[Database] = []
         self._reader_lock = threading.Lock()
+        # Group commit: writes queue here and the writer thread runs all that are waiting in one
+        # transaction, each in its own savepoint (so one failing write undoes only itself).
+        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._queue_lock = threading.Lock()
+        self._flushing = False
+        self._in_batch = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._write(self._open_writer)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._open_writer)
 
     def _open_writer(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,8 +110,57 @@ class SQLiteStore:
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the writer thread inside the next group commit; returns once committed."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, fn)
+        future: asyncio.Future[T] = loop.create_future()
+        with self._queue_lock:
+            self._queue.append((fn, future))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            loop.run_in_executor(self._writer, self._flush, loop)
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._flushing = False
+                    return
+            outcomes = self._run_batch(batch)
+            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+                loop.call_soon_threadsafe(_settle_future, future, result, error)
+
+    def _run_batch(
+        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
+    ) -> list[tuple[Any, BaseException | None]]:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            db = self._wdb
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            return [(None, exc)] * len(batch)
+        self._in_batch = True
+        try:
+            for fn, _ in batch:
+                db.execute("SAVEPOINT write")
+                try:
+                    result = fn()
+                except BaseException as exc:
+                    db.execute("ROLLBACK TO write")
+                    db.execute("RELEASE write")
+                    outcomes.append((None, exc))
+                else:
+                    db.execute("RELEASE write")
+                    outcomes.append((result, None))
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.rollback()
+            return [(None, exc)] * len(batch)
+        finally:
+            self._in_batch = False
+        return outcomes
 
     async def _read(self, fn: Callable[[Database], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -127,8 +183,12 @@ class SQLiteStore:
 
     @contextmanager
     def _immediate(self) -> Iterator[Database]:
-        """A write transaction that takes the write lock at once (BEGIN IMMEDIATE)."""
+        """A write transaction that takes the write lock at once (BEGIN IMMEDIATE); inside a
+        group commit it is the batch's transaction (the batch gives each write a savepoint)."""
         db = self._wdb
+        if self._in_batch:
+            yield db
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -145,7 +205,7 @@ class SQLiteStore:
 
         def insert() -> None:
             with self._immediate() as db:
-                db.table("subscriptions").insert(row)
+                _insert(db, "subscriptions", row)
 
         await self._write(insert)
 
@@ -260,7 +320,7 @@ class SQLiteStore:
                     )
                 if found:
                     return _push(found[0]), False
-                db.table("pushes").insert(row)
+                _insert(db, "pushes", row)
             return _push(row), True
 
         return await self._write(insert)
@@ -295,11 +355,10 @@ class SQLiteStore:
                 rows = db.query(
                     """
                     update pushes set lease_token = :token, lease_expires_at = :expires,
-                        attempts = attempts + 1
+                        next_attempt_at = :expires, attempts = attempts + 1
                     where seq in (
                         select p.seq from pushes p
                         where p.state = 'accepted' and p.next_attempt_at <= :now
-                          and (p.lease_expires_at is null or p.lease_expires_at < :now)
                           and not exists (
                             select 1 from pushes q
                             where p.order_key is not null and q.order_key = p.order_key
@@ -318,8 +377,8 @@ class SQLiteStore:
     async def next_push_due(self) -> float | None:
         def due(db: Database) -> float | None:
             row = db.execute(
-                "select min(max(next_attempt_at, coalesce(lease_expires_at, 0))) from pushes"
-                " where state = 'accepted'"
+                # A leased push's next_attempt_at is its lease expiry, so one index answers this.
+                "select min(next_attempt_at) from pushes where state = 'accepted'"
             ).fetchone()
             return None if row[0] is None else float(row[0])
 
@@ -443,7 +502,8 @@ class SQLiteStore:
                     db.query(
                         """
                         update deliveries set state = 'leased', lease_token = :token,
-                            lease_expires_at = :expires, updated_at = :now
+                            lease_expires_at = :expires, next_attempt_at = :expires,
+                            updated_at = :now
                         where seq in (
                             select seq from (
                                 select c.seq, c.subscription_id, c.next_attempt_at,
@@ -455,8 +515,9 @@ class SQLiteStore:
                                     -- a bounded window of due candidates, oldest first
                                     select d.seq, d.subscription_id, d.next_attempt_at
                                     from deliveries d
-                                    where ((d.state = 'pending' and d.next_attempt_at <= :now)
-                                           or (d.state = 'leased' and d.lease_expires_at < :now))
+                                    -- a leased row's next_attempt_at is its lease expiry
+                                    where d.state in ('pending', 'leased')
+                                      and d.next_attempt_at <= :now
                                       and not exists (
                                         select 1 from deliveries e
                                         where e.order_key = d.order_key and e.seq < d.seq
@@ -493,13 +554,9 @@ class SQLiteStore:
     async def next_delivery_due(self) -> float | None:
         def due(db: Database) -> float | None:
             row = db.execute(
-                "select min(next_attempt_at) from deliveries where state = 'pending'"
+                "select min(next_attempt_at) from deliveries where state in ('pending', 'leased')"
             ).fetchone()
-            leased = db.execute(
-                "select min(lease_expires_at) from deliveries where state = 'leased'"
-            ).fetchone()
-            times = [float(v) for v in (row[0], leased[0]) if v is not None]
-            return min(times) if times else None
+            return None if row[0] is None else float(row[0])
 
         return await self._read(due)
 
@@ -541,7 +598,7 @@ class SQLiteStore:
                 ).rowcount
                 if changed != 1:
                     return False
-                db.table("attempts").insert(attempt.model_dump())
+                _insert(db, "attempts", attempt.model_dump())
                 _track_health(
                     db, delivery.subscription_id, state, now, disable_reason, disable_after
                 )
@@ -568,8 +625,9 @@ class SQLiteStore:
                 for delivery in deliveries:
                     db.execute(
                         "update deliveries set state = 'pending', lease_token = null,"
-                        " lease_expires_at = null where id = ? and lease_token = ?",
-                        [delivery.id, delivery.lease_token],
+                        " lease_expires_at = null, next_attempt_at = ?"
+                        " where id = ? and lease_token = ?",
+                        [time.time(), delivery.id, delivery.lease_token],
                     )
 
         await self._write(release)
@@ -702,6 +760,22 @@ class SQLiteStore:
             return int(waiting or 0), int(finished or 0)
 
         return await self._read(progress)
+
+
+def _insert(db: Database, table: str, row: dict[str, Any]) -> None:
+    """A plain INSERT: sqlite3 caches the statement, where Table.insert re-inspects the table."""
+    columns = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    db.execute(f"insert into {table} ({columns}) values ({marks})", list(row.values()))
+
+
+def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _subscription_row(sub: Subscription) -> dict[str, Any]:
