@@ -14,10 +14,10 @@ import sqlite3
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlencode
 
 import click
@@ -55,6 +55,16 @@ def load_or_exit(path: Path | None) -> GatewayConfig:
         fail(str(exc), 2)
 
 
+def run_fast(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop where it is installed (it roughly halves aiohttp's per-request cost), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level,
@@ -82,7 +92,7 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     if port is not None:
         config.server.port = port
     try:
-        asyncio.run(_serve(config))
+        run_fast(_serve(config))
     except KeyboardInterrupt:
         pass  # a SIGINT before the handlers were installed is still a clean stop
     except sqlite3.Error as exc:

@@ -261,6 +261,29 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
+class SubscriptionCache:
+    """Subscriptions as the workers see them, read at most once a second each instead of once
+    per delivery. This process forgets an entry the moment it changes one (API or disable); a
+    change made by another process shows within ``ttl``."""
+
+    def __init__(self, store: Store, ttl: float = 1.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Subscription | None]] = {}
+
+    async def get(self, id: str) -> Subscription | None:
+        now = time.monotonic()
+        entry = self._entries.get(id)
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1]
+        subscription = await self.store.get_subscription(None, id)
+        self._entries[id] = (now, subscription)
+        return subscription
+
+    def forget(self, id: str) -> None:
+        self._entries.pop(id, None)
+
+
 class Deliverer:
     """Claims due deliveries and sends them, within overall and per-subscription limits; woken at
     once when new deliveries are stored, polling only for due retries."""
@@ -269,6 +292,7 @@ class Deliverer:
         self, store: Store, config: GatewayConfig, sender: Sender, metrics: Metrics
     ) -> None:
         self.store = store
+        self.subscriptions = SubscriptionCache(store)
         self.config = config
         self.delivery = config.delivery
         self.sender = sender
@@ -383,7 +407,7 @@ class Deliverer:
                 del self._per_subscription[record.subscription_id]
 
     async def _deliver(self, record: DeliveryRecord) -> None:
-        subscription = await self.store.get_subscription(None, record.subscription_id)
+        subscription = await self.subscriptions.get(record.subscription_id)
         if subscription is None or not subscription.active:
             await self.store.skip_delivery(record, "subscription disabled or deleted")
             self.metrics.deliveries.labels("skipped").inc()
@@ -456,6 +480,9 @@ class Deliverer:
         if not settled:
             log.warning("lost the lease on delivery %s before settling it", record.id)
             return
+        if state == "dead":
+            # A dead message may have disabled the subscription (410, or failing too long).
+            self.subscriptions.forget(record.subscription_id)
         self.metrics.deliveries.labels(outcome).inc()
         self.metrics.attempt_latency.observe(response.latency_ms / 1000)
         if outcome != "delivered":

@@ -8,7 +8,6 @@ threads, each with its own connection, which WAL lets proceed while the writer w
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 import time
@@ -20,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from sqlite_utils import Database
 
 from gateway.migrations import migrations
@@ -293,7 +293,7 @@ class SQLiteStore:
             "dedupe_key": dedupe_key or push_id,
             "coalesce_key": coalesce_key,
             "order_key": order_key,
-            "payload": json.dumps(payload),
+            "payload": _dumps(payload),
             "state": state,
             "error": error,
             "attempts": 0,
@@ -440,7 +440,7 @@ class SQLiteStore:
                     f"select key, availability from availability_state where key in ({marks})",
                     chunk,
                 ):
-                    found[row["key"]] = json.loads(row["availability"])
+                    found[row["key"]] = orjson.loads(row["availability"])
             return found
 
         return await self._read(known)
@@ -494,7 +494,7 @@ class SQLiteStore:
         minus what it has ``in_flight`` already, so one busy subscriber can't fill a batch."""
         now = time.time()
         token = new_id("lease")
-        in_flight_json = json.dumps(in_flight)
+        in_flight_json = _dumps(in_flight)
 
         def claim() -> list[DeliveryRecord]:
             with self._immediate() as db:
@@ -762,6 +762,10 @@ class SQLiteStore:
         return await self._read(progress)
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
 def _insert(db: Database, table: str, row: dict[str, Any]) -> None:
     """A plain INSERT: sqlite3 caches the statement, where Table.insert re-inspects the table."""
     columns = ", ".join(row)
@@ -784,15 +788,15 @@ def _subscription_row(sub: Subscription) -> dict[str, Any]:
         "tenant": sub.tenant,
         "event": sub.event,
         "url": sub.url,
-        "headers": json.dumps(sub.headers),
+        "headers": _dumps(sub.headers),
         "retry_on_error": int(sub.retry_on_error),
         "use_contact_language": int(sub.use_contact_language),
-        "capabilities": json.dumps(sub.capabilities),
+        "capabilities": _dumps(sub.capabilities),
         "template": sub.template,
         "secret": sub.secret,
         "previous_secret": sub.previous_secret,
         "previous_secret_until": _ts(sub.previous_secret_until),
-        "products": json.dumps(sub.products),
+        "products": _dumps(sub.products),
         "active": int(sub.active),
         "disabled_reason": sub.disabled_reason,
         "failing_since": sub.failing_since,
@@ -807,15 +811,15 @@ def _subscription(row: dict[str, Any]) -> Subscription:
         tenant=row["tenant"],
         event=row["event"],
         url=row["url"],
-        headers=json.loads(row["headers"]),
+        headers=orjson.loads(row["headers"]),
         retry_on_error=bool(row["retry_on_error"]),
         use_contact_language=bool(row["use_contact_language"]),
-        capabilities=json.loads(row["capabilities"]),
+        capabilities=orjson.loads(row["capabilities"]),
         template=row["template"],
         secret=row["secret"],
         previous_secret=row["previous_secret"],
         previous_secret_until=_dt(row["previous_secret_until"]),
-        products=json.loads(row["products"]),
+        products=orjson.loads(row["products"]),
         active=bool(row["active"]),
         disabled_reason=row["disabled_reason"],
         failing_since=row["failing_since"],
@@ -840,7 +844,7 @@ def _push(row: dict[str, Any]) -> PushRecord:
         source=row["source"],
         kind=row["kind"],
         state=row["state"],
-        payload=json.loads(payload) if payload else None,
+        payload=orjson.loads(payload) if payload else None,
         error=row.get("error"),
         note=row.get("note"),
         attempts=row.get("attempts") or 0,
@@ -865,7 +869,9 @@ class _Subscribers:
                 "select id, event, products, active from subscriptions where deleted_at is null"
                 " order by created_at, id"
             ).fetchall():
-                self._by_event.setdefault(name, []).append((id, json.loads(products), bool(active)))
+                self._by_event.setdefault(name, []).append(
+                    (id, orjson.loads(products), bool(active))
+                )
         return self._by_event.get(event, [])
 
 
@@ -878,7 +884,7 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
             "select revision, booking, version from booking_state where key = ?",
             [event.state_key],
         ).fetchone()
-        previous = json.loads(row[1]) if row else None
+        previous = orjson.loads(row[1]) if row else None
         if row is not None and event.revision is not None and row[0] == event.revision:
             return None
         if row is not None and row[2] and event.version and event.version < row[2]:
@@ -891,20 +897,20 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
             " values (?, ?, ?, ?, ?) on conflict (key) do update set revision = excluded.revision,"
             " version = excluded.version, booking = excluded.booking,"
             " updated_at = excluded.updated_at",
-            [event.state_key, event.revision, event.version, json.dumps(booking), now],
+            [event.state_key, event.revision, event.version, _dumps(booking), now],
         )
         return {"booking": booking, "diff": diff}
     availability = event.data["availability"]
     row = db.execute(
         "select availability from availability_state where key = ?", [event.state_key]
     ).fetchone()
-    if event.only_if_changed and row is not None and json.loads(row[0]) == availability:
+    if event.only_if_changed and row is not None and orjson.loads(row[0]) == availability:
         return None
     db.execute(
         "insert into availability_state (key, availability, updated_at) values (?, ?, ?)"
         " on conflict (key) do update set availability = excluded.availability,"
         " updated_at = excluded.updated_at",
-        [event.state_key, json.dumps(availability), now],
+        [event.state_key, _dumps(availability), now],
     )
     return {
         "availability": availability,
@@ -935,7 +941,7 @@ def _fan_out(
             event.subject,
             event.product_id,
             event.option_id,
-            json.dumps(data),
+            _dumps(data),
             now,
         ],
     )
@@ -978,7 +984,7 @@ def _event_data(db: Database, seqs: list[int]) -> dict[int, dict[str, Any]]:
         chunk = unique[start : start + 500]
         marks = ",".join("?" * len(chunk))
         for seq, text in db.execute(f"select seq, data from events where seq in ({marks})", chunk):
-            data[seq] = json.loads(text)
+            data[seq] = orjson.loads(text)
     return data
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from gateway.appkeys import config_key, sender_key, store_key
+from gateway.appkeys import config_key, deliverer_key, sender_key, store_key
 from gateway.auth import find_api_key
 from gateway.config import ApiKey
 from gateway.errors import OctoError, bad_request, describe_validation_error, not_found
@@ -230,6 +230,13 @@ async def save(request: web.Request, updated: Subscription, read: Subscription) 
         updated, expected_updated_at=read.updated_at
     ):
         raise OctoError(409, f"webhook {read.id} changed meanwhile; read it and try again")
+    forget(request, read.id)
+
+
+def forget(request: web.Request, id: str) -> None:
+    """Tell this process's delivery workers a subscription changed."""
+    if deliverer_key in request.app:
+        request.app[deliverer_key].subscriptions.forget(id)
 
 
 def _pick(new: bool | None, old: bool) -> bool:
@@ -241,6 +248,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     deleted = await request.app[store_key].delete_subscription(subscription.tenant, subscription.id)
     if deleted is None:
         raise not_found(f"webhook {subscription.id}")
+    forget(request, deleted.id)
     log.info("tenant %s deleted subscription %s", deleted.tenant, deleted.id)
     return web.json_response(deleted.webhook())
 

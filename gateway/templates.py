@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 DEFAULT_TEMPLATES = {
@@ -29,7 +30,10 @@ class TemplateProblem(ValueError):
 def to_json(value: Any) -> str:
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()  # filters receive undefined values without failing
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:  # what orjson refuses (e.g. integers over 64 bits), json still writes
+        return json.dumps(value, ensure_ascii=False)
 
 
 def is_url_template(url: str) -> bool:
