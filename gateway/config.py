@@ -70,7 +70,7 @@ class DeliveryConfig(Section):
 
 
 class IngestConfig(Section):
-    concurrency: int = Field(4, ge=1, description="pushes processed at once")
+    concurrency: int = Field(32, ge=1, description="pushes processed at once")
     lease_seconds: float = Field(120.0, gt=0, description="a push held longer is taken over")
     retry_base: float = Field(5.0, gt=0, description="first delay after a PMS API failure")
     retry_max: float = Field(600.0, gt=0, description="longest delay between retries")

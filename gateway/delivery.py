@@ -300,6 +300,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._running: dict[asyncio.Task[None], DeliveryRecord] = {}
         self._per_subscription: Counter[str] = Counter()
+        self._sending: set[int] = set()  # deliveries holding a concurrency slot
         self._stopping = False
         self._loop_started = False
         self._loop_exited = asyncio.Event()
@@ -328,7 +329,7 @@ class Deliverer:
 
     async def _claim(self) -> bool:
         """Claim what there is room for; True when the batch was full."""
-        room = self.delivery.concurrency - len(self._running)
+        room = self.delivery.concurrency - len(self._sending)
         if room <= 0:
             return False
         limit = room
@@ -355,6 +356,7 @@ class Deliverer:
                 task = asyncio.create_task(self.store.release_deliveries([record]))
             else:
                 self._per_subscription[record.subscription_id] += 1
+                self._sending.add(record.seq)
                 task = asyncio.create_task(self.deliver(record))
             self._running[task] = record
             task.add_done_callback(self._done)
@@ -402,9 +404,18 @@ class Deliverer:
         try:
             await self._deliver(record)
         finally:
-            self._per_subscription[record.subscription_id] -= 1
-            if self._per_subscription[record.subscription_id] <= 0:
-                del self._per_subscription[record.subscription_id]
+            self._free_slot(record)
+
+    def _free_slot(self, record: DeliveryRecord) -> None:
+        """The request is over: its concurrency slot is free even while the outcome is still
+        being recorded (the row stays leased until then, so it can't be claimed twice)."""
+        if record.seq not in self._sending:
+            return
+        self._sending.discard(record.seq)
+        self._per_subscription[record.subscription_id] -= 1
+        if self._per_subscription[record.subscription_id] <= 0:
+            del self._per_subscription[record.subscription_id]
+        self._wake.set()
 
     async def _deliver(self, record: DeliveryRecord) -> None:
         subscription = await self.subscriptions.get(record.subscription_id)
@@ -427,6 +438,7 @@ class Deliverer:
             )
             return
         response = await self.sender.post(record.id, record.event, url, body, subscription)
+        self._free_slot(record)
         await self._settle(record, subscription, attempt_number, response, body, url)
 
     async def _settle(
