@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 
 from gateway.sources import PushRejected, RetryLater
 
@@ -45,6 +46,18 @@ async def request_json(
 
 def parse_json(body: bytes) -> Any:
     """A push body as JSON, or PushRejected naming the problem."""
+    try:
+        # The fast path: orjson accepts exactly what is valid JSON (no NaN, no BOM). Anything it
+        # refuses goes through the slow path below, which names the problem precisely.
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _parse_json_slowly(body)
+    if nesting_depth(value) > MAX_DEPTH:
+        raise PushRejected(f"body is nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
+def _parse_json_slowly(body: bytes) -> Any:
     try:
         text = body.decode("utf-8").removeprefix("\ufeff")  # a byte order mark is not JSON
     except UnicodeDecodeError as exc:

@@ -73,7 +73,7 @@ class SQLiteStore:
         self._reader_dbs: list[Database] = []
         self._reader_lock = threading.Lock()
         # Group commit: writes queue here and the writer thread runs all that are waiting in one
-        # transaction, each in its own savepoint (so one failing write undoes only itself).
+        # transaction, answering each caller once it is committed.
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._queue_lock = threading.Lock()
         self._flushing = False
@@ -135,32 +135,35 @@ class SQLiteStore:
     def _run_batch(
         self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
     ) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        """All writes in one transaction. Should one fail, none took effect: each is then run
+        again in a transaction of its own, so only the failing one fails (the rare path)."""
         try:
-            db = self._wdb
-            db.execute("BEGIN IMMEDIATE")
+            return [(result, None) for result in self._transaction([fn for fn, _ in batch])]
         except BaseException as exc:
-            return [(None, exc)] * len(batch)
+            if len(batch) == 1:
+                return [(None, exc)]
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for fn, _ in batch:
+            try:
+                outcomes.append((self._transaction([fn])[0], None))
+            except BaseException as exc:
+                outcomes.append((None, exc))
+        return outcomes
+
+    def _transaction(self, writes: list[Callable[[], Any]]) -> list[Any]:
+        conn = self._wdb.conn
+        conn.execute("BEGIN IMMEDIATE")
         self._in_batch = True
         try:
-            for fn, _ in batch:
-                db.execute("SAVEPOINT write")
-                try:
-                    result = fn()
-                except BaseException as exc:
-                    db.execute("ROLLBACK TO write")
-                    db.execute("RELEASE write")
-                    outcomes.append((None, exc))
-                else:
-                    db.execute("RELEASE write")
-                    outcomes.append((result, None))
-            db.execute("COMMIT")
-        except BaseException as exc:
-            db.rollback()
-            return [(None, exc)] * len(batch)
+            results = [fn() for fn in writes]
+            conn.execute("COMMIT")
+            return results
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         finally:
             self._in_batch = False
-        return outcomes
 
     async def _read(self, fn: Callable[[Database], T]) -> T:
         loop = asyncio.get_running_loop()

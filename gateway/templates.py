@@ -47,6 +47,7 @@ class Templates:
             loader=jinja2.FileSystemLoader(str(directory)),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
+            auto_reload=False,  # no stat() of the file per delivery; restart to pick up edits
             keep_trailing_newline=False,
         )
         self.env.filters["json"] = to_json

@@ -133,3 +133,26 @@ async def test_older_booking_version_arriving_late_is_dropped(tmp_path: Path) ->
         assert await emit("2026-02-15T11:00:00Z", "stale") == 2  # older than the last one sent
     finally:
         await store.close()
+
+
+async def test_group_commit_isolates_a_failing_write(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3 as sqlite
+
+    store = SQLiteStore(tmp_path / "group.db")
+    await store.open()
+    try:
+        await store.insert_subscription(sample_subscription("taken"))
+        # Queued together, these share one transaction; the duplicate must fail alone.
+        results = await asyncio.gather(
+            store.insert_subscription(sample_subscription("a")),
+            store.insert_subscription(sample_subscription("taken")),
+            store.insert_subscription(sample_subscription("b")),
+            return_exceptions=True,
+        )
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], sqlite.IntegrityError)
+        ids = sorted(s.id for s in await store.list_subscriptions("t"))
+        assert ids == ["a", "b", "taken"]
+    finally:
+        await store.close()
