@@ -121,9 +121,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 def webhook_object(subscription: Subscription) -> dict[str, Any]:
     """The Webhook object inside a delivered body: the OCTO fields, password masked, no secret."""
-    full = subscription.webhook()
-    keys = ("id", "event", "url", "retryOnError", "useContactLanguage", "headers", "capabilities")
-    return {key: full[key] for key in keys}
+    return {
+        "id": subscription.id,
+        "event": subscription.event,
+        "url": mask_password(subscription.url),
+        "retryOnError": subscription.retry_on_error,
+        "useContactLanguage": subscription.use_contact_language,
+        "headers": dict(subscription.headers),
+        "capabilities": list(subscription.capabilities),
+    }
 
 
 def supplier_object(config: GatewayConfig) -> dict[str, Any]:
