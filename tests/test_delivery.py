@@ -3,6 +3,7 @@ record what they got and answer 200, 500, 410, 429, 302 or hang."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import time
@@ -684,3 +685,25 @@ async def test_prune_removes_only_old_delivered_messages(
     assert len(await store.list_deliveries(bad["id"], state="dead")) == 2
     assert len(await attempts(client, bad["id"])) == 2
     assert await store.prune_delivered(time.time() + 1) == 0
+
+
+async def test_subscription_failing_too_long_after_exhausted_messages_is_disabled(
+    start: Start, receiver: Receiver
+) -> None:
+    # Messages die after 2 attempts; the subscription goes after failing for 0.36 s.
+    client = await start(retry_schedule=[0.05], disable_after_hours=0.0001)
+    webhook = await subscribe(client, receiver.url())
+    receiver.default = Answer(500)
+    await send(client, booking_event("test:first"))
+    await wait_state(client, webhook["id"], "dead", 1)
+    assert (await get_webhook(client, webhook["id"]))["active"] is True  # the streak only began
+
+    await asyncio.sleep(0.5)
+    await send(client, booking_event("test:second"))
+    await wait_state(client, webhook["id"], "dead", 2)
+
+    async def disabled() -> bool:
+        return (await get_webhook(client, webhook["id"]))["active"] is False
+
+    await wait_until_async(disabled, "the failing subscription to be disabled")
+    assert "failing continuously" in (await get_webhook(client, webhook["id"]))["disabledReason"]
