@@ -1,0 +1,391 @@
+"""Pushes in SQLite: durable ingest, leases, and turning processed pushes into events and
+deliveries."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from sqlite_utils import Database
+
+from gateway.models import (
+    NewEvent,
+    PushRecord,
+    PushState,
+)
+from gateway.store.base import (
+    SQLiteBase,
+    _chunks,
+    _dumps,
+    _insert,
+    new_id,
+)
+from gateway.translate.diff import booking_diff
+
+
+class PushStore(SQLiteBase):
+    async def insert_push(
+        self,
+        *,
+        source: str,
+        kind: str,
+        payload: Any,
+        dedupe_key: str | None,
+        order_key: str | None,
+        coalesce_key: str | None = None,
+        state: PushState = "accepted",
+        error: str | None = None,
+    ) -> tuple[PushRecord, bool]:
+        """Store a push durably. A push with a known dedupe key, or whose coalesce key matches a
+        push still waiting, returns the stored one and False."""
+        now = time.time()
+        push_id = new_id("psh")
+        row = {
+            "id": push_id,
+            "source": source,
+            "kind": kind,
+            "dedupe_key": dedupe_key or push_id,
+            "coalesce_key": coalesce_key,
+            "order_key": order_key,
+            "payload": _dumps(payload),
+            "state": state,
+            "error": error,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "received_at": now,
+            "processed_at": now if state != "accepted" else None,
+        }
+
+        def insert() -> tuple[PushRecord, bool]:
+            with self._immediate() as db:
+                found = list(
+                    db.query(
+                        "select * from pushes where source = ? and dedupe_key = ?",
+                        [source, row["dedupe_key"]],
+                    )
+                )
+                if not found and coalesce_key is not None:
+                    found = list(
+                        db.query(
+                            "select * from pushes where source = ? and coalesce_key = ?"
+                            " and state = 'accepted' and lease_token is null",
+                            [source, coalesce_key],
+                        )
+                    )
+                if found:
+                    return _push(found[0]), False
+                _insert(db, "pushes", row)
+            return _push(row), True
+
+        return await self._write(insert)
+
+    async def get_push(self, id: str) -> PushRecord | None:
+        def get(db: Database) -> PushRecord | None:
+            rows = list(db.query("select * from pushes where id = ?", [id]))
+            return _push(rows[0]) if rows else None
+
+        return await self._read(get)
+
+    async def list_pushes(
+        self, state: PushState | None = None, limit: int = 100
+    ) -> list[PushRecord]:
+        sql = "select * from pushes"
+        params: list[Any] = []
+        if state is not None:
+            sql += " where state = ?"
+            params.append(state)
+        sql += " order by seq desc limit ?"
+        params.append(limit)
+        return await self._read(lambda db: [_push(row) for row in db.query(sql, params)])
+
+    async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushRecord]:
+        """Lease due pushes, oldest first, skipping any behind an unfinished earlier push for the
+        same booking (so one booking's updates are processed in the order they arrived)."""
+        now = time.time()
+        token = new_id("lease")
+
+        def claim() -> list[PushRecord]:
+            with self._immediate() as db:
+                rows = db.query(
+                    """
+                    update pushes set lease_token = :token, lease_expires_at = :expires,
+                        next_attempt_at = :expires, attempts = attempts + 1
+                    where seq in (
+                        select p.seq from pushes p
+                        where p.state = 'accepted' and p.next_attempt_at <= :now
+                          and not exists (
+                            select 1 from pushes q
+                            where p.order_key is not null and q.order_key = p.order_key
+                              and q.state = 'accepted' and q.seq < p.seq
+                          )
+                        order by p.seq limit :limit
+                    )
+                    returning *
+                    """,
+                    {"token": token, "expires": now + lease_seconds, "now": now, "limit": limit},
+                )
+                return [_push(row) for row in rows]
+
+        return await self._write(claim)
+
+    async def next_push_due(self) -> float | None:
+        def due(db: Database) -> float | None:
+            row = db.execute(
+                # A leased push's next_attempt_at is its lease expiry, so one index answers this.
+                "select min(next_attempt_at) from pushes where state = 'accepted'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._read(due)
+
+    async def defer_push(self, id: str, lease_token: str, error: str, delay: float) -> bool:
+        """Record a temporary failure and when to try again; False if the lease was lost."""
+        return await self._settle_push(
+            id,
+            lease_token,
+            "update pushes set error = ?, next_attempt_at = ?, lease_token = null,"
+            " lease_expires_at = null where id = ? and lease_token = ? and state = 'accepted'",
+            [error, time.time() + delay, id, lease_token],
+        )
+
+    async def fail_push(self, id: str, lease_token: str | None, error: str) -> bool:
+        sql = (
+            "update pushes set state = 'failed', error = ?, processed_at = ?, lease_token = null,"
+            " lease_expires_at = null where id = ?"
+        )
+        params: list[Any] = [error, time.time(), id]
+        if lease_token is not None:
+            sql += " and lease_token = ?"
+            params.append(lease_token)
+        return await self._settle_push(id, lease_token, sql, params)
+
+    async def _settle_push(
+        self, id: str, lease_token: str | None, sql: str, params: list[Any]
+    ) -> bool:
+        def settle() -> bool:
+            with self._immediate() as db:
+                return db.execute(sql, params).rowcount == 1
+
+        return await self._write(settle)
+
+    async def replay_push(self, id: str) -> PushRecord | None:
+        """Queue a push for processing again, whatever its state."""
+
+        def replay() -> PushRecord | None:
+            with self._immediate() as db:
+                rows = list(
+                    db.query(
+                        "update pushes set state = 'accepted', attempts = 0, next_attempt_at = ?,"
+                        " lease_token = null, lease_expires_at = null, processed_at = null"
+                        " where id = ? returning *",
+                        [time.time(), id],
+                    )
+                )
+            return _push(rows[0]) if rows else None
+
+        return await self._write(replay)
+
+    async def known_availability(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        def known(db: Database) -> dict[str, dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            for chunk in _chunks(keys, 500):
+                marks = ",".join("?" * len(chunk))
+                for row in db.query(
+                    f"select key, availability from availability_state where key in ({marks})",
+                    chunk,
+                ):
+                    found[row["key"]] = orjson.loads(row["availability"])
+            return found
+
+        return await self._read(known)
+
+    async def complete_push(
+        self, id: str, lease_token: str, events: list[NewEvent], note: str | None = None
+    ) -> int | None:
+        """Store a push's events with their history and fan them out to matching subscriptions, and
+        mark the push processed, in one transaction. Returns the number of deliveries created, or
+        None when the lease was lost (another worker owns the push now)."""
+
+        def complete() -> int | None:
+            now = time.time()
+            with self._immediate() as db:
+                owner = db.execute(
+                    "select lease_token, state, source from pushes where id = ?", [id]
+                ).fetchone()
+                if owner is None or owner[0] != lease_token or owner[1] != "accepted":
+                    return None
+                source = owner[2]
+                subscribers = _Subscribers(db)
+                created = 0
+                for event in events:
+                    data = _with_history(db, event, now)
+                    if data is None:
+                        continue
+                    created += _fan_out(db, event, data, id, source, subscribers, now)
+                db.execute(
+                    "update pushes set state = 'processed', processed_at = ?, note = ?, error = null,"
+                    " lease_token = null, lease_expires_at = null where id = ?",
+                    [now, note, id],
+                )
+                return created
+
+        return await self._write(complete)
+
+    async def replay_failed_pushes(self, ids: list[str] | None = None) -> list[str]:
+        """Queue failed pushes (all, or the given ids) for processing again; returns their ids."""
+
+        def replay() -> list[str]:
+            sql = (
+                "update pushes set state = 'accepted', attempts = 0, next_attempt_at = ?,"
+                " lease_token = null, lease_expires_at = null, processed_at = null"
+                " where state = 'failed'"
+            )
+            params: list[Any] = [time.time()]
+            if ids is not None:
+                sql += f" and id in ({','.join('?' * len(ids))})"
+                params += ids
+            with self._immediate() as db:
+                return [row["id"] for row in db.query(sql + " returning id", params)]
+
+        return await self._write(replay)
+
+
+def _push(row: dict[str, Any]) -> PushRecord:
+    payload = row.get("payload")
+    return PushRecord(
+        id=row["id"],
+        source=row["source"],
+        kind=row["kind"],
+        state=row["state"],
+        payload=orjson.loads(payload) if payload else None,
+        error=row.get("error"),
+        note=row.get("note"),
+        attempts=row.get("attempts") or 0,
+        next_attempt_at=row["next_attempt_at"],
+        received_at=row["received_at"],
+        processed_at=row.get("processed_at"),
+        lease_token=row.get("lease_token"),
+    )
+
+
+class _Subscribers:
+    """The live subscriptions, read once per transaction and grouped by event."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._by_event: dict[str, list[tuple[str, list[str], bool]]] | None = None
+
+    def for_event(self, event: str) -> list[tuple[str, list[str], bool]]:
+        if self._by_event is None:
+            self._by_event = {}
+            for id, name, products, active in self._db.execute(
+                "select id, event, products, active from subscriptions where deleted_at is null"
+                " order by created_at, id"
+            ).fetchall():
+                self._by_event.setdefault(name, []).append(
+                    (id, orjson.loads(products), bool(active))
+                )
+        return self._by_event.get(event, [])
+
+
+def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] | None:
+    """The event's body data with what the previous state of its subject says (the booking
+    ``diff``), or None when it changes nothing a subscriber would see."""
+    if event.event == "booking_update":
+        booking = event.data["booking"]
+        row = db.execute(
+            "select revision, booking, version from booking_state where key = ?",
+            [event.state_key],
+        ).fetchone()
+        previous = orjson.loads(row[1]) if row else None
+        if row is not None and event.revision is not None and row[0] == event.revision:
+            return None
+        if row is not None and row[2] and event.version and event.version < row[2]:
+            return None  # an older version of the booking, delivered late by the PMS
+        diff = booking_diff(previous, booking)
+        if previous is not None and not diff:
+            return None
+        db.execute(
+            "insert into booking_state (key, revision, version, booking, updated_at)"
+            " values (?, ?, ?, ?, ?) on conflict (key) do update set revision = excluded.revision,"
+            " version = excluded.version, booking = excluded.booking,"
+            " updated_at = excluded.updated_at",
+            [event.state_key, event.revision, event.version, _dumps(booking), now],
+        )
+        return {"booking": booking, "diff": diff}
+    availability = event.data["availability"]
+    row = db.execute(
+        "select availability from availability_state where key = ?", [event.state_key]
+    ).fetchone()
+    if event.only_if_changed and row is not None and orjson.loads(row[0]) == availability:
+        return None
+    db.execute(
+        "insert into availability_state (key, availability, updated_at) values (?, ?, ?)"
+        " on conflict (key) do update set availability = excluded.availability,"
+        " updated_at = excluded.updated_at",
+        [event.state_key, _dumps(availability), now],
+    )
+    return {
+        "availability": availability,
+        "productId": event.product_id,
+        "optionId": event.option_id,
+    }
+
+
+def _fan_out(
+    db: Database,
+    event: NewEvent,
+    data: dict[str, Any],
+    push_id: str,
+    source: str,
+    subscribers: _Subscribers,
+    now: float,
+) -> int:
+    """Store the event and one delivery per subscription whose event and products match; a newer
+    availability for the same subject supersedes one still waiting. Returns deliveries pending."""
+    cursor = db.execute(
+        "insert into events (id, push_id, source, event, subject, product_id, option_id, data,"
+        " created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            new_id("evt"),
+            push_id,
+            source,
+            event.event,
+            event.subject,
+            event.product_id,
+            event.option_id,
+            _dumps(data),
+            now,
+        ],
+    )
+    event_seq = cursor.lastrowid
+    pending = 0
+    for subscription_id, products, active in subscribers.for_event(event.event):
+        if "*" not in products and event.product_id not in products:
+            continue
+        order_key = f"{subscription_id}|{event.subject}"
+        if event.event == "availability_update":
+            db.execute(
+                "update deliveries set state = 'superseded', updated_at = ?"
+                " where order_key = ? and state = 'pending'",
+                [now, order_key],
+            )
+        state = "pending" if active else "skipped"
+        db.execute(
+            "insert into deliveries (id, event_seq, subscription_id, event, order_key, state,"
+            " next_attempt_at, created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                new_id("msg"),
+                event_seq,
+                subscription_id,
+                event.event,
+                order_key,
+                state,
+                now,
+                now,
+                now,
+            ],
+        )
+        pending += state == "pending"
+    return pending
