@@ -136,7 +136,12 @@ async def test_channex_legacy_envelope(gw: Harness) -> None:
 
 
 @pytest.mark.parametrize(
-    "fixture", ["channex-booking-unmapped-room-1.json", "channex-non-acked-booking-1.json"]
+    "fixture",
+    [
+        "channex-booking-unmapped-room-1.json",
+        "channex-booking-unmapped-rate-1.json",
+        "channex-non-acked-booking-1.json",
+    ],
 )
 async def test_channex_events_naming_booking_revision_id(gw: Harness, fixture: str) -> None:
     doc = load_fixture(fixture)
@@ -252,7 +257,17 @@ async def test_channex_ari_date_ranges_keep_the_last_vacancies(gw: Harness) -> N
 
 
 @pytest.mark.parametrize(
-    "fixture", ["channex-message-1.json", "channex-review-1.json", "channex-sync-error-1.json"]
+    "fixture",
+    [
+        "channex-message-1.json",
+        "channex-review-1.json",
+        "channex-sync-error-1.json",
+        "channex-inquiry-1.json",
+        "channex-channel-activate-1.json",
+        "channex-channel-removal-warning-1.json",
+        "channex-property-removal-warning-1.json",
+        "channex-message-thread-booking-assigned-1.json",
+    ],
 )
 async def test_channex_events_without_octo_meaning_are_stored(gw: Harness, fixture: str) -> None:
     doc = load_fixture(fixture)
