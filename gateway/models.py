@@ -7,6 +7,7 @@ gateway's own work and how it is shown over the API.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,6 +71,7 @@ class Subscription(BaseModel):
         }
 
 
+@lru_cache(maxsize=4096)  # called for every delivery; a URL parse is not free
 def mask_password(url: str) -> str:
     """``https://user:pass@host/`` -> ``https://user:***@host/``; anything else unchanged."""
     try:

@@ -79,8 +79,8 @@ class Templates:
         except (jinja2.TemplateError, TypeError, ValueError) as exc:
             raise TemplateProblem(f"template {label!r}: {exc}") from None
         try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
+            orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
             raise TemplateProblem(f"template {label!r} does not render valid JSON: {exc}") from None
         return text.encode("utf-8")
 
