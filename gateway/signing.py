@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import re
 import time
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from secrets import token_bytes
 
 SECRET_PREFIX = "whsec_"
@@ -57,6 +57,11 @@ def secret_key(secret: str) -> bytes:
     return key
 
 
+@lru_cache(maxsize=1024)
+def _cached_key(secret: str) -> bytes:
+    return secret_key(secret)
+
+
 def sign(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
     """The ``v1,<base64>`` signature of one message with one secret."""
     # Runtime checks: the id and timestamp are joined with full stops, so neither may hold one.
@@ -65,7 +70,8 @@ def sign(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
         raise ValueError(f"invalid webhook timestamp {timestamp!r}: must be a non-negative int")
     content = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), content, hashlib.sha256).digest()
+    # hmac.digest is OpenSSL's one-shot HMAC: several times cheaper than hmac.new per message.
+    digest = hmac.digest(_cached_key(secret), content, "sha256")
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
