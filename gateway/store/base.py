@@ -9,6 +9,7 @@ own connection, which WAL lets proceed while the writer writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import uuid
@@ -25,6 +26,7 @@ from sqlite_utils import Database
 from gateway.migrations import migrations
 
 T = TypeVar("T")
+CHECKPOINT_EVERY = 1.0  # seconds
 
 
 def utcnow() -> datetime:
@@ -68,6 +70,8 @@ class SQLiteBase:
         self._queue_lock = threading.Lock()
         self._flushing = False
         self._in_batch = False
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -80,10 +84,31 @@ class SQLiteBase:
         db = connect(self.path)
         db.enable_wal()
         migrations.apply(db)
+        # Checkpoints (the only fsyncs in WAL mode) move to a thread of their own, so a commit
+        # never waits for one; the WAL still stays small, checkpointed every CHECKPOINT_EVERY s.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
         self._write_db = db
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_forever, name="store-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_forever(self) -> None:
+        db = connect(self.path)
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
+                # PASSIVE never blocks the writer: it copies what it can and returns; when busy
+                # or locked, the next round catches up.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            await loop.run_in_executor(None, self._checkpointer.join)
         await loop.run_in_executor(self._writer, self._close_writer)
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
@@ -94,6 +119,8 @@ class SQLiteBase:
 
     def _close_writer(self) -> None:
         if self._write_db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._write_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._write_db.close()
             self._write_db = None
 
