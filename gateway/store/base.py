@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
 import uuid
@@ -25,6 +26,7 @@ from sqlite_utils import Database
 
 from gateway.migrations import migrations
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHECKPOINT_EVERY = 1.0  # seconds
 
@@ -94,7 +96,11 @@ class SQLiteBase:
         self._checkpointer.start()
 
     def _checkpoint_forever(self) -> None:
-        db = connect(self.path)
+        try:
+            db = connect(self.path)
+        except sqlite3.Error:
+            log.exception("cannot open %s to checkpoint it; the writer will on close", self.path)
+            return
         try:
             while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
                 # PASSIVE never blocks the writer: it copies what it can and returns; when busy
