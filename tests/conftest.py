@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +11,11 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, config_from_dict
+from tests.fake_pms import Gateways, Harness
+from tests.receivers import FAST_DELIVERY, QUIET_INGEST, Receiver
+from tests.tenants import ADMIN, AUTH_A, AUTH_ADMIN, AUTH_B, REPO, TENANT_A, TENANT_B
 
-REPO = Path(__file__).resolve().parent.parent
-
-TENANT_A = {"name": "reseller-a", "key": "key-a-0123456789", "products": ["*"]}
-TENANT_B = {"name": "reseller-b", "key": "key-b-0123456789", "products": ["room-1", "room-2"]}
-ADMIN = {"name": "ops", "key": "key-admin-0123456", "products": ["*"], "admin": True}
-
-AUTH_A = {"Authorization": f"Bearer {TENANT_A['key']}"}
-AUTH_B = {"Authorization": f"Bearer {TENANT_B['key']}"}
-AUTH_ADMIN = {"Authorization": f"Bearer {ADMIN['key']}"}
+__all__ = ["ADMIN", "AUTH_A", "AUTH_ADMIN", "AUTH_B", "REPO", "TENANT_A", "TENANT_B"]
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -57,3 +52,47 @@ def config(make_config: Callable[..., GatewayConfig]) -> GatewayConfig:
 async def client(aiohttp_client: Any, config: GatewayConfig) -> TestClient[Any, Any]:
     result: TestClient[Any, Any] = await aiohttp_client(create_app(config))
     return result
+
+
+# -- delivery tests: receivers on loopback and a gateway tuned to retry fast ----------------------
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
+    found = Receiver()
+    await found.start(aiohttp_server)
+    yield found
+    found.release()
+
+
+@pytest.fixture
+async def other_receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
+    found = Receiver()
+    await found.start(aiohttp_server)
+    yield found
+    found.release()
+
+
+@pytest.fixture
+def fast_config(make_config: Callable[..., GatewayConfig]) -> Callable[..., GatewayConfig]:
+    def make(**delivery: Any) -> GatewayConfig:
+        return make_config(delivery={**FAST_DELIVERY, **delivery}, ingest=QUIET_INGEST)
+
+    return make
+
+
+# -- ingest tests: fake PMS APIs, a receiver and gateways to start and restart --------------------
+
+
+@pytest.fixture
+async def gateways(
+    aiohttp_client: Any, aiohttp_server: Any, make_config: Any
+) -> AsyncIterator[Gateways]:
+    started = Gateways(aiohttp_client, aiohttp_server, make_config)
+    yield started
+    await started.close()
+
+
+@pytest.fixture
+async def gw(gateways: Gateways) -> Harness:
+    return await gateways.start()

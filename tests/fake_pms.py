@@ -32,8 +32,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from tests.conftest import AUTH_A, AUTH_ADMIN
 from tests.octo_schema import load_fixture
+from tests.tenants import AUTH_A, AUTH_ADMIN
 
 CHANNEX_KEY = "k"
 BEDS24_TOKEN = "bt"
@@ -463,3 +463,13 @@ class Gateways:
     async def close(self) -> None:
         for pms in self.pms_servers:
             await pms.stop()
+
+
+REV_1 = "03dd7198-c5b7-493c-a889-74d0c2211de7"  # the revision of channex-booking-revision-1.json
+
+
+def booking_push(revision_id: str = REV_1) -> dict[str, Any]:
+    """The Channex booking push sample, naming ``revision_id``."""
+    doc: dict[str, Any] = copy.deepcopy(load_fixture("channex-booking-1.json"))
+    doc["payload"]["revision_id"] = revision_id
+    return doc

@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.models import NewEvent
 from gateway.samples import sample_data
 from gateway.storage import Store
-from tests.conftest import AUTH_A
+from tests.tenants import AUTH_A
 
 FAST_DELIVERY: dict[str, Any] = {
     "allow_private_targets": True,

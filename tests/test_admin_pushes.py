@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import AUTH_A, AUTH_ADMIN, AUTH_B
-from tests.fake_pms import Gateways, Harness, eventually
+from tests.fake_pms import REV_1, Harness, booking_push, eventually
 from tests.octo_schema import load_fixture, validate_octo
-
-REV_1 = "03dd7198-c5b7-493c-a889-74d0c2211de7"
-
-
-@pytest.fixture
-async def gateways(
-    aiohttp_client: Any, aiohttp_server: Any, make_config: Any
-) -> AsyncIterator[Gateways]:
-    started = Gateways(aiohttp_client, aiohttp_server, make_config)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def gw(gateways: Gateways) -> Harness:
-    return await gateways.start()
-
-
-def booking_push(revision_id: str = REV_1) -> dict[str, Any]:
-    doc: dict[str, Any] = load_fixture("channex-booking-1.json")
-    doc["payload"]["revision_id"] = revision_id
-    return doc
 
 
 async def expect_error(response: Any, status: int, code: str) -> None:

@@ -8,7 +8,7 @@ import base64
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,8 +26,6 @@ from gateway.storage import Store
 from gateway.store import SQLiteStore
 from tests.conftest import AUTH_A, REPO
 from tests.receivers import (
-    FAST_DELIVERY,
-    QUIET_INGEST,
     Answer,
     Received,
     Receiver,
@@ -43,30 +41,6 @@ from tests.receivers import (
 )
 
 Start = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
-    found = Receiver()
-    await found.start(aiohttp_server)
-    yield found
-    found.release()
-
-
-@pytest.fixture
-async def other_receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
-    found = Receiver()
-    await found.start(aiohttp_server)
-    yield found
-    found.release()
-
-
-@pytest.fixture
-def fast_config(make_config: Callable[..., GatewayConfig]) -> Callable[..., GatewayConfig]:
-    def make(**delivery: Any) -> GatewayConfig:
-        return make_config(delivery={**FAST_DELIVERY, **delivery}, ingest=QUIET_INGEST)
-
-    return make
 
 
 @pytest.fixture

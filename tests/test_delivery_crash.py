@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
-import pytest
 
 from gateway.app import create_app
 from gateway.appkeys import deliverer_key, store_key
@@ -24,8 +23,6 @@ from gateway.config import GatewayConfig
 from gateway.store import SQLiteStore
 from tests.conftest import AUTH_A, REPO, TENANT_A
 from tests.receivers import (
-    FAST_DELIVERY,
-    QUIET_INGEST,
     Answer,
     Receiver,
     booking_event,
@@ -34,22 +31,6 @@ from tests.receivers import (
     subscribe,
     wait_until_async,
 )
-
-
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
-    found = Receiver()
-    await found.start(aiohttp_server)
-    yield found
-    found.release()
-
-
-@pytest.fixture
-def config(make_config: Callable[..., GatewayConfig]) -> Callable[..., GatewayConfig]:
-    def make(**delivery: Any) -> GatewayConfig:
-        return make_config(delivery={**FAST_DELIVERY, **delivery}, ingest=QUIET_INGEST)
-
-    return make
 
 
 async def states(path: Path) -> list[tuple[str, str]]:
@@ -66,9 +47,9 @@ async def states(path: Path) -> list[tuple[str, str]]:
 
 
 async def test_stop_mid_delivery_then_restart_resends_with_the_same_id(
-    aiohttp_client: Any, config: Callable[..., GatewayConfig], receiver: Receiver
+    aiohttp_client: Any, fast_config: Callable[..., GatewayConfig], receiver: Receiver
 ) -> None:
-    settings = config(timeout=10, shutdown_grace=0.2)
+    settings = fast_config(timeout=10, shutdown_grace=0.2)
     first = await aiohttp_client(create_app(settings))
     webhook = await subscribe(first, receiver.url())
     receiver.script = [Answer(hang=True)]
@@ -93,9 +74,9 @@ async def test_stop_mid_delivery_then_restart_resends_with_the_same_id(
 
 
 async def test_graceful_stop_lets_in_flight_deliveries_finish(
-    aiohttp_client: Any, config: Callable[..., GatewayConfig], receiver: Receiver
+    aiohttp_client: Any, fast_config: Callable[..., GatewayConfig], receiver: Receiver
 ) -> None:
-    settings = config(timeout=10, shutdown_grace=10)
+    settings = fast_config(timeout=10, shutdown_grace=10)
     client = await aiohttp_client(create_app(settings))
     await subscribe(client, receiver.url())
     receiver.script = [Answer(delay=0.3)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,34 +11,14 @@ import pytest
 from tests.fake_pms import (
     BEDS24_INGEST_TOKEN,
     CHANNEX_TOKEN,
+    REV_1,
     Gateways,
     Harness,
     beds24_booking,
+    booking_push,
     eventually,
 )
 from tests.octo_schema import load_fixture, validate_octo
-
-REV_1 = "03dd7198-c5b7-493c-a889-74d0c2211de7"
-
-
-@pytest.fixture
-async def gateways(
-    aiohttp_client: Any, aiohttp_server: Any, make_config: Any
-) -> AsyncIterator[Gateways]:
-    started = Gateways(aiohttp_client, aiohttp_server, make_config)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def gw(gateways: Gateways) -> Harness:
-    return await gateways.start()
-
-
-def booking_push(revision_id: str = REV_1) -> dict[str, Any]:
-    doc: dict[str, Any] = copy.deepcopy(load_fixture("channex-booking-1.json"))
-    doc["payload"]["revision_id"] = revision_id
-    return doc
 
 
 async def expect_octo_error(response: Any, status: int, code: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import gzip
 import io
 import json
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -83,15 +82,6 @@ HOSTILE: list[tuple[str, str, dict[str, str], bytes, str]] = [
     ("beds24", "GET", {"bookid": "-1"}, b"", "bookid"),
     ("beds24", "GET", {"bookid": "12", "status": "weird"}, b"", "status"),
 ]
-
-
-@pytest.fixture
-async def gateways(
-    aiohttp_client: Any, aiohttp_server: Any, make_config: Any
-) -> AsyncIterator[Gateways]:
-    started = Gateways(aiohttp_client, aiohttp_server, make_config)
-    yield started
-    await started.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -32,20 +31,6 @@ ROOM_1 = "994d1375-dbbd-4072-8724-b2ab32ce781b"
 ARI_ROOM = "27e24739-239c-4619-9c30-0dc390f5d7ac"  # channex-ari-1.json
 ARI_RATE = "04c607e4-644d-45ea-ab1a-da920ee36e50"
 BEDS24_ID = 82279106  # beds24-booking-get-1.json / beds24-v2-booking-1.json
-
-
-@pytest.fixture
-async def gateways(
-    aiohttp_client: Any, aiohttp_server: Any, make_config: Any
-) -> AsyncIterator[Gateways]:
-    started = Gateways(aiohttp_client, aiohttp_server, make_config)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def gw(gateways: Gateways) -> Harness:
-    return await gateways.start()
 
 
 def channex_push(fixture: str, **payload: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,14 +29,6 @@ from tests.receivers import (
     subscribe,
     wait_until_async,
 )
-
-
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
-    found = Receiver()
-    await found.start(aiohttp_server)
-    yield found
-    found.release()
 
 
 @pytest.fixture
