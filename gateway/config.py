@@ -84,9 +84,6 @@ class ApiKey(Section):
     products: list[str] = Field(default_factory=lambda: ["*"])
     admin: bool = False
 
-    def may_see(self, product_id: str) -> bool:
-        return "*" in self.products or product_id in self.products
-
 
 class SourceConfig(BaseModel):
     """Settings common to every ingest source; a source plugin reads its own extra keys."""

@@ -41,9 +41,6 @@ class Subscription(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    def may_receive(self, product_id: str) -> bool:
-        return "*" in self.products or product_id in self.products
-
     def signing_secrets(self, now: datetime) -> list[str]:
         """The current secret, plus the previous one while its rotation grace period lasts."""
         secrets = [self.secret]
