@@ -353,17 +353,12 @@ class Deliverer:
         return len(claimed) == limit
 
     def _start(self, claimed: list[DeliveryRecord]) -> None:
+        # The claim gave no subscription more than its free slots (slots only free up while a
+        # claim is running), so every claimed message can start.
         for record in claimed:
-            if (
-                self._per_subscription[record.subscription_id]
-                >= self.delivery.per_subscriber_concurrency
-            ):
-                # Claimed in the same batch as others of its subscription: hand it back at once.
-                task = asyncio.create_task(self.store.release_deliveries([record]))
-            else:
-                self._per_subscription[record.subscription_id] += 1
-                self._sending.add(record.seq)
-                task = asyncio.create_task(self.deliver(record))
+            self._per_subscription[record.subscription_id] += 1
+            self._sending.add(record.seq)
+            task = asyncio.create_task(self.deliver(record))
             self._running[task] = record
             task.add_done_callback(self._done)
 
