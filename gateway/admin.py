@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway.appkeys import store_key
 from gateway.errors import not_found
-from gateway.ingest import wake_processor_key
+from gateway.ingest import intake_key
 from gateway.subscriptions import require_admin
 
 
@@ -23,7 +23,7 @@ async def replay_push(request: web.Request) -> web.Response:
     push = await request.app[store_key].replay_push(request.match_info["id"])
     if push is None:
         raise not_found(f"push {request.match_info['id']}")
-    request.app[wake_processor_key]()
+    request.app[intake_key].wake()
     return web.json_response(push.admin_view())
 
 

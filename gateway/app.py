@@ -81,7 +81,7 @@ def create_app(
     hooks.prepare_jinja2_environment(app[templates_key].env)
     check_templates(app[templates_key], config)
     app[ingest.sources_key] = check_sources(config, hooks.sources())
-    app[ingest.wake_processor_key] = lambda: None
+    app[ingest.intake_key] = ingest.NoProcessor()
 
     app.cleanup_ctx.append(_store_ctx(store or SQLiteStore(config.storage.path)))
     app.cleanup_ctx.append(_sessions_ctx)
@@ -175,7 +175,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         on_deliveries=deliverer.wake,
     )
     app[deliverer_key] = deliverer
-    app[ingest.wake_processor_key] = processor.wake
+    app[ingest.intake_key] = processor
     tasks = [
         asyncio.create_task(processor.run(), name="push-processor"),
         asyncio.create_task(deliverer.run(), name="delivery-worker"),

@@ -6,8 +6,7 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -15,6 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.appkeys import config_key, store_key
 from gateway.auth import tokens_equal
 from gateway.errors import OctoError, error_response
+from gateway.models import PushRecord
 from gateway.pms import without_card_data
 from gateway.sources import IncomingPush, PushRejected, Source
 from gateway.storage import Store
@@ -26,8 +26,43 @@ TOKEN_HEADER = "X-Gateway-Token"
 SECRET_HEADERS = {"x-gateway-token", "authorization", "cookie", "proxy-authorization"}
 REJECTED_KIND = "rejected"
 
+
+class PushIntake(Protocol):
+    """The processor as ingest sees it: a push stored leased under a reservation is handed over
+    directly; any other new push just wakes it."""
+
+    @property
+    def lease_seconds(self) -> float: ...
+
+    def wake(self) -> None: ...
+
+    def reserve(self) -> bool: ...
+
+    def adopt(self, push: PushRecord) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class NoProcessor:
+    """Stands in when the app runs without workers: pushes are only stored."""
+
+    lease_seconds = 0.0
+
+    def wake(self) -> None:
+        pass
+
+    def reserve(self) -> bool:
+        return False
+
+    def adopt(self, push: PushRecord) -> None:
+        raise AssertionError("nothing was reserved")
+
+    def release(self) -> None:
+        raise AssertionError("nothing was reserved")
+
+
 sources_key = web.AppKey("sources", dict[str, Source])
-wake_processor_key: web.AppKey[Callable[[], None]] = web.AppKey("wake_processor")
+intake_key = web.AppKey("push_intake", PushIntake)
 
 
 def incoming_push(request: web.Request, source: str, body: bytes) -> IncomingPush:
@@ -121,17 +156,30 @@ async def ingest(request: web.Request) -> web.Response:
         accepted = source.accept(push)
     except PushRejected as exc:
         return await reject(store, push, exc)
-    record, created = await store.insert_push(
-        source=name,
-        kind=accepted.kind,
-        payload=accepted.payload,
-        dedupe_key=None if accepted.coalesce_key else accepted.dedupe_key or raw_dedupe_key(push),
-        order_key=accepted.order_key,
-        coalesce_key=accepted.coalesce_key,
-    )
-    if created:
-        request.app[wake_processor_key]()
-    else:
+    key = None if accepted.coalesce_key else accepted.dedupe_key or raw_dedupe_key(push)
+    intake = request.app[intake_key]
+    reserved = intake.reserve()
+    try:
+        record, created = await store.insert_push(
+            source=name,
+            kind=accepted.kind,
+            payload=accepted.payload,
+            dedupe_key=key,
+            order_key=accepted.order_key,
+            coalesce_key=accepted.coalesce_key,
+            lease_seconds=intake.lease_seconds if reserved else None,
+        )
+    except BaseException:
+        if reserved:
+            intake.release()
+        raise
+    if reserved and created and record.lease_token is not None:
+        intake.adopt(record)
+    elif reserved:
+        intake.release()
+    elif created:
+        intake.wake()
+    if not created:
         log.info("push from %s is a repeat of %s", name, record.id)
     return web.json_response(
         {"id": record.id, "state": record.state, "kind": record.kind, "duplicate": not created}

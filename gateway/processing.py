@@ -131,21 +131,50 @@ class Processor:
         self.on_deliveries = on_deliveries
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        self._reserved = 0  # slots promised to ingest requests storing a push leased to us
         self._stopping = False
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.config.lease_seconds
 
     def wake(self) -> None:
         self._wake.set()
+
+    def reserve(self) -> bool:
+        """Promise ingest a processing slot for the push it is about to store leased, so the push
+        starts the moment it is stored, without a claim round trip to the writer."""
+        if self._stopping or self._room() <= 0:
+            return False
+        self._reserved += 1
+        return True
+
+    def adopt(self, push: PushRecord) -> None:
+        """Process a push stored leased under a reservation."""
+        self._reserved -= 1
+        self._start(push)
+
+    def release(self) -> None:
+        """Give back a reservation that was not used (the push was a repeat, or waits its turn)."""
+        self._reserved -= 1
+        self._wake.set()
+
+    def _room(self) -> int:
+        return self.config.concurrency - len(self._running) - self._reserved
+
+    def _start(self, push: PushRecord) -> None:
+        task = asyncio.create_task(self.process(push))
+        self._running.add(task)
+        task.add_done_callback(self._done)
 
     async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
             try:
-                room = self.config.concurrency - len(self._running)
+                room = self._room()
                 if room > 0:
                     for push in await self.store.claim_pushes(room, self.config.lease_seconds):
-                        task = asyncio.create_task(self.process(push))
-                        self._running.add(task)
-                        task.add_done_callback(self._done)
+                        self._start(push)
                 await self._sleep()
             except Exception:
                 # A storage hiccup (locked, disk full) must not end processing for good.
@@ -158,7 +187,7 @@ class Processor:
 
     async def _sleep(self) -> None:
         timeout = self.config.poll_interval
-        if len(self._running) < self.config.concurrency:
+        if self._room() > 0:
             due = await self.store.next_push_due()
             if due is not None:
                 timeout = min(timeout, max(due - datetime.now(UTC).timestamp(), 0.0))

@@ -55,8 +55,10 @@ class Store(Protocol):
         coalesce_key: str | None = None,
         state: PushState = "accepted",
         error: str | None = None,
+        lease_seconds: float | None = None,
     ) -> tuple[PushRecord, bool]:
-        """Store durably; returns (push, False) for a push already known."""
+        """Store durably; returns (push, False) for a push already known. With ``lease_seconds``
+        a new push that nothing is ahead of comes back leased to the caller."""
 
     async def get_push(self, id: str) -> PushRecord | None: ...
 

@@ -98,6 +98,22 @@ async def test_identical_pushes_at_once_are_stored_once(gw: Harness) -> None:
     assert len(gw.bookings.bookings()) == 1
 
 
+async def test_a_burst_beyond_the_processing_slots_is_all_processed(gateways: Gateways) -> None:
+    # Two slots: most pushes of the burst find none free at ingest and wait to be claimed.
+    gw = await gateways.start(ingest={"concurrency": 2})
+    item = load_fixture("beds24-v2-booking-1.json")[0]
+    ids = [str(82279106 + n) for n in range(12)]
+    for booking_id in ids:
+        gw.pms.beds24_bookings[booking_id] = beds24_booking(id=int(booking_id))
+    answers = await asyncio.gather(
+        *(gw.push_ok("beds24", {**item, "booking": {**item["booking"], "id": int(b)}}) for b in ids)
+    )
+    assert len({a["id"] for a in answers}) == len(ids)
+    await gw.settled()
+    assert gw.count("select count(*) from pushes where state = 'processed'") == len(ids)
+    assert gw.events("booking_update") == len(ids)
+
+
 async def test_repeated_v1_pushes_read_the_booking_and_send_it_once(gw: Harness) -> None:
     gw.pms.beds24_bookings["82279106"] = beds24_booking()
     params = {"bookid": "82279106", "status": "new"}

@@ -156,3 +156,57 @@ async def test_group_commit_isolates_a_failing_write(tmp_path: Path) -> None:
         assert ids == ["a", "b", "taken"]
     finally:
         await store.close()
+
+
+async def test_push_leased_at_insert_unless_an_earlier_one_for_the_booking_waits(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "lease.db")
+    await store.open()
+    try:
+        first, _ = await store.insert_push(
+            source="s",
+            kind="k",
+            payload={"n": 1},
+            dedupe_key="d1",
+            order_key="b1",
+            lease_seconds=60,
+        )
+        assert first.lease_token is not None and first.attempts == 1
+        # A leased push is not claimed again while its lease runs.
+        assert await store.claim_pushes(10, 60) == []
+
+        second, created = await store.insert_push(
+            source="s",
+            kind="k",
+            payload={"n": 2},
+            dedupe_key=None,
+            order_key="b1",
+            lease_seconds=60,
+        )
+        assert created and second.lease_token is None, "the booking's earlier push is unfinished"
+
+        other, _ = await store.insert_push(
+            source="s",
+            kind="k",
+            payload={"n": 3},
+            dedupe_key=None,
+            order_key="b2",
+            lease_seconds=60,
+        )
+        assert other.lease_token is not None, "another booking is not held up"
+
+        repeat, created = await store.insert_push(
+            source="s",
+            kind="k",
+            payload={},
+            dedupe_key="d1",
+            order_key="b1",
+            lease_seconds=60,
+        )
+        assert not created and repeat.id == first.id and repeat.lease_token == first.lease_token
+
+        assert await store.complete_push(first.id, first.lease_token, []) == 0
+        assert [p.id for p in await store.claim_pushes(10, 60)] == [second.id]
+    finally:
+        await store.close()

@@ -36,9 +36,14 @@ class PushStore(SQLiteBase):
         coalesce_key: str | None = None,
         state: PushState = "accepted",
         error: str | None = None,
+        lease_seconds: float | None = None,
     ) -> tuple[PushRecord, bool]:
         """Store a push durably. A push with a known dedupe key, or whose coalesce key matches a
-        push still waiting, returns the stored one and False."""
+        push still waiting, returns the stored one and False.
+
+        With ``lease_seconds`` a new push is stored already leased to the caller (saving the claim
+        round trip), unless an earlier push for the same booking is unfinished: then it waits its
+        turn unleased, as ``claim_pushes`` would have left it."""
         now = time.time()
         push_id = new_id("psh")
         row = {
@@ -75,6 +80,8 @@ class PushStore(SQLiteBase):
                     )
                 if found:
                     return _push(found[0]), False
+                if lease_seconds is not None and state == "accepted":
+                    _lease_new(db, row, order_key, now + lease_seconds)
                 _insert(db, "pushes", row)
             return _push(row), True
 
@@ -249,6 +256,22 @@ class PushStore(SQLiteBase):
                 return [row["id"] for row in db.query(sql + " returning id", params)]
 
         return await self._write(replay)
+
+
+def _lease_new(db: Database, row: dict[str, Any], order_key: str | None, expires: float) -> None:
+    """Lease a push about to be inserted, as ``claim_pushes`` would, if nothing is ahead of it."""
+    if order_key is not None:
+        ahead = db.execute(
+            "select 1 from pushes where order_key = ? and state = 'accepted' limit 1", [order_key]
+        ).fetchone()
+        if ahead is not None:
+            return
+    row.update(
+        lease_token=new_id("lease"),
+        lease_expires_at=expires,
+        next_attempt_at=expires,
+        attempts=1,
+    )
 
 
 def _push(row: dict[str, Any]) -> PushRecord:
