@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import shutil
@@ -109,6 +110,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(PHASES),
         help=f"comma-separated phases to run (default: all of {','.join(PHASES)})",
     )
+    parser.add_argument(
+        "--subscribers",
+        default=None,
+        help="comma-separated subscriber counts for the e2e phase (default: 1,10,100)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the scratch folder")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, dbs)")
     return parser.parse_args(argv)
@@ -132,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--generator wrk: wrk is not installed", file=sys.stderr)
         return 2
     plan = Plan.quick_plan(generator) if args.quick else Plan(generator=generator)
+    if args.subscribers:
+        counts = tuple(int(n) for n in args.subscribers.split(",") if n.strip())
+        plan = dataclasses.replace(plan, e2e_subscribers=counts)
     workdir = Path(tempfile.mkdtemp(prefix="octo-bench-", dir=args.workdir))
     log(f"scratch folder {workdir}")
     ok = False

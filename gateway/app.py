@@ -172,7 +172,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         app[pms_session_key],
         config.ingest,
         config.server,
-        on_deliveries=deliverer.wake,
+        outbox=deliverer,
     )
     app[deliverer_key] = deliverer
     app[ingest.intake_key] = processor

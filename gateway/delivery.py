@@ -15,7 +15,6 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -36,6 +35,7 @@ from gateway.models import (
 )
 from gateway.netguard import check_url, guarded_connector
 from gateway.signing import webhook_headers
+from gateway.slots import DeliveryLease, DeliverySlots
 from gateway.storage import Store
 from gateway.store import utcnow
 from gateway.templates import TemplateProblem, Templates
@@ -305,8 +305,9 @@ class Deliverer:
         self.metrics = metrics
         self._wake = asyncio.Event()
         self._running: dict[asyncio.Task[None], DeliveryRecord] = {}
-        self._per_subscription: Counter[str] = Counter()
-        self._sending: set[int] = set()  # deliveries holding a concurrency slot
+        self.slots = DeliverySlots(
+            self.delivery.concurrency, self.delivery.per_subscriber_concurrency
+        )
         self._stopping = False
         self._loop_started = False
         self._loop_exited = asyncio.Event()
@@ -316,6 +317,16 @@ class Deliverer:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def lease(self) -> DeliveryLease | None:
+        """For the processor: let the store lease fresh deliveries straight to this worker."""
+        if self._stopping:
+            return None
+        return DeliveryLease(self.slots, self.lease_seconds, self.delivery.ordering_max_wait)
+
+    def adopt(self, records: list[DeliveryRecord]) -> None:
+        """Send deliveries the store leased to this worker (their slots are taken)."""
+        self._start(records)
 
     async def run(self) -> None:
         self._loop_started = True
@@ -335,29 +346,26 @@ class Deliverer:
 
     async def _claim(self) -> bool:
         """Claim what there is room for; True when the batch was full."""
-        room = self.delivery.concurrency - len(self._sending)
+        room = self.slots.free()
         if room <= 0:
             return False
-        limit = room
         claimed = await self.store.claim_deliveries(
-            limit,
+            self.slots,
             self.lease_seconds,
-            in_flight=dict(self._per_subscription),
-            per_subscription=self.delivery.per_subscriber_concurrency,
             ordering_max_wait=self.delivery.ordering_max_wait,
+            limit=room,
         )
         if self._stopping:  # stopped while claiming: hand them back untouched
+            for record in claimed:
+                self.slots.release(record.seq)
             await self.store.release_deliveries(claimed)
             return False
         self._start(claimed)
-        return len(claimed) == limit
+        return len(claimed) == room
 
-    def _start(self, claimed: list[DeliveryRecord]) -> None:
-        # The claim gave no subscription more than its free slots (slots only free up while a
-        # claim is running), so every claimed message can start.
-        for record in claimed:
-            self._per_subscription[record.subscription_id] += 1
-            self._sending.add(record.seq)
+    def _start(self, leased: list[DeliveryRecord]) -> None:
+        # The store took a slot for each record in the transaction that leased it.
+        for record in leased:
             task = asyncio.create_task(self.deliver(record))
             self._running[task] = record
             task.add_done_callback(self._done)
@@ -387,6 +395,7 @@ class Deliverer:
     async def stop(self, grace: float) -> None:
         """Stop claiming, let in-flight requests finish within ``grace``, release the rest."""
         self._stopping = True
+        self.slots.close()
         self._wake.set()
         if self._loop_started:
             with contextlib.suppress(TimeoutError):
@@ -410,13 +419,8 @@ class Deliverer:
     def _free_slot(self, record: DeliveryRecord) -> None:
         """The request is over: its concurrency slot is free even while the outcome is still
         being recorded (the row stays leased until then, so it can't be claimed twice)."""
-        if record.seq not in self._sending:
-            return
-        self._sending.discard(record.seq)
-        self._per_subscription[record.subscription_id] -= 1
-        if self._per_subscription[record.subscription_id] <= 0:
-            del self._per_subscription[record.subscription_id]
-        self._wake.set()
+        if self.slots.release(record.seq):
+            self._wake.set()
 
     async def _deliver(self, record: DeliveryRecord) -> None:
         subscription = await self.subscriptions.get(record.subscription_id)

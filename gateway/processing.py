@@ -11,16 +11,18 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Protocol
 
 import aiohttp
 
 from gateway.config import IngestConfig, ServerConfig, SourceConfig
 from gateway.ingest import REJECTED_KIND, incoming_from_raw
-from gateway.models import NewEvent, PushRecord
+from gateway.models import DeliveryRecord, NewEvent, PushRecord
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
+from gateway.slots import DeliveryLease
 from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
 from gateway.storage import Store
 
@@ -109,6 +111,16 @@ def effective_settings(name: str, settings: SourceConfig, server: ServerConfig) 
     return settings.model_copy(update={"api_url": f"http://{host}:{server.port}/sandbox/{name}"})
 
 
+class Outbox(Protocol):
+    """Where processed pushes hand their deliveries: the delivery worker."""
+
+    def lease(self) -> DeliveryLease | None: ...
+
+    def adopt(self, records: list[DeliveryRecord]) -> None: ...
+
+    def wake(self) -> None: ...
+
+
 class Processor:
     """Leases due pushes and processes a few at a time; woken at once when a push is stored."""
 
@@ -120,7 +132,7 @@ class Processor:
         http: aiohttp.ClientSession,
         config: IngestConfig,
         server: ServerConfig,
-        on_deliveries: Callable[[], None],
+        outbox: Outbox,
     ) -> None:
         self.store = store
         self.sources = sources
@@ -128,7 +140,7 @@ class Processor:
         self.http = http
         self.config = config
         self.server = server
-        self.on_deliveries = on_deliveries
+        self.outbox = outbox
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._reserved = 0  # slots promised to ingest requests storing a push leased to us
@@ -249,14 +261,18 @@ class Processor:
             log.exception("source %s failed on push %s", push.source, push.id)
             await self.store.fail_push(push.id, push.lease_token, f"{type(exc).__name__}: {exc}")
             return
+        lease = self.outbox.lease()
         created = await self.store.complete_push(
-            push.id, push.lease_token, new_events(push.source, outcome), outcome.note
+            push.id, push.lease_token, new_events(push.source, outcome), outcome.note, lease
         )
         if created is None:
             log.warning("lost the lease on push %s; another worker has it", push.id)
             return
-        if created:
-            self.on_deliveries()
+        leased = lease.records if lease is not None else []
+        if leased:
+            self.outbox.adopt(leased)
+        if created > len(leased):
+            self.outbox.wake()  # the rest wait their turn in the queue
         try:
             await source.acknowledge(outcome, context)
         except Exception as exc:

@@ -19,6 +19,7 @@ from gateway.models import (
     PushState,
     Subscription,
 )
+from gateway.slots import DeliveryLease, DeliverySlots
 
 
 class Store(Protocol):
@@ -81,21 +82,28 @@ class Store(Protocol):
     async def known_availability(self, keys: list[str]) -> dict[str, dict[str, Any]]: ...
 
     async def complete_push(
-        self, id: str, lease_token: str, events: list[NewEvent], note: str | None = None
+        self,
+        id: str,
+        lease_token: str,
+        events: list[NewEvent],
+        note: str | None = None,
+        lease: DeliveryLease | None = None,
     ) -> int | None:
-        """Events + history + fan-out + push processed, atomically; None if the lease was lost."""
+        """Events + history + fan-out + push processed, atomically; None if the lease was lost.
+        With ``lease``, deliveries are stored leased to the caller's worker as far as its slots
+        allow (taking them in the transaction) and listed in ``lease.records``."""
 
     # -- deliveries ----------------------------------------------------------------------------
 
     async def claim_deliveries(
         self,
-        limit: int,
+        slots: DeliverySlots,
         lease_seconds: float,
         *,
-        in_flight: dict[str, int],
-        per_subscription: int,
         ordering_max_wait: float,
-    ) -> list[DeliveryRecord]: ...
+        limit: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Lease due deliveries, taking a slot for each in the same transaction."""
 
     async def next_delivery_due(self) -> float | None: ...
 

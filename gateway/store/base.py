@@ -229,11 +229,14 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
-def _insert(db: Database, table: str, row: dict[str, Any]) -> None:
-    """A plain INSERT: sqlite3 caches the statement, where Table.insert re-inspects the table."""
+def _insert(db: Database, table: str, row: dict[str, Any]) -> int:
+    """A plain INSERT: sqlite3 caches the statement, where Table.insert re-inspects the table.
+    Returns the new rowid."""
     columns = ", ".join(row)
     marks = ", ".join("?" * len(row))
-    db.execute(f"insert into {table} ({columns}) values ({marks})", list(row.values()))
+    cursor = db.execute(f"insert into {table} ({columns}) values ({marks})", list(row.values()))
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
 
 
 def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -13,6 +13,7 @@ from gateway.models import (
     DeliveryRecord,
     DeliveryState,
 )
+from gateway.slots import DeliverySlots
 from gateway.store.base import (
     SQLiteBase,
     _dumps,
@@ -26,22 +27,29 @@ from gateway.store.base import (
 class DeliveryStore(SQLiteBase):
     async def claim_deliveries(
         self,
-        limit: int,
+        slots: DeliverySlots,
         lease_seconds: float,
         *,
-        in_flight: dict[str, int],
-        per_subscription: int,
         ordering_max_wait: float,
+        limit: int | None = None,
     ) -> list[DeliveryRecord]:
-        """Lease due deliveries with one UPDATE ... RETURNING. A delivery waits while an earlier
-        one of the same subject (booking) for the same subscription is unfinished, unless that one
-        is older than ``ordering_max_wait``; no subscription gets more than ``per_subscription``
-        minus what it has ``in_flight`` already, so one busy subscriber can't fill a batch."""
-        now = time.time()
+        """Lease due deliveries with one UPDATE ... RETURNING, at most ``limit`` and as many as
+        ``slots`` has free, taking a slot for each. A delivery waits while an earlier one of the
+        same subject (booking) for the same subscription is unfinished, unless that one is older
+        than ``ordering_max_wait``; no subscription gets more than its free slots, so one busy
+        subscriber can't fill a batch."""
         token = new_id("lease")
-        in_flight_json = _dumps(in_flight)
+        taken: list[int] = []
+        abandoned = False
 
         def claim() -> list[DeliveryRecord]:
+            _give_back(slots, taken)  # a retried write: the rolled-back attempt took these
+            if abandoned:
+                return []
+            room = slots.free() if limit is None else min(limit, slots.free())
+            if room <= 0:
+                return []
+            now = time.time()
             with self._immediate() as db:
                 rows = list(
                     db.query(
@@ -83,18 +91,27 @@ class DeliveryStore(SQLiteBase):
                             "token": token,
                             "expires": now + lease_seconds,
                             "now": now,
-                            "in_flight": in_flight_json,
-                            "per_subscription": per_subscription,
-                            "window": limit * 8,
+                            "in_flight": _dumps(slots.in_flight()),
+                            "per_subscription": slots.per_subscription,
+                            "window": room * 8,
                             "max_wait": ordering_max_wait,
-                            "limit": limit,
+                            "limit": room,
                         },
                     )
                 )
                 data = _event_data(db, [row["event_seq"] for row in rows])
+            for row in rows:
+                slots.take(row["seq"], row["subscription_id"])
+                taken.append(row["seq"])
             return [_delivery(row, data.get(row["event_seq"], {})) for row in rows]
 
-        return await self._write(claim)
+        try:
+            return await self._write(claim)
+        except BaseException:
+            # Rolled back, or the caller gave up waiting: nobody will send these.
+            abandoned = True
+            _give_back(slots, taken)
+            raise
 
     async def next_delivery_due(self) -> float | None:
         def due(db: Database) -> float | None:
@@ -285,6 +302,12 @@ class DeliveryStore(SQLiteBase):
             return int(waiting or 0), int(finished or 0)
 
         return await self._read(progress)
+
+
+def _give_back(slots: DeliverySlots, seqs: list[int]) -> None:
+    for seq in seqs:
+        slots.release(seq)
+    seqs.clear()
 
 
 def _event_data(db: Database, seqs: list[int]) -> dict[int, dict[str, Any]]:
