@@ -93,6 +93,16 @@ async def run(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Any]:
     return results
 
 
+def subscriber_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected counts of 1 or more: {text!r}")
+    return counts
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -112,6 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--subscribers",
+        type=subscriber_counts,
         default=None,
         help="comma-separated subscriber counts for the e2e phase (default: 1,10,100)",
     )
@@ -139,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = Plan.quick_plan(generator) if args.quick else Plan(generator=generator)
     if args.subscribers:
-        counts = tuple(int(n) for n in args.subscribers.split(",") if n.strip())
-        plan = dataclasses.replace(plan, e2e_subscribers=counts)
+        plan = dataclasses.replace(plan, e2e_subscribers=args.subscribers)
     workdir = Path(tempfile.mkdtemp(prefix="octo-bench-", dir=args.workdir))
     log(f"scratch folder {workdir}")
     ok = False

@@ -196,3 +196,23 @@ def test_slots_hold_both_limits_and_free_each_delivery_once() -> None:
     assert slots.release(1) is True
     assert slots.release(1) is False
     assert slots.free() == 1 and slots.in_flight() == {"b": 1}
+
+
+async def test_a_subscriber_at_its_limit_with_a_deep_backlog_does_not_starve_the_others(
+    store: SQLiteStore,
+) -> None:
+    await subscribe(store, "slow")
+    events = [booking_event(f"s:slow{n}") for n in range(300)]
+    await process(store, events, None)
+    await subscribe(store, "fast")  # subscribed later: its message is behind all of slow's
+    await process(store, [booking_event("s:fast")], None)
+    slots = DeliverySlots(total=10, per_subscription=2)
+
+    claimed = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
+
+    assert sorted(record.subscription_id for record in claimed) == ["fast", "slow", "slow"]
+    # Once slow is at its limit, later claims still find fast's next message.
+    again = await process(store, [booking_event("s:fast2")], None)
+    assert again == 2
+    [next_one] = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
+    assert next_one.subscription_id == "fast"

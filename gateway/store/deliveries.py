@@ -33,11 +33,11 @@ class DeliveryStore(SQLiteBase):
         ordering_max_wait: float,
         limit: int | None = None,
     ) -> list[DeliveryRecord]:
-        """Lease due deliveries with one UPDATE ... RETURNING, at most ``limit`` and as many as
-        ``slots`` has free, taking a slot for each. A delivery waits while an earlier one of the
-        same subject (booking) for the same subscription is unfinished, unless that one is older
-        than ``ordering_max_wait``; no subscription gets more than its free slots, so one busy
-        subscriber can't fill a batch."""
+        """Lease due deliveries, at most ``limit`` and as many as ``slots`` has free, taking a
+        slot for each. A delivery waits while an earlier one of the same subject (booking) for the
+        same subscription is unfinished, unless that one is older than ``ordering_max_wait``. No
+        subscription gets more than its free slots, and one at its limit is passed over however
+        deep its backlog, so a slow subscriber can't hold up the others."""
         token = new_id("lease")
         taken: list[int] = []
         abandoned = False
@@ -47,62 +47,24 @@ class DeliveryStore(SQLiteBase):
             if abandoned:
                 return []
             room = slots.free() if limit is None else min(limit, slots.free())
-            if room <= 0:
-                return []
             now = time.time()
+            rows: list[dict[str, Any]] = []
             with self._immediate() as db:
-                rows = list(
-                    db.query(
-                        """
-                        update deliveries set state = 'leased', lease_token = :token,
-                            lease_expires_at = :expires, next_attempt_at = :expires,
-                            updated_at = :now
-                        where seq in (
-                            select seq from (
-                                select c.seq, c.subscription_id, c.next_attempt_at,
-                                    row_number() over (
-                                        partition by c.subscription_id
-                                        order by c.next_attempt_at, c.seq
-                                    ) as place
-                                from (
-                                    -- a bounded window of due candidates, oldest first
-                                    select d.seq, d.subscription_id, d.next_attempt_at
-                                    from deliveries d
-                                    -- a leased row's next_attempt_at is its lease expiry
-                                    where d.state in ('pending', 'leased')
-                                      and d.next_attempt_at <= :now
-                                      and not exists (
-                                        select 1 from deliveries e
-                                        where e.order_key = d.order_key and e.seq < d.seq
-                                          and e.state in ('pending', 'leased')
-                                          and e.created_at > :now - :max_wait
-                                      )
-                                    order by d.next_attempt_at, d.seq limit :window
-                                ) c
-                            ) ranked
-                            where ranked.place <= :per_subscription - coalesce(
-                                (select value from json_each(:in_flight)
-                                 where key = ranked.subscription_id), 0)
-                            order by ranked.next_attempt_at, ranked.seq limit :limit
-                        )
-                        returning *
-                        """,
-                        {
-                            "token": token,
-                            "expires": now + lease_seconds,
-                            "now": now,
-                            "in_flight": _dumps(slots.in_flight()),
-                            "per_subscription": slots.per_subscription,
-                            "window": room * 8,
-                            "max_wait": ordering_max_wait,
-                            "limit": room,
-                        },
+                # Each round leases from a window of the oldest due messages; a round that fills a
+                # subscription's slots is followed by another that passes over it.
+                while room > 0:
+                    batch = _claim_round(
+                        db, slots, token, now, now + lease_seconds, ordering_max_wait, room
                     )
-                )
+                    before = _full(slots)
+                    for row in batch:
+                        slots.take(row["seq"], row["subscription_id"])
+                        taken.append(row["seq"])
+                    rows += batch
+                    room -= len(batch)
+                    if not batch or _full(slots) == before:
+                        break
                 data = _event_data(db, [row["event_seq"] for row in rows])
-            for row in rows:
-                slots.take(row["seq"], row["subscription_id"])
-                taken.append(row["seq"])
             return [_delivery(row, data.get(row["event_seq"], {})) for row in rows]
 
         try:
@@ -302,6 +264,68 @@ class DeliveryStore(SQLiteBase):
             return int(waiting or 0), int(finished or 0)
 
         return await self._read(progress)
+
+
+def _full(slots: DeliverySlots) -> list[str]:
+    return sorted(id for id, n in slots.in_flight().items() if n >= slots.per_subscription)
+
+
+def _claim_round(
+    db: Database,
+    slots: DeliverySlots,
+    token: str,
+    now: float,
+    expires: float,
+    ordering_max_wait: float,
+    room: int,
+) -> list[dict[str, Any]]:
+    """One UPDATE ... RETURNING over a window of the oldest due candidates."""
+    return list(
+        db.query(
+            """
+            update deliveries set state = 'leased', lease_token = :token,
+                lease_expires_at = :expires, next_attempt_at = :expires, updated_at = :now
+            where seq in (
+                select seq from (
+                    select c.seq, c.subscription_id, c.next_attempt_at,
+                        row_number() over (
+                            partition by c.subscription_id order by c.next_attempt_at, c.seq
+                        ) as place
+                    from (
+                        select d.seq, d.subscription_id, d.next_attempt_at
+                        from deliveries d
+                        -- a leased row's next_attempt_at is its lease expiry
+                        where d.state in ('pending', 'leased')
+                          and d.next_attempt_at <= :now
+                          and d.subscription_id not in (select value from json_each(:full))
+                          and not exists (
+                            select 1 from deliveries e
+                            where e.order_key = d.order_key and e.seq < d.seq
+                              and e.state in ('pending', 'leased')
+                              and e.created_at > :now - :max_wait
+                          )
+                        order by d.next_attempt_at, d.seq limit :window
+                    ) c
+                ) ranked
+                where ranked.place <= :per_subscription - coalesce(
+                    (select value from json_each(:in_flight) where key = ranked.subscription_id), 0)
+                order by ranked.next_attempt_at, ranked.seq limit :limit
+            )
+            returning *
+            """,
+            {
+                "token": token,
+                "expires": expires,
+                "now": now,
+                "in_flight": _dumps(slots.in_flight()),
+                "full": _dumps(_full(slots)),
+                "per_subscription": slots.per_subscription,
+                "window": room * 2,
+                "max_wait": ordering_max_wait,
+                "limit": room,
+            },
+        )
+    )
 
 
 def _give_back(slots: DeliverySlots, seqs: list[int]) -> None:
