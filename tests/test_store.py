@@ -210,3 +210,29 @@ async def test_push_leased_at_insert_unless_an_earlier_one_for_the_booking_waits
         assert [p.id for p in await store.claim_pushes(10, 60)] == [second.id]
     finally:
         await store.close()
+
+
+async def test_push_claims_read_the_due_index_in_order_without_sorting_the_backlog(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from gateway.store.pushes import CLAIM_PUSHES
+
+    store = SQLiteStore(tmp_path / "plan.db")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    try:
+        select = CLAIM_PUSHES[CLAIM_PUSHES.index("select p.seq") : CLAIM_PUSHES.rindex(")")]
+        plan = [
+            row[3]
+            for row in conn.execute(
+                "explain query plan " + select, {"now": time.time(), "limit": 8}
+            )
+        ]
+    finally:
+        conn.close()
+    # A sort would read every due push of the backlog on every claim.
+    assert not any("TEMP B-TREE" in step for step in plan), plan
+    assert any("pushes_due" in step for step in plan), plan

@@ -25,6 +25,23 @@ from gateway.store.base import (
 )
 from gateway.translate.diff import booking_diff
 
+# Leases due pushes; ordered as the due index is, so it reads a few rows however long the backlog.
+CLAIM_PUSHES = """
+update pushes set lease_token = :token, lease_expires_at = :expires,
+    next_attempt_at = :expires, attempts = attempts + 1
+where seq in (
+    select p.seq from pushes p
+    where p.state = 'accepted' and p.next_attempt_at <= :now
+      and not exists (
+        select 1 from pushes q
+        where p.order_key is not null and q.order_key = p.order_key
+          and q.state = 'accepted' and q.seq < p.seq
+      )
+    order by p.next_attempt_at, p.seq limit :limit
+)
+returning *
+"""
+
 
 class PushStore(SQLiteBase):
     async def insert_push(
@@ -109,29 +126,16 @@ class PushStore(SQLiteBase):
         return await self._read(lambda db: [_push(row) for row in db.query(sql, params)])
 
     async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushRecord]:
-        """Lease due pushes, oldest first, skipping any behind an unfinished earlier push for the
-        same booking (so one booking's updates are processed in the order they arrived)."""
+        """Lease due pushes, longest due first, skipping any behind an unfinished earlier push for
+        the same booking (so one booking's updates are processed in the order they arrived). The
+        order is the due index's own, so a claim reads a few rows however long the backlog."""
         now = time.time()
         token = new_id("lease")
 
         def claim() -> list[PushRecord]:
             with self._immediate() as db:
                 rows = db.query(
-                    """
-                    update pushes set lease_token = :token, lease_expires_at = :expires,
-                        next_attempt_at = :expires, attempts = attempts + 1
-                    where seq in (
-                        select p.seq from pushes p
-                        where p.state = 'accepted' and p.next_attempt_at <= :now
-                          and not exists (
-                            select 1 from pushes q
-                            where p.order_key is not null and q.order_key = p.order_key
-                              and q.state = 'accepted' and q.seq < p.seq
-                          )
-                        order by p.seq limit :limit
-                    )
-                    returning *
-                    """,
+                    CLAIM_PUSHES,
                     {"token": token, "expires": now + lease_seconds, "now": now, "limit": limit},
                 )
                 return [_push(row) for row in rows]
