@@ -49,6 +49,10 @@ BOOKING_EVENTS = {
 CHANNEX_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # A row's date_from..date_to range longer than this is refused (Channex keeps about two years).
 MAX_ROW_DAYS = 1100
+# The revision feed is read in pages (Channex list endpoints take pagination[page] and
+# pagination[limit]); one push reads at most FEED_PAGE_SIZE x FEED_MAX_PAGES revisions.
+FEED_PAGE_SIZE = 100
+FEED_MAX_PAGES = 20
 # One event per product/option/day: a push touching more than this many is refused, not expanded.
 MAX_SLOTS = 200_000
 
@@ -188,11 +192,7 @@ class ChannexSource:
             revisions: Any = [answer.get("data") if isinstance(answer, dict) else None]
         else:
             # No payload (send_data: false): read every revision not yet acknowledged.
-            params = {}
-            if doc.get("property_id"):
-                params["filter[property_id]"] = str(doc["property_id"])
-            answer = await self._get(context, api, "/booking_revisions/feed", params)
-            revisions = answer.get("data") if isinstance(answer, dict) else None
+            revisions = await self._feed(context, api, doc.get("property_id"))
         if not isinstance(revisions, list) or not all(isinstance(r, dict) for r in revisions):
             raise PushRejected("Channex API answer has no booking revision data")
         outcome = Outcome(note=f"{doc.get('event')}: {len(revisions)} revision(s)")
@@ -245,6 +245,31 @@ class ChannexSource:
                 failures.append(str(exc))
         if failures:
             raise RetryLater("; ".join(failures))
+
+    async def _feed(
+        self, context: SourceContext, api: ChannexSettings, property_id: Any
+    ) -> list[Any] | None:
+        """The unacknowledged revisions, page by page up to ``FEED_MAX_PAGES``; what is left is
+        read by the next push (Channex re-announces unacknowledged bookings)."""
+        revisions: dict[str, Any] = {}
+        for page in range(1, FEED_MAX_PAGES + 1):
+            params = {"pagination[page]": str(page), "pagination[limit]": str(FEED_PAGE_SIZE)}
+            if property_id:
+                params["filter[property_id]"] = str(property_id)
+            answer = await self._get(context, api, "/booking_revisions/feed", params)
+            data = answer.get("data") if isinstance(answer, dict) else None
+            if not isinstance(data, list):
+                return None
+            before = len(revisions)
+            for revision in data:
+                key = str(revision.get("id")) if isinstance(revision, dict) else repr(revision)
+                revisions.setdefault(key, revision)
+            meta = answer.get("meta")
+            total = meta.get("total") if isinstance(meta, dict) else None
+            # A page that adds nothing new also ends it (an API that ignores the page number).
+            if len(revisions) == before or not isinstance(total, int) or len(revisions) >= total:
+                break
+        return list(revisions.values())
 
     async def _get(
         self,

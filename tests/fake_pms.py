@@ -210,8 +210,12 @@ class FakePMS:
             if id not in self.acked
             and (wanted is None or revision["attributes"].get("property_id") == wanted)
         ]
+        # Pages of at most 10, as the vendor's sample answers, whatever limit is asked for.
+        limit = min(int(request.query.get("pagination[limit]", "10")), 10)
+        page = int(request.query.get("pagination[page]", "1"))
+        window = data[(page - 1) * limit : page * limit]
         return web.json_response(
-            {"meta": {"total": len(data), "page": 1, "limit": 10}, "data": data}
+            {"meta": {"total": len(data), "page": page, "limit": limit}, "data": window}
         )
 
     async def _channex_ack(self, request: web.Request) -> web.Response:

@@ -103,10 +103,25 @@ async def test_channex_booking_new_without_payload_reads_the_feed(gw: Harness) -
     bookings = await one_booking(gw, 2)
     assert len(bookings) == 2
     [feed] = gw.pms.calls("/booking_revisions/feed")
-    assert feed.query == {"filter[property_id]": property_id}
+    assert feed.query["filter[property_id]"] == property_id
     await eventually(lambda: sorted(gw.pms.acked) == sorted([REV_1, "rev-airbnb-1"]))
     push = await gw.wait_state(answer["id"], "processed")
     assert "2 revision" in push["note"]
+
+
+async def test_channex_feed_is_read_page_by_page(gw: Harness) -> None:
+    doc = load_fixture("channex-booking-2.json")
+    property_id = doc["property_id"]
+    ids = [f"rev-{n:02d}" for n in range(25)]
+    for revision_id in ids:
+        gw.pms.add_revision("channex-booking-revision-1.json", revision_id, property_id=property_id)
+    answer = await gw.push_ok("channex", doc)
+
+    await eventually(lambda: sorted(gw.pms.acked) == ids)
+    pages = [call.query["pagination[page]"] for call in gw.pms.calls("/booking_revisions/feed")]
+    assert pages == ["1", "2", "3"]  # the fake answers 10 at a time
+    push = await gw.wait_state(answer["id"], "processed")
+    assert "25 revision" in push["note"]
 
 
 async def test_channex_legacy_envelope(gw: Harness) -> None:
