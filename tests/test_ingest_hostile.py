@@ -10,6 +10,7 @@ import json
 import random
 from typing import Any
 
+import brotli
 import pytest
 
 from tests.conftest import AUTH_ADMIN
@@ -196,6 +197,27 @@ async def test_compressed_bodies(gw: Harness, caplog: pytest.LogCaptureFixture) 
     push = await gw.admin_push(answer["id"])
     assert push["state"] == "failed"
     assert not any(r.name == "gateway.errors" for r in caplog.records)
+
+
+async def test_brotli_bodies(gw: Harness) -> None:
+    headers = {"X-Gateway-Token": CHANNEX_TOKEN, "Connection": "close", "Content-Encoding": "br"}
+    doc = load_fixture("channex-message-1.json")
+    response = await gw.client.post(
+        "/ingest/channex", data=brotli.compress(json.dumps(doc).encode()), headers=headers
+    )
+    assert response.status == 200, await response.text()
+    push = await gw.admin_push((await response.json())["id"])
+    assert push["payload"]["event"] == doc["event"]
+
+    bomb = brotli.compress(b"[" + b"0," * 3_000_000 + b"0]")  # 6 MB once inflated
+    response = await gw.client.post("/ingest/channex", data=bomb, headers=headers)
+    assert response.status == 413
+
+    response = await gw.client.post("/ingest/channex", data=b"not brotli", headers=headers)
+    assert response.status == 400, await response.text()
+    answer = await response.json()
+    assert "could not be read" in answer["errorMessage"]
+    assert (await gw.admin_push(answer["id"]))["state"] == "failed"
 
 
 async def test_pushes_that_fail_in_processing_are_kept_failed(gw: Harness) -> None:
