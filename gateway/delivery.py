@@ -466,7 +466,11 @@ class Deliverer:
             disable_reason = "subscriber answered 410 Gone"
         else:
             delay = (
-                retry_delay(attempt_number, self.delivery.retry_schedule, response.retry_after)
+                retry_delay(
+                    attempt_number - record.replayed_after,
+                    self.delivery.retry_schedule,
+                    response.retry_after,
+                )
                 if verdict == "retry"
                 else None
             )

@@ -167,3 +167,10 @@ def m003_deliveries(db: Database) -> None:
     )
     db.execute("create index attempts_subscription on attempts (subscription_id, id)")
     db.execute("create index attempts_delivery on attempts (delivery_id, id)")
+
+
+@migrations()
+def m004_replay_keeps_attempt_numbers(db: Database) -> None:
+    # A replay restarts a message's retry schedule but not its attempt numbers: the schedule
+    # counts the attempts made after the latest replay.
+    db.execute("alter table deliveries add column replayed_after integer not null default 0")

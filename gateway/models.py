@@ -156,6 +156,7 @@ class DeliveryRecord(BaseModel):
     order_key: str
     state: DeliveryState
     attempts: int
+    replayed_after: int = 0  # attempts made before the latest replay (its schedule starts after)
     next_attempt_at: float
     lease_token: str | None = None
     body: bytes | None = None

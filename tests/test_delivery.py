@@ -313,6 +313,34 @@ async def test_schedule_exhaustion_ends_dead(start: Start, receiver: Receiver) -
     assert (await get_webhook(client, webhook["id"]))["active"] is True  # not failing long
 
 
+async def test_a_replayed_message_gets_the_whole_schedule_and_keeps_counting_attempts(
+    start: Start, receiver: Receiver
+) -> None:
+    client = await start(retry_schedule=[0.05])
+    webhook = await subscribe(client, receiver.url())
+    receiver.default = Answer(500)
+    since = datetime.now(UTC).isoformat()
+    await send(client, booking_event())
+    await wait_state(client, webhook["id"], "dead")
+
+    replayed = await client.post(
+        f"/octo/webhooks/{webhook['id']}/replay", json={"since": since}, headers=AUTH_A
+    )
+    assert await replayed.json() == {"replayed": 1}
+    await receiver.wait_for(3)
+    await wait_state(client, webhook["id"], "dead")
+
+    listed = await attempts(client, webhook["id"])
+    assert [(a["attempt"], a["outcome"]) for a in listed] == [
+        (4, "dead"),
+        (3, "retry"),  # the schedule starts over after a replay ...
+        (2, "dead"),
+        (1, "retry"),
+    ]  # ... while the attempt numbers go on
+    assert len({a["messageId"] for a in listed}) == 1
+    assert len(receiver.requests) == 4
+
+
 async def test_400_without_retry_on_error_is_dead_at_once(start: Start, receiver: Receiver) -> None:
     client = await start()
     webhook = await subscribe(client, receiver.url(), retryOnError=False)

@@ -203,14 +203,16 @@ class DeliveryStore(SQLiteBase):
 
     async def replay_deliveries(self, subscription_id: str, since: float) -> int:
         """Send again every message of a subscription created since ``since`` that is not waiting
-        already (delivered, dead or skipped); each keeps its webhook-id."""
+        already (delivered, dead or skipped); each keeps its webhook-id and its attempt numbers,
+        and gets the whole retry schedule again."""
 
         def replay() -> int:
             now = time.time()
             with self._immediate() as db:
                 return int(
                     db.execute(
-                        "update deliveries set state = 'pending', attempts = 0, next_attempt_at = ?,"
+                        "update deliveries set state = 'pending', replayed_after = attempts,"
+                        " next_attempt_at = ?,"
                         " updated_at = ?, body = null where subscription_id = ? and created_at >= ?"
                         " and state in ('delivered', 'dead', 'skipped')",
                         [now, now, subscription_id, since],
