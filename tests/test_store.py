@@ -236,3 +236,29 @@ async def test_push_claims_read_the_due_index_in_order_without_sorting_the_backl
     # A sort would read every due push of the backlog on every claim.
     assert not any("TEMP B-TREE" in step for step in plan), plan
     assert any("pushes_due" in step for step in plan), plan
+
+
+async def test_a_database_from_before_m004_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.insert_subscription(sample_subscription())
+    await store.close()
+    # Turn it back into what the previous release left: no replayed_after, m004 not applied.
+    conn = sqlite3.connect(path)
+    conn.execute("alter table deliveries drop column replayed_after")
+    conn.execute("delete from _sqlite_migrations where name = 'm004_replay_keeps_attempt_numbers'")
+    conn.commit()
+    conn.close()
+
+    upgraded = SQLiteStore(path)
+    await upgraded.open()
+    await upgraded.close()
+    conn = sqlite3.connect(path)
+    try:
+        columns = {row[1] for row in conn.execute("pragma table_info(deliveries)")}
+        count = conn.execute("select count(*) from subscriptions").fetchone()[0]
+    finally:
+        conn.close()
+    assert "replayed_after" in columns
+    assert count == 1
