@@ -57,20 +57,15 @@ async def client(aiohttp_client: Any, config: GatewayConfig) -> TestClient[Any, 
 # -- delivery tests: receivers on loopback and a gateway tuned to retry fast ----------------------
 
 
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
+async def _started_receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
     found = Receiver()
     await found.start(aiohttp_server)
     yield found
     found.release()
 
 
-@pytest.fixture
-async def other_receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
-    found = Receiver()
-    await found.start(aiohttp_server)
-    yield found
-    found.release()
+receiver = pytest.fixture(_started_receiver, name="receiver")
+other_receiver = pytest.fixture(_started_receiver, name="other_receiver")
 
 
 @pytest.fixture

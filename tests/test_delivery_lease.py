@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.models import AttemptRecord, DeliveryRecord, NewEvent, Subscription
-from gateway.samples import sample_data
+from gateway.models import AttemptRecord, DeliveryRecord, Subscription
 from gateway.slots import DeliveryLease, DeliverySlots
 from gateway.store import SQLiteStore, utcnow
+from tests.receivers import booking_event, emit
 
 LEASE_SECONDS = 60.0
 
@@ -45,28 +45,6 @@ async def subscribe(store: SQLiteStore, id: str, *, active: bool = True) -> None
             updated_at=now,
         )
     )
-
-
-def booking_event(subject: str, note: str = "") -> NewEvent:
-    booking = sample_data("booking_update")["booking"]
-    return NewEvent(
-        event="booking_update",
-        subject=subject,
-        product_id=booking["productId"],
-        option_id=booking["optionId"],
-        data={"booking": {**booking, "notes": note or subject}},
-        state_key=subject,
-    )
-
-
-async def process(
-    store: SQLiteStore, events: list[NewEvent], lease: DeliveryLease | None
-) -> int | None:
-    push, _ = await store.insert_push(
-        source="s", kind="k", payload={}, dedupe_key=None, order_key=None, lease_seconds=60
-    )
-    assert push.lease_token is not None
-    return await store.complete_push(push.id, push.lease_token, events, lease=lease)
 
 
 def rows(store: SQLiteStore) -> dict[str, tuple[str, str | None]]:
@@ -105,13 +83,13 @@ async def test_fan_out_leases_fresh_deliveries_as_far_as_the_slots_allow(
     slots = DeliverySlots(total=2, per_subscription=16)
     lease = lease_for(slots)
 
-    assert await process(store, [booking_event("s:b1")], lease) == 3
+    assert await emit(store, [booking_event("s:b1")], lease) == 3
 
     stored = rows(store)
     assert len(stored) == 4
     assert len(lease.records) == 2 and len(slots) == 2
     for record in lease.records:
-        assert record.state == "leased" and record.data["booking"]["notes"] == "s:b1"
+        assert record.state == "leased" and record.data["booking"]["notes"] == "update 0"
         assert stored[record.id] == ("leased", record.lease_token)
         assert slots.holds(record.seq)
     states = sorted(state for state, _ in stored.values())
@@ -132,7 +110,7 @@ async def test_per_subscription_slots_bound_the_fan_out_and_the_claims_together(
     slots = DeliverySlots(total=10, per_subscription=1)
     lease = lease_for(slots)
 
-    await process(store, [booking_event("s:b1"), booking_event("s:b2")], lease)
+    await emit(store, [booking_event("s:b1"), booking_event("s:b2")], lease)
 
     assert [r.order_key for r in lease.records] == ["a|s:b1"]
     assert slots.in_flight() == {"a": 1}
@@ -149,15 +127,15 @@ async def test_an_update_waiting_behind_an_unfinished_one_of_its_booking_is_not_
     slots = DeliverySlots(total=10, per_subscription=10)
     first, second = lease_for(slots), lease_for(slots)
 
-    await process(store, [booking_event("s:b1", "v1")], first)
-    await process(store, [booking_event("s:b1", "v2")], second)
+    await emit(store, [booking_event("s:b1", 1)], first)
+    await emit(store, [booking_event("s:b1", 2)], second)
 
     assert len(first.records) == 1 and second.records == []
     # The second one goes out only once the first is finished, through a claim.
     assert await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600) == []
     await deliver(store, first.records[0], slots)
     [claimed] = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
-    assert claimed.data["booking"]["notes"] == "v2"
+    assert claimed.data["booking"]["notes"] == "update 2"
 
 
 async def test_a_stopping_worker_gets_nothing_leased(store: SQLiteStore) -> None:
@@ -166,7 +144,7 @@ async def test_a_stopping_worker_gets_nothing_leased(store: SQLiteStore) -> None
     slots.close()
     lease = lease_for(slots)
 
-    assert await process(store, [booking_event("s:b1")], lease) == 1
+    assert await emit(store, [booking_event("s:b1")], lease) == 1
 
     assert lease.records == [] and len(slots) == 0
     assert [state for state, _ in rows(store).values()] == ["pending"]
@@ -181,7 +159,7 @@ async def test_a_rolled_back_fan_out_gives_its_slots_back(store: SQLiteStore) ->
     broken.data["booking"]["unstorable"] = object()
 
     with pytest.raises(TypeError):
-        await process(store, [booking_event("s:b1"), broken], lease)
+        await emit(store, [booking_event("s:b1"), broken], lease)
 
     assert lease.records == [] and len(slots) == 0
     assert rows(store) == {}
@@ -203,16 +181,16 @@ async def test_a_subscriber_at_its_limit_with_a_deep_backlog_does_not_starve_the
 ) -> None:
     await subscribe(store, "slow")
     events = [booking_event(f"s:slow{n}") for n in range(300)]
-    await process(store, events, None)
+    await emit(store, events)
     await subscribe(store, "fast")  # subscribed later: its message is behind all of slow's
-    await process(store, [booking_event("s:fast")], None)
+    await emit(store, [booking_event("s:fast")])
     slots = DeliverySlots(total=10, per_subscription=2)
 
     claimed = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
 
     assert sorted(record.subscription_id for record in claimed) == ["fast", "slow", "slow"]
     # Once slow is at its limit, later claims still find fast's next message.
-    again = await process(store, [booking_event("s:fast2")], None)
+    again = await emit(store, [booking_event("s:fast2")])
     assert again == 2
     [next_one] = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
     assert next_one.subscription_id == "fast"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 from gateway.migrations import migrations
-from gateway.models import Subscription
+from gateway.models import PushRecord, Subscription
 from gateway.store import SQLiteStore, connect, utcnow
+from gateway.store.pushes import CLAIM_PUSHES
 
 
 def sample_subscription(id: str = "s1", tenant: str = "t") -> Subscription:
@@ -163,47 +166,30 @@ async def test_push_leased_at_insert_unless_an_earlier_one_for_the_booking_waits
 ) -> None:
     store = SQLiteStore(tmp_path / "lease.db")
     await store.open()
-    try:
-        first, _ = await store.insert_push(
+
+    async def push(payload: Any, dedupe_key: str | None, order_key: str) -> tuple[PushRecord, bool]:
+        return await store.insert_push(
             source="s",
             kind="k",
-            payload={"n": 1},
-            dedupe_key="d1",
-            order_key="b1",
+            payload=payload,
+            dedupe_key=dedupe_key,
+            order_key=order_key,
             lease_seconds=60,
         )
+
+    try:
+        first, _ = await push({"n": 1}, "d1", "b1")
         assert first.lease_token is not None and first.attempts == 1
         # A leased push is not claimed again while its lease runs.
         assert await store.claim_pushes(10, 60) == []
 
-        second, created = await store.insert_push(
-            source="s",
-            kind="k",
-            payload={"n": 2},
-            dedupe_key=None,
-            order_key="b1",
-            lease_seconds=60,
-        )
+        second, created = await push({"n": 2}, None, "b1")
         assert created and second.lease_token is None, "the booking's earlier push is unfinished"
 
-        other, _ = await store.insert_push(
-            source="s",
-            kind="k",
-            payload={"n": 3},
-            dedupe_key=None,
-            order_key="b2",
-            lease_seconds=60,
-        )
+        other, _ = await push({"n": 3}, None, "b2")
         assert other.lease_token is not None, "another booking is not held up"
 
-        repeat, created = await store.insert_push(
-            source="s",
-            kind="k",
-            payload={},
-            dedupe_key="d1",
-            order_key="b1",
-            lease_seconds=60,
-        )
+        repeat, created = await push({}, "d1", "b1")
         assert not created and repeat.id == first.id and repeat.lease_token == first.lease_token
 
         assert await store.complete_push(first.id, first.lease_token, []) == 0
@@ -215,10 +201,6 @@ async def test_push_leased_at_insert_unless_an_earlier_one_for_the_booking_waits
 async def test_push_claims_read_the_due_index_in_order_without_sorting_the_backlog(
     tmp_path: Path,
 ) -> None:
-    import time
-
-    from gateway.store.pushes import CLAIM_PUSHES
-
     store = SQLiteStore(tmp_path / "plan.db")
     await store.open()
     await store.close()

@@ -53,16 +53,16 @@ class DeliveryStore(SQLiteBase):
                 # Each round leases from a window of the oldest due messages; a round that fills a
                 # subscription's slots is followed by another that passes over it.
                 while room > 0:
+                    full = _full(slots)
                     batch = _claim_round(
-                        db, slots, token, now, now + lease_seconds, ordering_max_wait, room
+                        db, slots, full, token, now, now + lease_seconds, ordering_max_wait, room
                     )
-                    before = _full(slots)
                     for row in batch:
                         slots.take(row["seq"], row["subscription_id"])
                         taken.append(row["seq"])
                     rows += batch
                     room -= len(batch)
-                    if not batch or _full(slots) == before:
+                    if not batch or _full(slots) == full:
                         break
                 data = _event_data(db, [row["event_seq"] for row in rows])
             return [_delivery(row, data.get(row["event_seq"], {})) for row in rows]
@@ -275,13 +275,15 @@ def _full(slots: DeliverySlots) -> list[str]:
 def _claim_round(
     db: Database,
     slots: DeliverySlots,
+    full: list[str],
     token: str,
     now: float,
     expires: float,
     ordering_max_wait: float,
     room: int,
 ) -> list[dict[str, Any]]:
-    """One UPDATE ... RETURNING over a window of the oldest due candidates."""
+    """One UPDATE ... RETURNING over a window of the oldest due candidates of the subscriptions
+    not in ``full``."""
     return list(
         db.query(
             """
@@ -320,7 +322,7 @@ def _claim_round(
                 "expires": expires,
                 "now": now,
                 "in_flight": _dumps(slots.in_flight()),
-                "full": _dumps(_full(slots)),
+                "full": _dumps(full),
                 "per_subscription": slots.per_subscription,
                 "window": room * 2,
                 "max_wait": ordering_max_wait,
