@@ -174,3 +174,13 @@ def m004_replay_keeps_attempt_numbers(db: Database) -> None:
     # A replay restarts a message's retry schedule but not its attempt numbers: the schedule
     # counts the attempts made after the latest replay.
     db.execute("alter table deliveries add column replayed_after integer not null default 0")
+
+
+@migrations()
+def m005_deliveries_due_by_subscription(db: Database) -> None:
+    # Claims seek each subscription's oldest due messages, so a backlog that one subscription at
+    # its concurrency limit holds (a replay, a slow receiver) is never scanned past.
+    db.execute(
+        "create index deliveries_due_by_subscription on deliveries"
+        " (subscription_id, next_attempt_at, seq) where state in ('pending', 'leased')"
+    )

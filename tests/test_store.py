@@ -10,6 +10,7 @@ from typing import Any
 from gateway.migrations import migrations
 from gateway.models import PushRecord, Subscription
 from gateway.store import SQLiteStore, connect, utcnow
+from gateway.store.deliveries import CLAIM_FOR_SUBSCRIPTION, SUBSCRIPTIONS_DUE
 from gateway.store.pushes import CLAIM_PUSHES
 
 
@@ -218,6 +219,30 @@ async def test_push_claims_read_the_due_index_in_order_without_sorting_the_backl
     # A sort would read every due push of the backlog on every claim.
     assert not any("TEMP B-TREE" in step for step in plan), plan
     assert any("pushes_due" in step for step in plan), plan
+
+
+async def test_delivery_claims_seek_each_subscription_instead_of_scanning_the_backlog(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "plan.db")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    params = {"now": time.time(), "token": "t", "expires": 0.0, "subscription": "s"}
+    params |= {"max_wait": 3600.0, "limit": 8}
+    try:
+        plans = {
+            name: [row[3] for row in conn.execute("explain query plan " + sql, params)]
+            for name, sql in (("due", SUBSCRIPTIONS_DUE), ("claim", CLAIM_FOR_SUBSCRIPTION))
+        }
+    finally:
+        conn.close()
+    # A replay or a slow receiver queues thousands of one subscription's messages in a row; a
+    # scan over them on every claim made peak delivery fall by half.
+    for name, plan in plans.items():
+        assert not any(step.startswith("SCAN deliveries") for step in plan), (name, plan)
+        assert not any("TEMP B-TREE" in step for step in plan), (name, plan)
+        assert any("deliveries_due_by_subscription" in step for step in plan), (name, plan)
 
 
 async def test_a_database_from_before_m004_is_upgraded_in_place(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from gateway.models import (
 from gateway.slots import DeliverySlots
 from gateway.store.base import (
     SQLiteBase,
-    _dumps,
     _insert,
     _ts,
     new_id,
@@ -48,22 +47,13 @@ class DeliveryStore(SQLiteBase):
                 return []
             room = slots.free() if limit is None else min(limit, slots.free())
             now = time.time()
-            rows: list[dict[str, Any]] = []
             with self._immediate() as db:
-                # Each round leases from a window of the oldest due messages; a round that fills a
-                # subscription's slots is followed by another that passes over it.
-                while room > 0:
-                    full = _full(slots)
-                    batch = _claim_round(
-                        db, slots, full, token, now, now + lease_seconds, ordering_max_wait, room
-                    )
-                    for row in batch:
-                        slots.take(row["seq"], row["subscription_id"])
-                        taken.append(row["seq"])
-                    rows += batch
-                    room -= len(batch)
-                    if not batch or _full(slots) == full:
-                        break
+                rows = _claim_due(
+                    db, slots, token, now, now + lease_seconds, ordering_max_wait, room
+                )
+                for row in rows:
+                    slots.take(row["seq"], row["subscription_id"])
+                    taken.append(row["seq"])
                 data = _event_data(db, [row["event_seq"] for row in rows])
             return [_delivery(row, data.get(row["event_seq"], {})) for row in rows]
 
@@ -268,68 +258,90 @@ class DeliveryStore(SQLiteBase):
         return await self._read(progress)
 
 
-def _full(slots: DeliverySlots) -> list[str]:
-    return sorted(id for id, n in slots.in_flight().items() if n >= slots.per_subscription)
+# The subscriptions with messages queued or in flight, each with its oldest due message: a loose
+# index scan (one seek per subscription), however deep any one subscription's backlog is.
+SUBSCRIPTIONS_DUE = """
+with recursive subs(id) as (
+    select min(subscription_id) from deliveries indexed by deliveries_due_by_subscription
+    where state in ('pending', 'leased')
+    union all
+    select (
+        select min(subscription_id) from deliveries indexed by deliveries_due_by_subscription
+        where state in ('pending', 'leased') and subscription_id > subs.id
+    )
+    from subs where subs.id is not null
+)
+select id, (
+    select next_attempt_at from deliveries indexed by deliveries_due_by_subscription
+    where subscription_id = subs.id and state in ('pending', 'leased')
+      and next_attempt_at <= :now
+    order by next_attempt_at, seq limit 1
+) as oldest_due
+from subs where id is not null
+"""
+
+# Leases one subscription's oldest due messages, each only if no earlier message of its subject
+# (booking) for this subscription is unfinished, unless that one is older than max_wait.
+CLAIM_FOR_SUBSCRIPTION = """
+update deliveries set state = 'leased', lease_token = :token,
+    lease_expires_at = :expires, next_attempt_at = :expires, updated_at = :now
+where seq in (
+    select d.seq from deliveries d indexed by deliveries_due_by_subscription
+    -- a leased row's next_attempt_at is its lease expiry
+    where d.subscription_id = :subscription and d.state in ('pending', 'leased')
+      and d.next_attempt_at <= :now
+      and not exists (
+        select 1 from deliveries e
+        where e.order_key = d.order_key and e.seq < d.seq
+          and e.state in ('pending', 'leased')
+          and e.created_at > :now - :max_wait
+      )
+    order by d.next_attempt_at, d.seq limit :limit
+)
+returning *
+"""
 
 
-def _claim_round(
+def _claim_due(
     db: Database,
     slots: DeliverySlots,
-    full: list[str],
     token: str,
     now: float,
     expires: float,
     ordering_max_wait: float,
     room: int,
 ) -> list[dict[str, Any]]:
-    """One UPDATE ... RETURNING over a window of the oldest due candidates of the subscriptions
-    not in ``full``."""
-    return list(
-        db.query(
-            """
-            update deliveries set state = 'leased', lease_token = :token,
-                lease_expires_at = :expires, next_attempt_at = :expires, updated_at = :now
-            where seq in (
-                select seq from (
-                    select c.seq, c.subscription_id, c.next_attempt_at,
-                        row_number() over (
-                            partition by c.subscription_id order by c.next_attempt_at, c.seq
-                        ) as place
-                    from (
-                        select d.seq, d.subscription_id, d.next_attempt_at
-                        from deliveries d
-                        -- a leased row's next_attempt_at is its lease expiry
-                        where d.state in ('pending', 'leased')
-                          and d.next_attempt_at <= :now
-                          and d.subscription_id not in (select value from json_each(:full))
-                          and not exists (
-                            select 1 from deliveries e
-                            where e.order_key = d.order_key and e.seq < d.seq
-                              and e.state in ('pending', 'leased')
-                              and e.created_at > :now - :max_wait
-                          )
-                        order by d.next_attempt_at, d.seq limit :window
-                    ) c
-                ) ranked
-                where ranked.place <= :per_subscription - coalesce(
-                    (select value from json_each(:in_flight) where key = ranked.subscription_id), 0)
-                order by ranked.next_attempt_at, ranked.seq limit :limit
-            )
-            returning *
-            """,
-            {
-                "token": token,
-                "expires": expires,
-                "now": now,
-                "in_flight": _dumps(slots.in_flight()),
-                "full": _dumps(full),
-                "per_subscription": slots.per_subscription,
-                "window": room * 2,
-                "max_wait": ordering_max_wait,
-                "limit": room,
-            },
-        )
+    """Lease up to ``room`` due messages: subscriptions in the order of their oldest due message,
+    each up to its free slots. One at its limit is passed over without reading its backlog."""
+    if room <= 0:
+        return []
+    in_flight = slots.in_flight()
+    waiting = sorted(
+        (oldest_due, subscription_id)
+        for subscription_id, oldest_due in db.execute(SUBSCRIPTIONS_DUE, {"now": now})
+        if oldest_due is not None and in_flight.get(subscription_id, 0) < slots.per_subscription
     )
+    rows: list[dict[str, Any]] = []
+    for _, subscription_id in waiting:
+        if room <= 0:
+            break
+        free = slots.per_subscription - in_flight.get(subscription_id, 0)
+        batch = list(
+            db.query(
+                CLAIM_FOR_SUBSCRIPTION,
+                {
+                    "token": token,
+                    "expires": expires,
+                    "now": now,
+                    "subscription": subscription_id,
+                    "max_wait": ordering_max_wait,
+                    "limit": min(free, room),
+                },
+            )
+        )
+        rows += batch
+        room -= len(batch)
+    return rows
 
 
 def _give_back(slots: DeliverySlots, seqs: list[int]) -> None:
