@@ -4,6 +4,8 @@
 Phases, in order (each gateway phase on a fresh ``python -m gateway serve`` child):
 
 1. floor: a bare aiohttp handler that reads and parses the same JSON (``bench/bare_server.py``);
+   then the durable floor: the same handler storing each push as one group-committed SQLite row
+   before answering (the least any ingest keeping the gateway's durability promise must do);
 2. ingest: Beds24 v2 and Channex ARI pushes, every body unique, no subscribers;
 3. e2e: an open-loop sender at 200 pushes/s with 1, 10 and 100 subscribers; latency from the
    push's scheduled send time to its arrival at the receiver process, and losses;
@@ -44,6 +46,7 @@ from bench.receiver import Receiver
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES: dict[str, Callable[[Context], Awaitable[Any]]] = {
     "floor": phases.floor,
+    "durable_floor": phases.durable_floor,
     "ingest": phases.ingest,
     "e2e": phases.e2e,
     "delivery": phases.delivery,

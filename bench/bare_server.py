@@ -5,23 +5,31 @@ uses (``json``), and answers a small JSON object, served the way ``gateway serve
 (``AppRunner`` without an access log). Whatever the gateway does beyond this (validation,
 dedupe, the durable write, background processing) is what the ingest ratio prices.
 
-Run: ``python -m bench.bare_server --port N``.
+With ``--durable PATH`` it also stores each body as one row in SQLite before answering
+(``bench/durable_store.py``): the floor of any ingest that keeps the gateway's durability promise.
+
+Run: ``python -m bench.bare_server --port N [--durable PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import signal
+import uuid
+from pathlib import Path
 
 from aiohttp import web
+
+from bench.durable_store import DurableLog
 
 TOKEN_HEADER = "X-Gateway-Token"
 
 
-def make_app() -> web.Application:
+def make_app(durable: DurableLog | None = None) -> web.Application:
     counter = itertools.count(1)
 
     async def ingest(request: web.Request) -> web.Response:
@@ -32,6 +40,11 @@ def make_app() -> web.Application:
             json.loads(body)
         except ValueError:
             return web.json_response({"error": "BAD_REQUEST"}, status=400)
+        if durable is not None:
+            push_id = f"psh_{uuid.uuid4().hex}"
+            key = hashlib.sha256(body).hexdigest()
+            await durable.append((push_id, request.match_info["source"], key, body))
+            return web.json_response({"id": push_id, "state": "accepted"})
         return web.json_response({"id": f"psh_{next(counter)}", "state": "accepted"})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -43,8 +56,9 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(port: int) -> None:
-    runner = web.AppRunner(make_app(), handle_signals=False, access_log=None)
+async def serve(port: int, durable_path: Path | None) -> None:
+    durable = DurableLog(durable_path) if durable_path is not None else None
+    runner = web.AppRunner(make_app(durable), handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     stop = asyncio.Event()
@@ -53,12 +67,16 @@ async def serve(port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+    if durable is not None:
+        durable.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--durable", type=Path, default=None, help="SQLite file to store pushes in")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.durable))
 
 
 if __name__ == "__main__":

@@ -100,11 +100,26 @@ class Context:
 
 async def floor(ctx: Context) -> dict[str, Any]:
     """The bare aiohttp handler loaded exactly like the gateway's ingest."""
+    return await _bare_server(ctx, "floor", [])
+
+
+async def durable_floor(ctx: Context) -> dict[str, Any]:
+    """The bare handler storing each push as one group-committed SQLite row before answering:
+    what durability alone costs, so the ingest ratio can be read against it too."""
+    db_path = ctx.workdir / "durable-floor.db"
+    try:
+        return await _bare_server(ctx, "durable-floor", ["--durable", str(db_path)])
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+
+async def _bare_server(ctx: Context, name: str, options: list[str]) -> dict[str, Any]:
     port = free_port()
     server = ServerProcess(
-        "floor",
-        [PYTHON, "-m", "bench.bare_server", "--port", str(port)],
-        ctx.workdir / "floor.log",
+        name,
+        [PYTHON, "-m", "bench.bare_server", "--port", str(port), *options],
+        ctx.workdir / f"{name}.log",
         port,
     )
     await server.start("/healthz")

@@ -81,11 +81,18 @@ def table(results: dict[str, Any]) -> str:
         share = run["generator_cpu_share"] * 100
         detail = f"{_num(run['rps'])} req/s ({generator}, generator used {share:.0f} % of a CPU)"
         rows.append(("floor (bare aiohttp)", source, detail))
+    for source, run in results.get("durable_floor", {}).items():
+        of_floor = _ratio(run["rps"], results.get("floor", {}).get(source, {}).get("rps"))
+        share = "" if of_floor is None else f", {of_floor:.2f}x the floor"
+        rows.append(("floor + durable row", source, f"{_num(run['rps'])} req/s{share}"))
     for source, run in results.get("ingest", {}).items():
         detail = (
             f"{_num(run['rps'])} req/s, p99 answer {_num(run['latency_ms']['p99'], 1)} ms,"
             f" processed {_num(run['processed_per_s'])}/s, RSS {_num(run['peak_rss_mb'])} MB"
         )
+        of_durable = _ratio(run["rps"], results.get("durable_floor", {}).get(source, {}).get("rps"))
+        if of_durable is not None:
+            detail += f"; {of_durable:.2f}x the durable floor"
         rows.append(("ingest", source, detail))
     for phase in results.get("e2e", []):
         detail = (

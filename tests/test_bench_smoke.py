@@ -18,7 +18,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-TOP_KEYS = {"meta", "floor", "ingest", "e2e", "delivery", "history", "rss", "losses", "targets"}
+TOP_KEYS = {
+    "meta",
+    "floor",
+    "durable_floor",
+    "ingest",
+    "e2e",
+    "delivery",
+    "history",
+    "rss",
+    "losses",
+    "targets",
+}
 THROUGHPUT_KEYS = {"requests", "ok", "rps", "duration_s", "http_errors", "generator"}
 E2E_KEYS = {
     "subscribers",
@@ -50,7 +61,7 @@ def test_quick_run_has_every_phase_and_loses_nothing(tmp_path: Path) -> None:
     results = run_bench(tmp_path)
 
     assert set(results) >= TOP_KEYS
-    for section in ("floor", "ingest"):
+    for section in ("floor", "durable_floor", "ingest"):
         for source in ("beds24", "channex"):
             assert set(results[section][source]) >= THROUGHPUT_KEYS
             assert results[section][source]["ok"] > 0
