@@ -179,8 +179,10 @@ def m004_replay_keeps_attempt_numbers(db: Database) -> None:
 @migrations()
 def m005_deliveries_due_by_subscription(db: Database) -> None:
     # Claims seek each subscription's oldest due messages, so a backlog that one subscription at
-    # its concurrency limit holds (a replay, a slow receiver) is never scanned past.
+    # its concurrency limit holds (a replay, a slow receiver) is never scanned past. It replaces
+    # the queue-wide index, so a settled message still updates as many indexes as before.
     db.execute(
         "create index deliveries_due_by_subscription on deliveries"
         " (subscription_id, next_attempt_at, seq) where state in ('pending', 'leased')"
     )
+    db.execute("drop index deliveries_queue")

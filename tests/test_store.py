@@ -10,7 +10,7 @@ from typing import Any
 from gateway.migrations import migrations
 from gateway.models import PushRecord, Subscription
 from gateway.store import SQLiteStore, connect, utcnow
-from gateway.store.deliveries import CLAIM_FOR_SUBSCRIPTION, SUBSCRIPTIONS_DUE
+from gateway.store.deliveries import CLAIM_FOR_SUBSCRIPTION, NEXT_DUE, SUBSCRIPTIONS_DUE
 from gateway.store.pushes import CLAIM_PUSHES
 
 
@@ -233,7 +233,11 @@ async def test_delivery_claims_seek_each_subscription_instead_of_scanning_the_ba
     try:
         plans = {
             name: [row[3] for row in conn.execute("explain query plan " + sql, params)]
-            for name, sql in (("due", SUBSCRIPTIONS_DUE), ("claim", CLAIM_FOR_SUBSCRIPTION))
+            for name, sql in (
+                ("due", SUBSCRIPTIONS_DUE),
+                ("claim", CLAIM_FOR_SUBSCRIPTION),
+                ("next due", NEXT_DUE),
+            )
         }
     finally:
         conn.close()

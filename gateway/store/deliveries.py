@@ -67,9 +67,7 @@ class DeliveryStore(SQLiteBase):
 
     async def next_delivery_due(self) -> float | None:
         def due(db: Database) -> float | None:
-            row = db.execute(
-                "select min(next_attempt_at) from deliveries where state in ('pending', 'leased')"
-            ).fetchone()
+            row = db.execute(NEXT_DUE).fetchone()
             return None if row[0] is None else float(row[0])
 
         return await self._read(due)
@@ -258,9 +256,9 @@ class DeliveryStore(SQLiteBase):
         return await self._read(progress)
 
 
-# The subscriptions with messages queued or in flight, each with its oldest due message: a loose
-# index scan (one seek per subscription), however deep any one subscription's backlog is.
-SUBSCRIPTIONS_DUE = """
+# The subscriptions with messages queued or in flight: a loose index scan (one seek per
+# subscription), however deep any one subscription's backlog is.
+_QUEUED_SUBSCRIPTIONS = """
 with recursive subs(id) as (
     select min(subscription_id) from deliveries indexed by deliveries_due_by_subscription
     where state in ('pending', 'leased')
@@ -271,6 +269,12 @@ with recursive subs(id) as (
     )
     from subs where subs.id is not null
 )
+"""
+
+# Each of them with its oldest message due by :now (null when all are due later).
+SUBSCRIPTIONS_DUE = (
+    _QUEUED_SUBSCRIPTIONS
+    + """
 select id, (
     select next_attempt_at from deliveries indexed by deliveries_due_by_subscription
     where subscription_id = subs.id and state in ('pending', 'leased')
@@ -279,6 +283,21 @@ select id, (
 ) as oldest_due
 from subs where id is not null
 """
+)
+
+# When the next queued message falls due (a leased one's next_attempt_at is its lease expiry).
+NEXT_DUE = (
+    _QUEUED_SUBSCRIPTIONS
+    + """
+select min((
+    select next_attempt_at from deliveries indexed by deliveries_due_by_subscription
+    where subscription_id = subs.id and state in ('pending', 'leased')
+    order by next_attempt_at, seq limit 1
+))
+from subs where id is not null
+"""
+)
+
 
 # Leases one subscription's oldest due messages, each only if no earlier message of its subject
 # (booking) for this subscription is unfinished, unless that one is older than max_wait.
