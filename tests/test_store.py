@@ -10,7 +10,7 @@ from typing import Any
 from gateway.migrations import migrations
 from gateway.models import PushRecord, Subscription
 from gateway.store import SQLiteStore, connect, utcnow
-from gateway.store.deliveries import CLAIM_FOR_SUBSCRIPTION, NEXT_DUE, SUBSCRIPTIONS_DUE
+from gateway.store.deliveries import CLAIM_FOR_SUBSCRIPTION, NEXT_DUE, SUBSCRIPTIONS_QUEUED
 from gateway.store.pushes import CLAIM_PUSHES
 
 
@@ -199,23 +199,23 @@ async def test_push_leased_at_insert_unless_an_earlier_one_for_the_booking_waits
         await store.close()
 
 
+async def query_plan(path: Path, sql: str, params: dict[str, Any]) -> list[str]:
+    """The steps of EXPLAIN QUERY PLAN for ``sql`` on a freshly migrated database."""
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        return [row[3] for row in conn.execute("explain query plan " + sql, params)]
+    finally:
+        conn.close()
+
+
 async def test_push_claims_read_the_due_index_in_order_without_sorting_the_backlog(
     tmp_path: Path,
 ) -> None:
-    store = SQLiteStore(tmp_path / "plan.db")
-    await store.open()
-    await store.close()
-    conn = sqlite3.connect(tmp_path / "plan.db")
-    try:
-        select = CLAIM_PUSHES[CLAIM_PUSHES.index("select p.seq") : CLAIM_PUSHES.rindex(")")]
-        plan = [
-            row[3]
-            for row in conn.execute(
-                "explain query plan " + select, {"now": time.time(), "limit": 8}
-            )
-        ]
-    finally:
-        conn.close()
+    select = CLAIM_PUSHES[CLAIM_PUSHES.index("select p.seq") : CLAIM_PUSHES.rindex(")")]
+    plan = await query_plan(tmp_path / "plan.db", select, {"now": time.time(), "limit": 8})
     # A sort would read every due push of the backlog on every claim.
     assert not any("TEMP B-TREE" in step for step in plan), plan
     assert any("pushes_due" in step for step in plan), plan
@@ -224,23 +224,16 @@ async def test_push_claims_read_the_due_index_in_order_without_sorting_the_backl
 async def test_delivery_claims_seek_each_subscription_instead_of_scanning_the_backlog(
     tmp_path: Path,
 ) -> None:
-    store = SQLiteStore(tmp_path / "plan.db")
-    await store.open()
-    await store.close()
-    conn = sqlite3.connect(tmp_path / "plan.db")
     params = {"now": time.time(), "token": "t", "expires": 0.0, "subscription": "s"}
     params |= {"max_wait": 3600.0, "limit": 8}
-    try:
-        plans = {
-            name: [row[3] for row in conn.execute("explain query plan " + sql, params)]
-            for name, sql in (
-                ("due", SUBSCRIPTIONS_DUE),
-                ("claim", CLAIM_FOR_SUBSCRIPTION),
-                ("next due", NEXT_DUE),
-            )
-        }
-    finally:
-        conn.close()
+    plans = {
+        name: await query_plan(tmp_path / "plan.db", sql, params)
+        for name, sql in (
+            ("queued", SUBSCRIPTIONS_QUEUED),
+            ("claim", CLAIM_FOR_SUBSCRIPTION),
+            ("next due", NEXT_DUE),
+        )
+    }
     # A replay or a slow receiver queues thousands of one subscription's messages in a row; a
     # scan over them on every claim made peak delivery fall by half.
     for name, plan in plans.items():

@@ -271,32 +271,21 @@ with recursive subs(id) as (
 )
 """
 
-# Each of them with its oldest message due by :now (null when all are due later).
-SUBSCRIPTIONS_DUE = (
-    _QUEUED_SUBSCRIPTIONS
-    + """
+# Each of them with its earliest queued message's next_attempt_at: due now when that is past (a
+# leased message's next_attempt_at is its lease expiry, so an unexpired lease is never earliest
+# while a message of the subscription is due).
+_EARLIEST = """
 select id, (
     select next_attempt_at from deliveries indexed by deliveries_due_by_subscription
     where subscription_id = subs.id and state in ('pending', 'leased')
-      and next_attempt_at <= :now
     order by next_attempt_at, seq limit 1
-) as oldest_due
+) as earliest
 from subs where id is not null
 """
-)
+SUBSCRIPTIONS_QUEUED = _QUEUED_SUBSCRIPTIONS + _EARLIEST
 
-# When the next queued message falls due (a leased one's next_attempt_at is its lease expiry).
-NEXT_DUE = (
-    _QUEUED_SUBSCRIPTIONS
-    + """
-select min((
-    select next_attempt_at from deliveries indexed by deliveries_due_by_subscription
-    where subscription_id = subs.id and state in ('pending', 'leased')
-    order by next_attempt_at, seq limit 1
-))
-from subs where id is not null
-"""
-)
+# When the next queued message falls due.
+NEXT_DUE = _QUEUED_SUBSCRIPTIONS + f"select min(earliest) from ({_EARLIEST})"
 
 
 # Leases one subscription's oldest due messages, each only if no earlier message of its subject
@@ -336,15 +325,15 @@ def _claim_due(
         return []
     in_flight = slots.in_flight()
     waiting = sorted(
-        (oldest_due, subscription_id)
-        for subscription_id, oldest_due in db.execute(SUBSCRIPTIONS_DUE, {"now": now})
-        if oldest_due is not None and in_flight.get(subscription_id, 0) < slots.per_subscription
+        (earliest, subscription_id, free)
+        for subscription_id, earliest in db.execute(SUBSCRIPTIONS_QUEUED)
+        if earliest <= now
+        and (free := slots.per_subscription - in_flight.get(subscription_id, 0)) > 0
     )
     rows: list[dict[str, Any]] = []
-    for _, subscription_id in waiting:
+    for _, subscription_id, free in waiting:
         if room <= 0:
             break
-        free = slots.per_subscription - in_flight.get(subscription_id, 0)
         batch = list(
             db.query(
                 CLAIM_FOR_SUBSCRIPTION,
