@@ -1,4 +1,4 @@
-"""Push bodies built from the vendor samples in ``tests/fixtures``, made unique per request.
+"""Push bodies built from the vendor samples in ``plugins/<vendor>/samples``, made unique per request.
 
 A body is a template with placeholders, so the Python generators and the wrk Lua script
 (``bench/wrk/unique_body.lua``) expand exactly the same text:
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "tests" / "fixtures"
+PLUGINS = REPO / "plugins"
 
 # Timestamps and days count from these, so N maps to the same text in Lua and in Python.
 TS_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -35,8 +35,13 @@ TOKENS = {"beds24": "demo-beds24-token", "channex": "demo-channex-token"}
 SENT_PREFIX = "bench-sent:"
 
 
+def sample_path(name: str) -> Path:
+    """A vendor sample, from its plugin's folder (``beds24-…`` lives in plugins/beds24/samples)."""
+    return PLUGINS / name.split("-", 1)[0] / "samples" / name
+
+
 def _fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return json.loads((sample_path(name)).read_text(encoding="utf-8"))
 
 
 def _template(doc: Any, marks: dict[str, str]) -> str:

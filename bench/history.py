@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.bodies import FIXTURES
+from bench.bodies import sample_path
 from gateway.samples import sample_data
 from gateway.store import SQLiteStore
 
@@ -60,7 +60,7 @@ def prefill(path: Path, deliveries: int, fanout: int = 10) -> dict[str, Any]:
     events = max(deliveries // fanout, 1)
     now = time.time()
     week = 6 * DAY  # inside the shipped 7-day retention
-    booking = json.loads((FIXTURES / "beds24-v2-booking-1.json").read_text())[0]["booking"]
+    booking = json.loads(sample_path("beds24-v2-booking-1.json").read_text())[0]["booking"]
     data = sample_data("booking_update")
     subs = [f"sub_history_{i:02d}" for i in range(fanout)]
     body_doc = {"webhook": {"id": subs[0], "event": "booking_update"}, **data, "supplier": {}}

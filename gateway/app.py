@@ -17,7 +17,6 @@ import pluggy
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import admin, ingest, ops, subscriptions, webhook_actions
 from gateway.appkeys import (
     config_key,
     deliverer_key,
@@ -28,17 +27,18 @@ from gateway.appkeys import (
     templates_key,
 )
 from gateway.config import ConfigError, GatewayConfig, describe_errors
-from gateway.delivery import Deliverer, Sender, make_session
-from gateway.errors import octo_errors
+from gateway.delivery.templates import DEFAULT_TEMPLATES, TemplateProblem, Templates
+from gateway.delivery.worker import Deliverer, Sender, make_session
 from gateway.hooks import Hooks
 from gateway.metrics import Metrics, metrics_middleware
+from gateway.pipeline.processing import Processor
 from gateway.plugins import make_plugin_manager
-from gateway.processing import Processor
 from gateway.samples import sample_data
 from gateway.sources import Source
-from gateway.storage import Store
 from gateway.store import SQLiteStore
-from gateway.templates import DEFAULT_TEMPLATES, TemplateProblem, Templates
+from gateway.store.interface import Store
+from gateway.web import admin, ingest, ops, webhook_actions, webhooks
+from gateway.web.errors import octo_errors
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def create_app(
             octo_capabilities,
             metrics_middleware(metrics),
             octo_errors,
-            subscriptions.require_api_key,
+            webhooks.require_api_key,
         ],
     )
     app[config_key] = config
@@ -91,7 +91,7 @@ def create_app(
 
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/metrics", ops.metrics)
-    subscriptions.add_routes(app)
+    webhooks.add_routes(app)
     webhook_actions.add_routes(app)
     admin.add_routes(app)
     ingest.add_routes(app)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.config import GatewayConfig
-from gateway.delivery import Deliverer, Sender
+from gateway.delivery.templates import Templates
+from gateway.delivery.worker import Deliverer, Sender
 from gateway.hooks import Hooks
 from gateway.metrics import Metrics
-from gateway.storage import Store
-from gateway.templates import Templates
+from gateway.store.interface import Store
 
 config_key = web.AppKey("config", GatewayConfig)
 store_key = web.AppKey("store", Store)

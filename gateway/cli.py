@@ -27,7 +27,7 @@ from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.hooks import Hooks
 from gateway.plugins import PluginError, make_plugin_manager
-from gateway.samples import PUSHES, load
+from gateway.sources import SamplePush
 from gateway.store import SQLiteStore
 
 T = TypeVar("T")
@@ -219,16 +219,19 @@ def push_sample(source: str, kind: str, config_path: Path | None, url: str | Non
     the gateway itself, so a subscription can be watched end to end without a PMS.
     """
     config = load_or_exit(config_path)
-    sample = PUSHES.get((source, kind))
+    samples: dict[str, SamplePush] = {}
+    for name, found in load_hooks_or_exit(config).sources().items():
+        for sample_kind, sample_push in (getattr(found, "samples", None) or {}).items():
+            samples[f"{name} {sample_kind}"] = sample_push
+    sample = samples.get(f"{source} {kind}")
     if sample is None:
-        known = ", ".join(f"{s} {k}" for s, k in PUSHES)
-        fail(f"no sample {source} {kind}; choose one of: {known}", 2)
+        fail(f"no sample {source} {kind}; choose one of: {', '.join(samples) or 'none'}", 2)
     settings = config.sources.get(source)
     if settings is None:
         fail(f"{config.source_file}: sources.{source}: not configured", 2)
     base = (url or f"http://{config.server.host}:{config.server.port}").rstrip("/")
-    target = f"{base}/ingest/{source}?" + urlencode(sample.get("query", {}))
-    body = json.dumps(load(sample["file"])).encode() if "file" in sample else None
+    target = f"{base}/ingest/{source}?" + urlencode(dict(sample.query))
+    body = json.dumps(sample.body).encode() if sample.body is not None else None
     request = urllib.request.Request(
         target.rstrip("?"),
         data=body,

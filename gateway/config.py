@@ -38,11 +38,13 @@ class StorageConfig(Section):
 
 
 class PluginsConfig(Section):
-    dir: Path | None = Path("plugins")
+    # Optional: a folder of drop-in plugins, added to the built-in sources.
+    dir: Path | None = None
 
 
 class TemplatesConfig(Section):
-    dir: Path = Path("templates")
+    # Optional: a folder of templates overriding the built-in ones by file name.
+    dir: Path | None = None
 
 
 DEFAULT_RETRY_SCHEDULE: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
@@ -223,4 +225,5 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> None:
         config.storage.path = resolve(config.storage.path)
     if config.plugins.dir is not None:
         config.plugins.dir = resolve(config.plugins.dir)
-    config.templates.dir = resolve(config.templates.dir)
+    if config.templates.dir is not None:
+        config.templates.dir = resolve(config.templates.dir)

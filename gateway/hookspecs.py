@@ -53,7 +53,7 @@ def delivery_headers(event: str, subscription: Any, body: bytes) -> dict[str, st
 
 @hookspec
 def delivery_attempted(attempt: Any) -> None:
-    """Observe the outcome of one delivery attempt (``gateway.delivery.Attempt``): status, latency,
+    """Observe the outcome of one delivery attempt (``gateway.delivery.worker.Attempt``): status, latency,
     error. Called after the attempt is recorded; must not block."""
 
 

@@ -1,8 +1,16 @@
-"""make_plugin_manager(): default plugins, then the "gateway" entry points, then drop-in files."""
+"""make_plugin_manager(): default plugins, then the "gateway" entry points, then drop-ins.
+
+The built-in Channex and Beds24 sources are entry points of this package (their code lives in the
+top-level ``plugins/`` folder), so they load exactly like a third-party plugin. A drop-in folder may
+hold ``*.py`` modules and packages (folders with ``__init__.py``). A drop-in that is the very file a
+plugin was already loaded from (a config naming the repository's own ``plugins/`` folder) is skipped,
+so nothing is loaded twice.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 import types
 from pathlib import Path
@@ -11,9 +19,11 @@ import pluggy
 
 from gateway import hookspecs
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("gateway.default_plugins.sandbox",)
+log = logging.getLogger(__name__)
+
+DEFAULT_PLUGINS: tuple[str, ...] = ("gateway.sandbox",)
 ENTRY_POINT_GROUP = "gateway"
-# Drop-ins are imported as gateway_plugins.<file stem>.
+# Drop-ins are imported as gateway_plugins.<file stem or folder name>.
 DROP_IN_PACKAGE = "gateway_plugins"
 
 
@@ -39,19 +49,49 @@ def make_plugin_manager(plugins_dir: Path | None = None) -> pluggy.PluginManager
     return pm
 
 
+def _loaded_files(pm: pluggy.PluginManager) -> set[Path]:
+    files: set[Path] = set()
+    for plugin in pm.get_plugins():
+        file = getattr(plugin, "__file__", None)
+        if isinstance(file, str):
+            files.add(Path(file).resolve())
+    return files
+
+
+def drop_in_files(directory: Path) -> list[Path]:
+    """The drop-ins in ``directory``: ``*.py`` modules and packages, names not starting with _."""
+    found = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(("_", ".")):
+            continue
+        if path.is_file() and path.suffix == ".py":
+            found.append(path)
+        elif path.is_dir() and (path / "__init__.py").is_file():
+            found.append(path / "__init__.py")
+    return found
+
+
 def load_drop_ins(pm: pluggy.PluginManager, directory: Path) -> None:
-    """Import every ``*.py`` in ``directory`` as a module (not ``exec``), so it behaves like any
-    other module: pydantic models, dataclasses and pickling work."""
+    """Import every drop-in as a module (not ``exec``), so it behaves like any other module:
+    pydantic models, dataclasses, pickling and relative imports inside a package work."""
     if not directory.is_dir():
         raise PluginError(f"{directory}: plugins directory does not exist")
     sys.modules.setdefault(DROP_IN_PACKAGE, types.ModuleType(DROP_IN_PACKAGE))
-    for path in sorted(directory.glob("*.py")):
-        if path.name.startswith("_"):
+    already = _loaded_files(pm)
+    for path in drop_in_files(directory):
+        if path.resolve() in already:
+            log.debug("%s: already loaded as a built-in plugin", path)
             continue
-        module_name = f"{DROP_IN_PACKAGE}.{path.stem}"
+        is_package = path.name == "__init__.py"
+        stem = path.parent.name if is_package else path.stem
+        module_name = f"{DROP_IN_PACKAGE}.{stem}"
         if pm.has_plugin(module_name):
             continue
-        spec = importlib.util.spec_from_file_location(module_name, path)
+        spec = importlib.util.spec_from_file_location(
+            module_name,
+            path,
+            submodule_search_locations=[str(path.parent)] if is_package else None,
+        )
         if spec is None or spec.loader is None:
             raise PluginError(f"{path}: cannot be loaded as a Python module")
         module = importlib.util.module_from_spec(spec)

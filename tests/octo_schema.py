@@ -92,8 +92,15 @@ def _availability_problems(obj: dict[str, Any]) -> list[str]:
     return problems
 
 
+def fixture_path(name: str) -> Path:
+    """A vendor sample lives with its plugin (``plugins/<vendor>/samples``); anything else here."""
+    vendor = name.split("-", 1)[0]
+    sample = TESTS.parent / "plugins" / vendor / "samples" / name
+    return sample if sample.is_file() else FIXTURES / name
+
+
 def load_fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return json.loads(fixture_path(name).read_text(encoding="utf-8"))
 
 
 def assert_golden(name: str, actual: Any) -> None:

@@ -24,8 +24,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.models import NewEvent
 from gateway.samples import sample_data
-from gateway.slots import DeliveryLease
-from gateway.storage import Store
+from gateway.delivery.slots import DeliveryLease
+from gateway.store.interface import Store
 from tests.tenants import AUTH_A
 
 FAST_DELIVERY: dict[str, Any] = {

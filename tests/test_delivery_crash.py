@@ -179,7 +179,7 @@ class Gateway:
 
 
 def beds24_push(n: int) -> list[dict[str, Any]]:
-    doc = json.loads((REPO / "tests/fixtures/beds24-v2-booking-1.json").read_text("utf-8"))
+    doc = json.loads((REPO / "plugins/beds24/samples/beds24-v2-booking-1.json").read_text("utf-8"))
     push: list[dict[str, Any]] = copy.deepcopy(doc)
     push[0]["booking"]["id"] = 82279106 + n
     return push

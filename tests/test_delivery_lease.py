@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.models import AttemptRecord, DeliveryRecord, Subscription
-from gateway.slots import DeliveryLease, DeliverySlots
+from gateway.delivery.slots import DeliveryLease, DeliverySlots
 from gateway.store import SQLiteStore, utcnow
 from tests.receivers import booking_event, emit
 

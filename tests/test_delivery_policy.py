@@ -10,7 +10,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from gateway.delivery import classify, parse_retry_after, retry_delay, split_credentials
+from gateway.delivery.worker import classify, parse_retry_after, retry_delay, split_credentials
 
 SCHEDULE = [5.0, 300.0, 1800.0]
 

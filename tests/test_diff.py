@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.translate import (
-    TranslationSettings,
-    booking_diff,
-    bookings_from_revision,
-    revision_attributes,
-)
+from gateway.pipeline.diff import booking_diff
+from gateway.sources.settings import TranslationSettings
+from gateway_channex.translate import bookings_from_revision, revision_attributes
 from tests.octo_schema import load_fixture
 
 

@@ -94,7 +94,7 @@ def no_unhandled_errors(caplog: pytest.LogCaptureFixture) -> None:
     crashes = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "gateway.errors" or "failed on push" in r.getMessage()
+        if r.name == "gateway.web.errors" or "failed on push" in r.getMessage()
     ]
     assert crashes == []
 
@@ -196,7 +196,7 @@ async def test_compressed_bodies(gw: Harness, caplog: pytest.LogCaptureFixture) 
     assert "could not be read" in answer["errorMessage"]
     push = await gw.admin_push(answer["id"])
     assert push["state"] == "failed"
-    assert not any(r.name == "gateway.errors" for r in caplog.records)
+    assert not any(r.name == "gateway.web.errors" for r in caplog.records)
 
 
 async def test_brotli_bodies(gw: Harness) -> None:

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
-from gateway.netguard import (
+from gateway.delivery.netguard import (
     GuardedResolver,
     InvalidTargetURL,
     TargetError,

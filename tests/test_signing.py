@@ -12,7 +12,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as ReferenceVerificationError
 
-from gateway.signing import (
+from gateway.delivery.signing import (
     WebhookVerificationError,
     generate_secret,
     secret_key,

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.migrations import migrations
+from gateway.store.sqlite.migrations import migrations
 from gateway.models import PushRecord, Subscription
 from gateway.store import SQLiteStore, connect, utcnow
-from gateway.store.deliveries import CLAIM_FOR_SUBSCRIPTION, NEXT_DUE, SUBSCRIPTIONS_QUEUED
-from gateway.store.pushes import CLAIM_PUSHES
+from gateway.store.sqlite.deliveries import CLAIM_FOR_SUBSCRIPTION, NEXT_DUE, SUBSCRIPTIONS_QUEUED
+from gateway.store.sqlite.pushes import CLAIM_PUSHES
 
 
 def sample_subscription(id: str = "s1", tenant: str = "t") -> Subscription:

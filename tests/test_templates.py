@@ -11,7 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.samples import sample_data
-from gateway.templates import TemplateProblem, Templates
+from gateway.delivery.templates import TemplateProblem, Templates
 from tests.conftest import AUTH_A, REPO
 from tests.octo_schema import validate_octo
 

@@ -8,13 +8,9 @@ from typing import Any
 import pytest
 
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent, booking_uuid
-from gateway.translate import (
-    TranslationError,
-    TranslationSettings,
-    availability_from_calendar,
-    booking_from_beds24,
-    changed_availability,
-)
+from gateway.sources.settings import TranslationSettings
+from gateway.sources.translation import TranslationError, changed_availability
+from gateway_beds24.translate import availability_from_calendar, booking_from_beds24
 from tests.octo_schema import assert_golden, load_fixture, validate_octo
 
 UTC_SETTINGS = TranslationSettings()

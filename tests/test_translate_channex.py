@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent, booking_uuid
-from gateway.translate import (
-    TranslationError,
-    TranslationSettings,
+from gateway.sources.settings import TranslationSettings
+from gateway.sources.translation import TranslationError
+from gateway_channex.translate import (
     availability_from_ari,
     bookings_from_revision,
     revision_attributes,

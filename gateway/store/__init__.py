@@ -1,12 +1,12 @@
 """Durable storage: this package is the only place that speaks SQL.
 
-``SQLiteStore`` implements ``gateway.storage.Store`` on one SQLite file through sqlite-utils.
+``SQLiteStore`` implements ``gateway.store.interface.Store`` on one SQLite file through sqlite-utils.
 """
 
-from gateway.store.base import connect, new_id, utcnow
-from gateway.store.deliveries import DeliveryStore
-from gateway.store.pushes import PushStore
-from gateway.store.subscriptions import SubscriptionStore
+from gateway.store.sqlite.base import connect, new_id, utcnow
+from gateway.store.sqlite.deliveries import DeliveryStore
+from gateway.store.sqlite.pushes import PushStore
+from gateway.store.sqlite.subscriptions import SubscriptionStore
 
 
 class SQLiteStore(SubscriptionStore, PushStore, DeliveryStore):

@@ -1,0 +1,530 @@
+"""Delivery workers: claim -> render -> sign -> POST -> settle, with the retry policy.
+
+The only module that opens outbound connections to subscribers. Work is leased from the store, so a
+crash (or kill -9) mid-delivery only lets the lease expire and the message is sent again with the
+same ``webhook-id``. An attempt never outlives ``delivery.timeout`` (plus a second), and the lease
+is comfortably longer, so a live worker always settles its message before anyone else may take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import codecs
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+from yarl import URL
+
+from gateway.config import DeliveryConfig, GatewayConfig
+from gateway.delivery.netguard import check_url, guarded_connector
+from gateway.delivery.signing import webhook_headers
+from gateway.delivery.slots import DeliveryLease, DeliverySlots
+from gateway.delivery.templates import TemplateProblem, Templates
+from gateway.hooks import Hooks
+from gateway.metrics import Metrics
+from gateway.models import (
+    AttemptRecord,
+    DeliveryRecord,
+    DeliveryState,
+    Subscription,
+    mask_password,
+)
+from gateway.store import utcnow
+from gateway.store.interface import Store
+
+log = logging.getLogger(__name__)
+
+RESPONSE_EXCERPT = 2048
+Verdict = Literal["delivered", "retry", "dead", "gone"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt's outcome, as the ``delivery_attempted`` hook sees it."""
+
+    delivery_id: str
+    subscription_id: str
+    event: str
+    attempt: int
+    outcome: str
+    status: int | None
+    latency_ms: float
+    error: str | None
+    url: str  # password masked
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int | None
+    excerpt: str | None
+    retry_after: float | None
+    error: str | None
+    latency_ms: float
+
+
+def classify(status: int | None, retry_on_error: bool) -> Verdict:
+    """2xx ends a message; 410 disables the subscription; network errors, timeouts, 408, 429 and
+    5xx are retried; other answers are retried only while the subscription asks for it."""
+    if status is not None and 200 <= status < 300:
+        return "delivered"
+    if status == 410:
+        return "gone"
+    if status is None or status in (408, 429) or status >= 500:
+        return "retry"
+    return "retry" if retry_on_error else "dead"
+
+
+def retry_delay(
+    failed_attempts: int,
+    schedule: list[float],
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float | None:
+    """Seconds to wait after ``failed_attempts`` (1, 2, ...) failures, or None when the schedule
+    is spent.
+
+    Each delay gets +/-20 % jitter; a ``Retry-After`` is honoured within 1x-2x of the scheduled
+    delay (never sooner than the schedule, never more than twice as late)."""
+    if failed_attempts < 1:
+        raise ValueError(f"failed_attempts must be 1 or more, not {failed_attempts}")
+    if failed_attempts > len(schedule):
+        return None
+    base = schedule[failed_attempts - 1]
+    if retry_after is not None:
+        return min(max(retry_after, base), 2 * base)
+    return base * (rng or random).uniform(0.8, 1.2)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """A ``Retry-After`` header (delay-seconds or HTTP-date) as seconds from ``now``."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # "-0000": UTC, with no zone information
+        moment = moment.replace(tzinfo=UTC)
+    return max(moment.timestamp() - now, 0.0)
+
+
+def webhook_object(subscription: Subscription) -> dict[str, Any]:
+    """The Webhook object inside a delivered body: the OCTO fields, password masked, no secret."""
+    return {
+        "id": subscription.id,
+        "event": subscription.event,
+        "url": mask_password(subscription.url),
+        "retryOnError": subscription.retry_on_error,
+        "useContactLanguage": subscription.use_contact_language,
+        "headers": dict(subscription.headers),
+        "capabilities": list(subscription.capabilities),
+    }
+
+
+def supplier_object(config: GatewayConfig) -> dict[str, Any]:
+    supplier = config.supplier
+    listening = config.server.public_url or f"http://{config.server.host}:{config.server.port}"
+    endpoint = supplier.endpoint or listening.rstrip("/") + "/octo"
+    return {
+        "id": supplier.id,
+        "name": supplier.name,
+        "endpoint": endpoint,
+        "contact": {
+            "website": supplier.website,
+            "email": supplier.email,
+            "telephone": supplier.telephone,
+            "address": supplier.address,
+        },
+    }
+
+
+def body_context(
+    event: str, data: dict[str, Any], subscription: Subscription, supplier: dict[str, Any]
+) -> dict[str, Any]:
+    return {"event": event, "webhook": webhook_object(subscription), "supplier": supplier, **data}
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without its credentials, and the ``Authorization: Basic`` value they make (UTF-8,
+    RFC 7617), or None when the URL carries none."""
+    parsed = URL(url)
+    if parsed.user is None:
+        return url, None
+    user, password = parsed.user, parsed.password or ""
+    if ":" in user:
+        raise ValueError("a user name in the URL may not contain ':'")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return str(parsed.with_user(None)), f"Basic {token}"
+
+
+def make_session(config: DeliveryConfig) -> aiohttp.ClientSession:
+    """The one outbound session: guarded against private addresses at connect time, no proxies
+    from the environment, bounded timeouts."""
+    connector = guarded_connector(
+        allow_private=config.allow_private_targets, limit=config.concurrency, ttl_dns_cache=60
+    )
+    timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+
+
+async def read_excerpt(content: aiohttp.StreamReader, limit: int = RESPONSE_EXCERPT) -> str:
+    """The first ``limit`` bytes of an answer as text (however it is chunked); a character cut in
+    half at the end is dropped, other undecodable bytes are replaced."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    return decoder.decode(bytes(data), final=len(data) < limit)
+
+
+class Sender:
+    """Renders, signs and POSTs one message; knows nothing of queues."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        templates: Templates,
+        hooks: Hooks,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.config = config
+        self.templates = templates
+        self.hooks = hooks
+        self.session = session
+        self.supplier = supplier_object(config)
+
+    def render(self, event: str, data: dict[str, Any], subscription: Subscription) -> bytes:
+        context = body_context(event, data, subscription, self.supplier)
+        context = self.hooks.render_payload(event, context, subscription)
+        return self.templates.render_body(event, subscription.template, context)
+
+    def target(self, event: str, data: dict[str, Any], subscription: Subscription) -> str:
+        context = body_context(event, data, subscription, self.supplier)
+        return self.templates.render_url(subscription.url, context)
+
+    async def post(
+        self, msg_id: str, event: str, url: str, body: bytes, subscription: Subscription
+    ) -> Response:
+        """One attempt, never longer than ``delivery.timeout`` (plus a second of slack); every
+        failure is an answer with an ``error``, never an exception."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.delivery.timeout + 1):
+                return await self._post(msg_id, event, url, body, subscription, started)
+        except TimeoutError:
+            return Response(None, None, None, "timed out", _ms(started))
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
+            return Response(None, None, None, f"{type(exc).__name__}: {exc}", _ms(started))
+        except Exception as exc:
+            # A plugin's delivery_headers, say: it fails the attempt, never the worker.
+            log.exception("delivery %s failed unexpectedly", msg_id)
+            return Response(None, None, None, f"{type(exc).__name__}: {exc}", _ms(started))
+
+    async def _post(
+        self,
+        msg_id: str,
+        event: str,
+        url: str,
+        body: bytes,
+        subscription: Subscription,
+        started: float,
+    ) -> Response:
+        if url != subscription.url:  # a URL template: check what it rendered to
+            await check_url(url, allow_private=self.config.delivery.allow_private_targets)
+        target, authorization = split_credentials(url)
+        headers = {
+            **subscription.headers,
+            **self.hooks.delivery_headers(event, subscription, body),
+        }
+        if authorization is not None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            headers["Authorization"] = authorization
+        headers.update(webhook_headers(msg_id, body, subscription.signing_secrets(utcnow())))
+        headers["Content-Type"] = "application/json"
+        async with self.session.post(
+            target, data=body, headers=headers, allow_redirects=False
+        ) as answer:
+            excerpt = await read_excerpt(answer.content)
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
+            return Response(answer.status, excerpt, retry_after, None, _ms(started))
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+class SubscriptionCache:
+    """Subscriptions as the workers see them, read at most once a second each instead of once
+    per delivery. This process forgets an entry the moment it changes one (API or disable); a
+    change made by another process shows within ``ttl``."""
+
+    def __init__(self, store: Store, ttl: float = 1.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Subscription | None]] = {}
+
+    async def get(self, id: str) -> Subscription | None:
+        now = time.monotonic()
+        entry = self._entries.get(id)
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1]
+        subscription = await self.store.get_subscription(None, id)
+        self._entries[id] = (now, subscription)
+        return subscription
+
+    def forget(self, id: str) -> None:
+        self._entries.pop(id, None)
+
+
+class Deliverer:
+    """Claims due deliveries and sends them, within overall and per-subscription limits; woken at
+    once when new deliveries are stored, polling only for due retries."""
+
+    def __init__(
+        self, store: Store, config: GatewayConfig, sender: Sender, metrics: Metrics
+    ) -> None:
+        self.store = store
+        self.subscriptions = SubscriptionCache(store)
+        self.config = config
+        self.delivery = config.delivery
+        self.sender = sender
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._running: dict[asyncio.Task[None], DeliveryRecord] = {}
+        self.slots = DeliverySlots(
+            self.delivery.concurrency, self.delivery.per_subscriber_concurrency
+        )
+        self._stopping = False
+        self._loop_started = False
+        self._loop_exited = asyncio.Event()
+        # An attempt lasts at most timeout + 1 s (Sender.post); the lease covers that twice over
+        # plus time to render and settle, and a crashed worker's messages are re-sent soon after.
+        self.lease_seconds = self.delivery.timeout * 2 + 5
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def lease(self) -> DeliveryLease | None:
+        """For the processor: let the store lease fresh deliveries straight to this worker."""
+        if self._stopping:
+            return None
+        return DeliveryLease(self.slots, self.lease_seconds, self.delivery.ordering_max_wait)
+
+    def adopt(self, records: list[DeliveryRecord]) -> None:
+        """Send deliveries the store leased to this worker (their slots are taken)."""
+        self._start(records)
+
+    async def run(self) -> None:
+        self._loop_started = True
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                started = time.time()
+                try:
+                    if await self._claim():
+                        continue  # a full batch: more may be due now
+                    await self._sleep(started)
+                except Exception:
+                    log.exception("delivery worker: claiming failed; trying again shortly")
+                    await self._pause(self.delivery.poll_interval)
+        finally:
+            self._loop_exited.set()
+
+    async def _claim(self) -> bool:
+        """Claim what there is room for; True when the batch was full."""
+        room = self.slots.free()
+        if room <= 0:
+            return False
+        claimed = await self.store.claim_deliveries(
+            self.slots,
+            self.lease_seconds,
+            ordering_max_wait=self.delivery.ordering_max_wait,
+            limit=room,
+        )
+        if self._stopping:  # stopped while claiming: hand them back untouched
+            for record in claimed:
+                self.slots.release(record.seq)
+            await self.store.release_deliveries(claimed)
+            return False
+        self._start(claimed)
+        return len(claimed) == room
+
+    def _start(self, leased: list[DeliveryRecord]) -> None:
+        # The store took a slot for each record in the transaction that leased it.
+        for record in leased:
+            task = asyncio.create_task(self.deliver(record))
+            self._running[task] = record
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        record = self._running.pop(task)
+        self._wake.set()
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("delivery task for %s crashed", record.id, exc_info=task.exception())
+
+    async def _sleep(self, claimed_at: float) -> None:
+        """Wait for a wake-up, the next retry falling due, or the poll interval. Messages that
+        were due when the last claim ran but were not taken wait for something else (an earlier
+        message of their booking, or room at their subscription), which wakes the loop itself."""
+        timeout = self.delivery.poll_interval
+        due = await self.store.next_delivery_due()
+        if due is not None and due > claimed_at:
+            timeout = min(timeout, max(due - time.time(), 0.005))
+        await self._pause(timeout)
+
+    async def _pause(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let in-flight requests finish within ``grace``, release the rest."""
+        self._stopping = True
+        self.slots.close()
+        self._wake.set()
+        if self._loop_started:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._loop_exited.wait(), max(grace, 1.0))
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running), timeout=grace)
+        unfinished = [self._running[t] for t in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if unfinished:
+            await self.store.release_deliveries(unfinished)
+
+    async def deliver(self, record: DeliveryRecord) -> None:
+        try:
+            await self._deliver(record)
+        finally:
+            self._free_slot(record)
+
+    def _free_slot(self, record: DeliveryRecord) -> None:
+        """The request is over: its concurrency slot is free even while the outcome is still
+        being recorded (the row stays leased until then, so it can't be claimed twice)."""
+        if self.slots.release(record.seq):
+            self._wake.set()
+
+    async def _deliver(self, record: DeliveryRecord) -> None:
+        subscription = await self.subscriptions.get(record.subscription_id)
+        if subscription is None or not subscription.active:
+            await self.store.skip_delivery(record, "subscription disabled or deleted")
+            self.metrics.deliveries.labels("skipped").inc()
+            return
+        attempt_number = record.attempts + 1
+        try:
+            body = record.body or self.sender.render(record.event, record.data, subscription)
+            url = self.sender.target(record.event, record.data, subscription)
+        except Exception as exc:
+            # A broken template or a plugin's render_payload: a failed attempt like any other,
+            # retried on the schedule, so the message ends dead instead of stuck in a lease.
+            if not isinstance(exc, TemplateProblem):
+                log.exception("rendering delivery %s failed", record.id)
+            response = Response(None, None, None, f"cannot render: {exc}", 0.0)
+            await self._settle(
+                record, subscription, attempt_number, response, None, subscription.url
+            )
+            return
+        response = await self.sender.post(record.id, record.event, url, body, subscription)
+        self._free_slot(record)
+        await self._settle(record, subscription, attempt_number, response, body, url)
+
+    async def _settle(
+        self,
+        record: DeliveryRecord,
+        subscription: Subscription,
+        attempt_number: int,
+        response: Response,
+        body: bytes | None,
+        url: str,
+    ) -> None:
+        verdict = classify(response.status, subscription.retry_on_error)
+        state: DeliveryState
+        next_at: float | None = None
+        disable_reason: str | None = None
+        if verdict == "delivered":
+            state, outcome = "delivered", "delivered"
+        elif verdict == "gone":
+            state, outcome = "dead", "disabled"
+            disable_reason = "subscriber answered 410 Gone"
+        else:
+            delay = (
+                retry_delay(
+                    attempt_number - record.replayed_after,
+                    self.delivery.retry_schedule,
+                    response.retry_after,
+                )
+                if verdict == "retry"
+                else None
+            )
+            if delay is None:
+                state, outcome = "dead", "dead"
+            else:
+                state, outcome, next_at = "pending", "retry", time.time() + delay
+        attempt = AttemptRecord(
+            delivery_id=record.id,
+            subscription_id=record.subscription_id,
+            attempt=attempt_number,
+            attempted_at=time.time(),
+            outcome=outcome,
+            status=response.status,
+            latency_ms=response.latency_ms,
+            error=response.error,
+            response=response.excerpt,
+        )
+        settled = await self.store.settle_delivery(
+            record,
+            attempt,
+            state=state,
+            next_attempt_at=next_at,
+            body=body,
+            disable_reason=disable_reason,
+            disable_after=self.delivery.disable_after_hours * 3600,
+        )
+        if not settled:
+            log.warning("lost the lease on delivery %s before settling it", record.id)
+            return
+        if state == "dead":
+            # A dead message may have disabled the subscription (410, or failing too long).
+            self.subscriptions.forget(record.subscription_id)
+        self.metrics.deliveries.labels(outcome).inc()
+        self.metrics.attempt_latency.observe(response.latency_ms / 1000)
+        if outcome != "delivered":
+            log.info(
+                "delivery %s to %s: attempt %d %s (%s)",
+                record.id,
+                mask_password(url),
+                attempt_number,
+                outcome,
+                response.status or response.error,
+            )
+        self.sender.hooks.delivery_attempted(
+            Attempt(
+                delivery_id=record.id,
+                subscription_id=record.subscription_id,
+                event=record.event,
+                attempt=attempt_number,
+                outcome=outcome,
+                status=response.status,
+                latency_ms=response.latency_ms,
+                error=response.error,
+                url=mask_password(url),
+            )
+        )

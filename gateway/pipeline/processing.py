@@ -1,0 +1,299 @@
+"""Background processing of stored pushes: source plugin -> OCTO events -> store + fan-out.
+
+Pushes are leased from the store, so a crash mid-processing (or kill -9) only means the lease runs out
+and the push is processed again; nothing acknowledged is lost. A PMS API outage defers the push with
+backoff; a push that can't be turned into events is marked ``failed`` with its error, replayable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Protocol
+
+import aiohttp
+
+from gateway.config import IngestConfig, ServerConfig, SourceConfig
+from gateway.delivery.slots import DeliveryLease
+from gateway.models import DeliveryRecord, NewEvent, PushRecord
+from gateway.octo import Availability, AvailabilityEvent, BookingEvent
+from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
+from gateway.store.interface import Store
+from gateway.web.ingest import REJECTED_KIND, incoming_from_raw
+
+log = logging.getLogger(__name__)
+
+
+def push_retry_delay(attempts: int, config: IngestConfig) -> float:
+    """Exponential backoff with full jitter on the upper half, capped."""
+    delay: float = min(config.retry_base * 2.0 ** max(attempts - 1, 0), config.retry_max)
+    return delay * random.uniform(0.5, 1.0)
+
+
+def availability_subject(source: str, product_id: str, option_id: str, day: str) -> str:
+    return f"{source}:{product_id}|{option_id}|{day}"
+
+
+def booking_event(source: str, event: BookingEvent) -> NewEvent:
+    booking = event.booking
+    subject = event.booking_key  # already names the source
+    return NewEvent(
+        event="booking_update",
+        subject=subject,
+        product_id=booking.product_id,
+        option_id=booking.option_id,
+        data={"booking": booking.model_dump(mode="json", by_alias=True)},
+        state_key=subject,
+        revision=event.revision,
+        version=event.version,
+    )
+
+
+def availability_event(source: str, event: AvailabilityEvent, only_if_changed: bool) -> NewEvent:
+    subject = availability_subject(source, *event.key)
+    return NewEvent(
+        event="availability_update",
+        subject=subject,
+        product_id=event.product_id,
+        option_id=event.option_id,
+        data={"availability": event.availability.model_dump(mode="json", by_alias=True)},
+        state_key=subject,
+        only_if_changed=only_if_changed,
+    )
+
+
+def new_events(source: str, outcome: Outcome) -> list[NewEvent]:
+    events = [booking_event(source, b) for b in outcome.bookings]
+    events += [
+        availability_event(source, a, outcome.only_changed_availability)
+        for a in outcome.availability
+    ]
+    return events
+
+
+@dataclass
+class Context:
+    """What a source plugin may use while it processes one push."""
+
+    source: str
+    settings: SourceConfig
+    http: aiohttp.ClientSession
+    store: Store
+
+    async def known_availability(
+        self, keys: list[tuple[str, str, str]]
+    ) -> Mapping[tuple[str, str, str], Availability]:
+        subjects = {availability_subject(self.source, *key): key for key in keys}
+        found = await self.store.known_availability(list(subjects))
+        return {subjects[s]: Availability.model_validate(v) for s, v in found.items()}
+
+    def today(self) -> date:
+        return self.now().date()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+SANDBOX = "sandbox"
+
+
+def effective_settings(name: str, settings: SourceConfig, server: ServerConfig) -> SourceConfig:
+    """``api_url = "sandbox"`` means this gateway's own sandbox PMS API, wherever it listens."""
+    if settings.api_url != SANDBOX:
+        return settings
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    host = f"[{host}]" if ":" in host else host
+    return settings.model_copy(update={"api_url": f"http://{host}:{server.port}/sandbox/{name}"})
+
+
+class Outbox(Protocol):
+    """Where processed pushes hand their deliveries: the delivery worker."""
+
+    def lease(self) -> DeliveryLease | None: ...
+
+    def adopt(self, records: list[DeliveryRecord]) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class Processor:
+    """Leases due pushes and processes a few at a time; woken at once when a push is stored."""
+
+    def __init__(
+        self,
+        store: Store,
+        sources: Mapping[str, Source],
+        settings: Mapping[str, SourceConfig],
+        http: aiohttp.ClientSession,
+        config: IngestConfig,
+        server: ServerConfig,
+        outbox: Outbox,
+    ) -> None:
+        self.store = store
+        self.sources = sources
+        self.settings = settings
+        self.http = http
+        self.config = config
+        self.server = server
+        self.outbox = outbox
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._reserved = 0  # slots promised to ingest requests storing a push leased to us
+        self._stopping = False
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.config.lease_seconds
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def reserve(self) -> bool:
+        """Promise ingest a processing slot for the push it is about to store leased, so the push
+        starts the moment it is stored, without a claim round trip to the writer."""
+        if self._stopping or self._room() <= 0:
+            return False
+        self._reserved += 1
+        return True
+
+    def adopt(self, push: PushRecord) -> None:
+        """Process a push stored leased under a reservation."""
+        self._reserved -= 1
+        self._start(push)
+
+    def release(self) -> None:
+        """Give back a reservation that was not used (the push was a repeat, or waits its turn)."""
+        self._reserved -= 1
+        self._wake.set()
+
+    def _room(self) -> int:
+        return self.config.concurrency - len(self._running) - self._reserved
+
+    def _start(self, push: PushRecord) -> None:
+        task = asyncio.create_task(self.process(push))
+        self._running.add(task)
+        task.add_done_callback(self._done)
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                room = self._room()
+                if room > 0:
+                    for push in await self.store.claim_pushes(room, self.config.lease_seconds):
+                        self._start(push)
+                await self._sleep()
+            except Exception:
+                # A storage hiccup (locked, disk full) must not end processing for good.
+                log.exception("push processor: claiming pushes failed; trying again shortly")
+                await asyncio.sleep(self.config.poll_interval)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        timeout = self.config.poll_interval
+        if self._room() > 0:
+            due = await self.store.next_push_due()
+            if due is not None:
+                timeout = min(timeout, max(due - datetime.now(UTC).timestamp(), 0.0))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give pushes in progress ``grace`` seconds, then cancel them (each hands
+        its push back, so the next start processes it at once)."""
+        self._stopping = True
+        self._wake.set()
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def process(self, push: PushRecord) -> None:
+        try:
+            await self._process(push)
+        except Exception:
+            # Storage failed while settling: the lease runs out and the push is processed again.
+            log.exception(
+                "processing push %s failed; it is retried when its lease expires", push.id
+            )
+
+    async def _process(self, push: PushRecord) -> None:
+        assert push.lease_token is not None
+        source = self.sources.get(push.source)
+        settings = self.settings.get(push.source)
+        if source is None or settings is None:
+            await self.store.fail_push(
+                push.id, push.lease_token, f"no source {push.source!r} loaded"
+            )
+            return
+        settings = effective_settings(push.source, settings, self.server)
+        context = Context(push.source, settings, self.http, self.store)
+        try:
+            stored = self._stored(push, source)
+            outcome = await source.process(stored, context)
+        except asyncio.CancelledError:
+            # The gateway is stopping: hand the push back now, so the next start takes it at once
+            # instead of waiting for the lease to run out.
+            await asyncio.shield(
+                self.store.defer_push(
+                    push.id, push.lease_token, "interrupted: the gateway stopped", 0
+                )
+            )
+            raise
+        except (RetryLater, aiohttp.ClientError, TimeoutError) as exc:
+            await self._defer(push, f"{type(exc).__name__}: {exc}")
+            return
+        except PushRejected as exc:
+            await self.store.fail_push(push.id, push.lease_token, str(exc))
+            log.warning("push %s failed: %s", push.id, exc)
+            return
+        except Exception as exc:
+            # A plugin bug: keep the push, visibly failed, to replay once the plugin is fixed.
+            log.exception("source %s failed on push %s", push.source, push.id)
+            await self.store.fail_push(push.id, push.lease_token, f"{type(exc).__name__}: {exc}")
+            return
+        lease = self.outbox.lease()
+        created = await self.store.complete_push(
+            push.id, push.lease_token, new_events(push.source, outcome), outcome.note, lease
+        )
+        if created is None:
+            log.warning("lost the lease on push %s; another worker has it", push.id)
+            return
+        leased = lease.records if lease is not None else []
+        if leased:
+            self.outbox.adopt(leased)
+        if created > len(leased):
+            self.outbox.wake()  # the rest wait their turn in the queue
+        try:
+            await source.acknowledge(outcome, context)
+        except Exception as exc:
+            # The events are stored; the PMS will resend an unacknowledged push, which is recognised.
+            log.warning("source %s could not acknowledge push %s: %s", push.source, push.id, exc)
+
+    def _stored(self, push: PushRecord, source: Source) -> StoredPush:
+        if push.kind == REJECTED_KIND:
+            # A push rejected at ingest and replayed: parse it again (the plugin may be fixed).
+            accepted = source.accept(incoming_from_raw(push.source, push.payload))
+            return StoredPush(push.id, push.source, accepted.kind, accepted.payload, push.attempts)
+        return StoredPush(push.id, push.source, push.kind, push.payload, push.attempts)
+
+    async def _defer(self, push: PushRecord, error: str) -> None:
+        assert push.lease_token is not None
+        if push.attempts >= self.config.max_attempts:
+            await self.store.fail_push(
+                push.id, push.lease_token, f"gave up after {push.attempts} attempts: {error}"
+            )
+            log.error("push %s failed after %d attempts: %s", push.id, push.attempts, error)
+            return
+        delay = push_retry_delay(push.attempts, self.config)
+        await self.store.defer_push(push.id, push.lease_token, error, delay)
+        log.warning("push %s: %s; retrying in %.1f s", push.id, error, delay)

@@ -1,0 +1,102 @@
+"""Everything a plugin imports, from one module: ``from gateway.plugin_api import hookimpl, ...``.
+
+Names here are the supported plugin API; anything else in ``gateway`` may change between versions.
+The built-in Channex and Beds24 sources (``plugins/channex``, ``plugins/beds24``) use only this module.
+See docs/plugin_hooks.md for the hooks and a tutorial that adds a PMS source.
+"""
+
+from __future__ import annotations
+
+from gateway.config import SourceConfig
+from gateway.hookspecs import hookimpl
+from gateway.octo import (
+    Availability,
+    AvailabilityEvent,
+    Booking,
+    BookingEvent,
+    Contact,
+    Refund,
+    UnitItem,
+    booking_key,
+    booking_uuid,
+)
+from gateway.sandbox import require_sandbox
+from gateway.sources import (
+    AcceptedPush,
+    IncomingPush,
+    Outcome,
+    PushRejected,
+    RetryLater,
+    SamplePush,
+    Source,
+    SourceContext,
+    StoredPush,
+)
+from gateway.sources.pms import limit_guests, parse_json, request_json, without_card_data
+from gateway.sources.settings import IGNORE, TranslationSettings
+from gateway.sources.translation import (
+    STILL_CANCELLABLE,
+    DayKey,
+    TranslationError,
+    availability_slot,
+    booking_status,
+    cancellation,
+    confirmed_at,
+    country_code,
+    day_event,
+    days,
+    full_name,
+    parse_day,
+    text,
+    unit_items,
+    utc_timestamp,
+    whole_number,
+)
+from gateway.web.errors import OctoError
+
+__all__ = [
+    "IGNORE",
+    "STILL_CANCELLABLE",
+    "AcceptedPush",
+    "Availability",
+    "AvailabilityEvent",
+    "Booking",
+    "BookingEvent",
+    "Contact",
+    "DayKey",
+    "IncomingPush",
+    "OctoError",
+    "Outcome",
+    "PushRejected",
+    "Refund",
+    "RetryLater",
+    "SamplePush",
+    "Source",
+    "SourceConfig",
+    "SourceContext",
+    "StoredPush",
+    "TranslationError",
+    "TranslationSettings",
+    "UnitItem",
+    "availability_slot",
+    "booking_key",
+    "booking_status",
+    "booking_uuid",
+    "cancellation",
+    "confirmed_at",
+    "country_code",
+    "day_event",
+    "days",
+    "full_name",
+    "hookimpl",
+    "limit_guests",
+    "parse_day",
+    "parse_json",
+    "request_json",
+    "require_sandbox",
+    "text",
+    "unit_items",
+    "utc_timestamp",
+    "whole_number",
+    "without_card_data",
+]

@@ -1,0 +1,131 @@
+"""What an ingest source is: the interface source plugins implement, and what they are handed.
+
+A push goes through two steps:
+
+1. ``accept(push)`` runs inside the HTTP request, before the 200: it checks the push can be parsed,
+   strips what must never be stored (card data), and says what to store. Raise ``PushRejected`` for a
+   body that can't be parsed (400, kept as ``failed``).
+2. ``process(stored, context)`` runs after the 200, in background work that survives restarts: it may
+   read the PMS API (``context.http``) and returns the OCTO events. Raise ``RetryLater`` when the PMS
+   API is down; the push is retried with backoff and never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Protocol
+
+import aiohttp
+
+from gateway.config import SourceConfig
+from gateway.octo import Availability, AvailabilityEvent, BookingEvent
+
+
+class PushRejected(Exception):
+    """The push can't be parsed; the message names the problem and is sent back with a 400.
+
+    ``keep_body=False`` keeps the rejected push without its body (a body that may carry card data).
+    """
+
+    def __init__(self, message: str, *, keep_body: bool = True) -> None:
+        super().__init__(message)
+        self.keep_body = keep_body
+
+
+class RetryLater(Exception):
+    """A temporary failure (PMS API down, 5xx, timeout): process the push again later."""
+
+
+@dataclass(frozen=True)
+class IncomingPush:
+    """A push as it arrived; the ingest token is already removed from ``query`` and ``headers``."""
+
+    source: str
+    method: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class AcceptedPush:
+    """What to store for a push: a short kind and a JSON-able, redacted payload."""
+
+    kind: str
+    payload: Any
+    # Two pushes with the same dedupe key are one push (a sender's retry). None: the stored payload.
+    dedupe_key: str | None = None
+    # Pushes with the same order key (one booking) are processed one at a time, in arrival order.
+    order_key: str | None = None
+    # For pushes that only say "go and read": a push with the same coalesce key that is still
+    # waiting to be processed stands for this one too (its read will see the same data).
+    coalesce_key: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredPush:
+    id: str
+    source: str
+    kind: str
+    payload: Any
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SamplePush:
+    """A documented vendor push a source offers to ``gateway push-sample``: a JSON body to POST, or
+    (``body=None``) a GET carrying only ``query``."""
+
+    body: Any = None
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What processing a push produced."""
+
+    bookings: list[BookingEvent] = field(default_factory=list)
+    availability: list[AvailabilityEvent] = field(default_factory=list)
+    # True: drop availability events equal to the last known state (a full resync, not a change feed).
+    only_changed_availability: bool = False
+    note: str | None = None
+    # Opaque ids handed back to ``acknowledge`` once the events are stored (Channex revision ids).
+    acknowledge: list[str] = field(default_factory=list)
+
+
+class SourceContext(Protocol):
+    """What a source may use while processing."""
+
+    @property
+    def settings(self) -> SourceConfig: ...
+
+    @property
+    def http(self) -> aiohttp.ClientSession: ...
+
+    async def known_availability(
+        self, keys: list[tuple[str, str, str]]
+    ) -> Mapping[tuple[str, str, str], Availability]:
+        """The last availability sent for (productId, optionId, day), where known."""
+        ...
+
+    def today(self) -> date: ...
+
+    def now(self) -> datetime: ...
+
+
+class Source(Protocol):
+    name: str
+
+    def check_settings(self, settings: SourceConfig) -> None:
+        """Raise ValueError naming the key when ``[sources.<name>]`` is unusable (start-up, check)."""
+        ...
+
+    def accept(self, push: IncomingPush) -> AcceptedPush: ...
+
+    async def process(self, push: StoredPush, context: SourceContext) -> Outcome: ...
+
+    async def acknowledge(self, outcome: Outcome, context: SourceContext) -> None:
+        """Called once the push's events are durably stored (Channex acks revisions here)."""
+        ...

@@ -1,0 +1,206 @@
+"""Building blocks shared by the source translators: times, day slots, availability status."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+from gateway.octo import (
+    BOOKING_NAMESPACE,
+    Availability,
+    AvailabilityEvent,
+    AvailabilityStatus,
+    BookingCancellation,
+    BookingStatus,
+    Contact,
+    Refund,
+    UnitItem,
+)
+from gateway.sources.settings import BOOKING_STATUSES, IGNORE, TranslationSettings
+
+DayKey = tuple[str, str, str]
+# Statuses a booking only reaches after it was confirmed, so it keeps utcConfirmedAt.
+WAS_CONFIRMED: frozenset[str] = frozenset({"CONFIRMED", "CANCELLED", "REDEEMED"})
+STILL_CANCELLABLE: frozenset[str] = frozenset({"CONFIRMED", "PENDING", "ON_HOLD"})
+
+
+class TranslationError(ValueError):
+    """The PMS data can't be turned into OCTO; the message says which field is wrong."""
+
+
+def utc_timestamp(value: str, field: str) -> str:
+    """A PMS timestamp as OCTO UTC (``2024-05-01T10:00:00Z``); one without an offset is UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise TranslationError(f"{field}: not a timestamp: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def whole_number(value: Any, field: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise TranslationError(f"{field}: not a whole number: {value!r}") from None
+
+
+def parse_day(value: Any, field: str) -> date:
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise TranslationError(f"{field}: not a date: {value!r}") from None
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=zone)
+
+
+def availability_slot(
+    start: date,
+    end: date,
+    zone: ZoneInfo,
+    *,
+    vacancies: int | None,
+    capacity: int | None,
+    closed: bool,
+) -> Availability:
+    """An all-day availability from ``start`` 00:00 to ``end`` 00:00 local time.
+
+    ``vacancies`` None (a booking's stay, where the count is unknown) is shown as available.
+    """
+    local_start = local_midnight(start, zone)
+    begins = local_start.isoformat()
+    return Availability(
+        id=begins,
+        local_date_time_start=begins,
+        local_date_time_end=local_midnight(end, zone).isoformat(),
+        utc_cutoff_at=local_start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        all_day=True,
+        available=vacancies != 0 and not closed,
+        status=availability_status(vacancies, capacity, closed=closed),
+        vacancies=vacancies,
+        capacity=capacity,
+    )
+
+
+def availability_status(
+    vacancies: int | None, capacity: int | None, *, closed: bool
+) -> AvailabilityStatus:
+    if closed:
+        return "CLOSED"
+    if vacancies == 0:
+        return "SOLD_OUT"
+    if vacancies is not None and capacity and vacancies * 2 < capacity:
+        return "LIMITED"
+    return "AVAILABLE"
+
+
+def day_event(
+    product_id: str,
+    option_id: str,
+    day: date,
+    settings: TranslationSettings,
+    *,
+    vacancies: int,
+    capacity: int | None,
+    closed: bool,
+) -> AvailabilityEvent:
+    slot = availability_slot(
+        day,
+        day + timedelta(days=1),
+        settings.zone,
+        vacancies=vacancies,
+        capacity=capacity,
+        closed=closed,
+    )
+    return AvailabilityEvent(product_id=product_id, option_id=option_id, availability=slot)
+
+
+def days(first: date, last: date) -> list[date]:
+    """Every day from ``first`` to ``last``, both included."""
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def booking_status(
+    pms_status: str, defaults: Mapping[str, str], settings: TranslationSettings
+) -> BookingStatus | None:
+    """The OCTO status for a PMS status; None when the booking must not be sent (IGNORE)."""
+    status = settings.status(pms_status, defaults)
+    if status is None:
+        raise TranslationError(f"status: unknown PMS status {pms_status!r}; map it in status_map")
+    if status == IGNORE:
+        return None
+    if status not in BOOKING_STATUSES:
+        raise TranslationError(f"status: {status!r} is not an OCTO booking status")
+    return cast(BookingStatus, status)
+
+
+def cancellation(
+    status: BookingStatus, refund: Refund, cancelled_at: str
+) -> BookingCancellation | None:
+    if status != "CANCELLED":
+        return None
+    return BookingCancellation(refund=refund, reason=None, utc_cancelled_at=cancelled_at)
+
+
+def confirmed_at(status: BookingStatus, created_at: str) -> str | None:
+    """PMS bookings are confirmed when made; one still pending or on hold has no such time."""
+    return created_at if status in WAS_CONFIRMED else None
+
+
+def unit_items(
+    counts: Mapping[str, int],
+    settings: TranslationSettings,
+    *,
+    key: str,
+    status: BookingStatus,
+    contacts: list[Contact],
+) -> list[UnitItem]:
+    """One unit item per guest, adults first; ``contacts[i]`` (when given) is guest i's."""
+    kinds = [kind for kind, count in counts.items() for _ in range(max(count, 0))]
+    return [
+        UnitItem(
+            uuid=str(uuid.uuid5(BOOKING_NAMESPACE, f"{key}:unit:{index}")),
+            unit_id=settings.unit_id(kind),
+            status=status,
+            contact=contacts[index] if index < len(contacts) else Contact(),
+        )
+        for index, kind in enumerate(kinds)
+    ]
+
+
+def text(value: Any) -> str | None:
+    """A PMS text field: None for missing or blank."""
+    if value is None:
+        return None
+    stripped = str(value).strip()
+    return stripped or None
+
+
+def full_name(first: str | None, last: str | None) -> str | None:
+    return " ".join(part for part in (first, last) if part) or None
+
+
+def country_code(value: Any) -> str | None:
+    code = text(value)
+    return code.upper() if code else None
+
+
+def changed_availability(
+    new: list[AvailabilityEvent],
+    previous: Mapping[DayKey, Mapping[str, Any] | Availability],
+) -> list[AvailabilityEvent]:
+    """The events whose availability differs from the last one sent for the same slot."""
+    changed = []
+    for event in new:
+        known = previous.get(event.key)
+        if isinstance(known, Availability):
+            known = known.model_dump(mode="json", by_alias=True)
+        if known != event.availability.model_dump(mode="json", by_alias=True):
+            changed.append(event)
+    return changed

@@ -1,0 +1,145 @@
+"""The storage interface: what handlers and workers may ask of a store.
+
+``gateway.store.SQLiteStore`` implements it on the embedded SQLite file; a PostgreSQL store for
+several processes can implement the same Protocol without touching handlers or workers. Every state
+change of a leased row (push or delivery) is fenced by its lease token.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from gateway.delivery.slots import DeliveryLease, DeliverySlots
+from gateway.models import (
+    AttemptRecord,
+    DeliveryRecord,
+    DeliveryState,
+    NewEvent,
+    PushRecord,
+    PushState,
+    Subscription,
+)
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    # -- subscriptions (tenant-scoped; tenant=None only for workers and operators) -------------
+
+    async def insert_subscription(self, subscription: Subscription) -> None: ...
+
+    async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None: ...
+
+    async def list_subscriptions(self, tenant: str) -> list[Subscription]: ...
+
+    async def update_subscription(
+        self, subscription: Subscription, *, expected_updated_at: datetime | None = None
+    ) -> bool:
+        """False when the row changed since ``expected_updated_at`` (optimistic concurrency)."""
+
+    async def delete_subscription(self, tenant: str, id: str) -> Subscription | None: ...
+
+    # -- pushes --------------------------------------------------------------------------------
+
+    async def insert_push(
+        self,
+        *,
+        source: str,
+        kind: str,
+        payload: Any,
+        dedupe_key: str | None,
+        order_key: str | None,
+        coalesce_key: str | None = None,
+        state: PushState = "accepted",
+        error: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> tuple[PushRecord, bool]:
+        """Store durably; returns (push, False) for a push already known. With ``lease_seconds``
+        a new push that nothing is ahead of comes back leased to the caller."""
+
+    async def get_push(self, id: str) -> PushRecord | None: ...
+
+    async def list_pushes(
+        self, state: PushState | None = None, limit: int = 100
+    ) -> list[PushRecord]: ...
+
+    async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushRecord]: ...
+
+    async def next_push_due(self) -> float | None: ...
+
+    async def defer_push(self, id: str, lease_token: str, error: str, delay: float) -> bool: ...
+
+    async def fail_push(self, id: str, lease_token: str | None, error: str) -> bool: ...
+
+    async def replay_push(self, id: str) -> PushRecord | None: ...
+
+    async def replay_failed_pushes(self, ids: list[str] | None = None) -> list[str]: ...
+
+    async def known_availability(self, keys: list[str]) -> dict[str, dict[str, Any]]: ...
+
+    async def complete_push(
+        self,
+        id: str,
+        lease_token: str,
+        events: list[NewEvent],
+        note: str | None = None,
+        lease: DeliveryLease | None = None,
+    ) -> int | None:
+        """Events + history + fan-out + push processed, atomically; None if the lease was lost.
+        With ``lease``, deliveries are stored leased to the caller's worker as far as its slots
+        allow (taking them in the transaction) and listed in ``lease.records``."""
+
+    # -- deliveries ----------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self,
+        slots: DeliverySlots,
+        lease_seconds: float,
+        *,
+        ordering_max_wait: float,
+        limit: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Lease due deliveries, taking a slot for each in the same transaction."""
+
+    async def next_delivery_due(self) -> float | None: ...
+
+    async def settle_delivery(
+        self,
+        delivery: DeliveryRecord,
+        attempt: AttemptRecord,
+        *,
+        state: DeliveryState,
+        next_attempt_at: float | None = None,
+        body: bytes | None = None,
+        disable_reason: str | None = None,
+        disable_after: float | None = None,
+    ) -> bool: ...
+
+    async def skip_delivery(self, delivery: DeliveryRecord, reason: str) -> None: ...
+
+    async def release_deliveries(self, deliveries: list[DeliveryRecord]) -> None: ...
+
+    async def list_attempts(
+        self,
+        subscription_id: str,
+        *,
+        state: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> list[tuple[int, AttemptRecord, str]]: ...
+
+    async def list_deliveries(
+        self, subscription_id: str, *, state: str | None = None, limit: int = 50
+    ) -> list[DeliveryRecord]: ...
+
+    async def replay_deliveries(self, subscription_id: str, since: float) -> int: ...
+
+    async def replay_progress(self, subscription_id: str, since: float) -> tuple[int, int]: ...
+
+    async def prune_delivered(self, older_than: float) -> int: ...
+
+    async def queue_stats(self) -> dict[str, float]: ...

@@ -1,0 +1,257 @@
+"""The SQLite store's plumbing: connections, migrations, and group commit on one writer thread.
+
+Every write runs on a single writer thread (so the event loop never blocks on a write and SQLite
+never sees two writers from this process), batched into one transaction with whatever other
+writes are waiting (group commit); reads run on a small pool of reader threads, each with its
+own connection, which WAL lets proceed while the writer writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from sqlite_utils import Database
+
+from gateway.store.sqlite.migrations import migrations
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CHECKPOINT_EVERY = 1.0  # seconds
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def connect(path: Path | str) -> Database:
+    """A connection configured the way every gateway connection must be."""
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+    db = Database(conn, execute_plugins=False)
+    db.execute("PRAGMA busy_timeout = 30000")
+    db.execute("PRAGMA foreign_keys = ON")
+    # NORMAL is durable in WAL mode against process crashes (kill -9); only an OS crash or power
+    # loss can lose the last transactions.
+    db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
+class SQLiteBase:
+    """One SQLite file in WAL mode: connections, migrations, and the group-committing writer."""
+
+    def __init__(self, path: Path | str, *, readers: int = 2) -> None:
+        self.path = Path(path)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-reader")
+        self._write_db: Database | None = None
+        self._local = threading.local()
+        self._reader_dbs: list[Database] = []
+        self._reader_lock = threading.Lock()
+        # Group commit: writes queue here and the writer thread runs all that are waiting in one
+        # transaction, answering each caller once it is committed.
+        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._queue_lock = threading.Lock()
+        self._flushing = False
+        self._in_batch = False
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._open_writer)
+
+    def _open_writer(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = connect(self.path)
+        db.enable_wal()
+        migrations.apply(db)
+        # Checkpoints (the only fsyncs in WAL mode) move to a thread of their own, so a commit
+        # never waits for one; the WAL still stays small, checkpointed every CHECKPOINT_EVERY s.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._write_db = db
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_forever, name="store-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_forever(self) -> None:
+        try:
+            db = connect(self.path)
+        except sqlite3.Error:
+            log.exception("cannot open %s to checkpoint it; the writer will on close", self.path)
+            return
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
+                # PASSIVE never blocks the writer: it copies what it can and returns; when busy
+                # or locked, the next round catches up.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            await loop.run_in_executor(None, self._checkpointer.join)
+        await loop.run_in_executor(self._writer, self._close_writer)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for db in self._reader_dbs:
+                db.close()
+            self._reader_dbs.clear()
+
+    def _close_writer(self) -> None:
+        if self._write_db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._write_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._write_db.close()
+            self._write_db = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the writer thread inside the next group commit; returns once committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._queue_lock:
+            self._queue.append((fn, future))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            loop.run_in_executor(self._writer, self._flush, loop)
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._flushing = False
+                    return
+            outcomes = self._run_batch(batch)
+            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+                loop.call_soon_threadsafe(_settle_future, future, result, error)
+
+    def _run_batch(
+        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """All writes in one transaction. Should one fail, none took effect: each is then run
+        again in a transaction of its own, so only the failing one fails (the rare path)."""
+        try:
+            return [(result, None) for result in self._transaction([fn for fn, _ in batch])]
+        except BaseException as exc:
+            if len(batch) == 1:
+                return [(None, exc)]
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for fn, _ in batch:
+            try:
+                outcomes.append((self._transaction([fn])[0], None))
+            except BaseException as exc:
+                outcomes.append((None, exc))
+        return outcomes
+
+    def _transaction(self, writes: list[Callable[[], Any]]) -> list[Any]:
+        conn = self._wdb.conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._in_batch = True
+        try:
+            results = [fn() for fn in writes]
+            conn.execute("COMMIT")
+            return results
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._in_batch = False
+
+    async def _read(self, fn: Callable[[Database], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader_db()))
+
+    @property
+    def _wdb(self) -> Database:
+        if self._write_db is None:
+            raise RuntimeError("store is not open")
+        return self._write_db
+
+    def _reader_db(self) -> Database:
+        db: Database | None = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path)
+            self._local.db = db
+            with self._reader_lock:
+                self._reader_dbs.append(db)
+        return db
+
+    @contextmanager
+    def _immediate(self) -> Iterator[Database]:
+        """A write transaction that takes the write lock at once (BEGIN IMMEDIATE); inside a
+        group commit it is the batch's transaction (the batch gives each write a savepoint)."""
+        db = self._wdb
+        if self._in_batch:
+            yield db
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.rollback()
+            raise
+        else:
+            db.execute("COMMIT")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
+def _insert(db: Database, table: str, row: dict[str, Any]) -> int:
+    """A plain INSERT: sqlite3 caches the statement, where Table.insert re-inspects the table.
+    Returns the new rowid."""
+    columns = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    cursor = db.execute(f"insert into {table} ({columns}) values ({marks})", list(row.values()))
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

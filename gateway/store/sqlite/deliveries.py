@@ -1,0 +1,408 @@
+"""Deliveries in SQLite: claims, settlements, the attempt log, replay and pruning."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from sqlite_utils import Database
+
+from gateway.delivery.slots import DeliverySlots
+from gateway.models import (
+    AttemptRecord,
+    DeliveryRecord,
+    DeliveryState,
+)
+from gateway.store.sqlite.base import (
+    SQLiteBase,
+    _insert,
+    _ts,
+    new_id,
+    utcnow,
+)
+
+
+class DeliveryStore(SQLiteBase):
+    async def claim_deliveries(
+        self,
+        slots: DeliverySlots,
+        lease_seconds: float,
+        *,
+        ordering_max_wait: float,
+        limit: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Lease due deliveries, at most ``limit`` and as many as ``slots`` has free, taking a
+        slot for each. A delivery waits while an earlier one of the same subject (booking) for the
+        same subscription is unfinished, unless that one is older than ``ordering_max_wait``. No
+        subscription gets more than its free slots, and one at its limit is passed over however
+        deep its backlog, so a slow subscriber can't hold up the others."""
+        token = new_id("lease")
+        taken: list[int] = []
+        abandoned = False
+
+        def claim() -> list[DeliveryRecord]:
+            _give_back(slots, taken)  # a retried write: the rolled-back attempt took these
+            if abandoned:
+                return []
+            room = slots.free() if limit is None else min(limit, slots.free())
+            now = time.time()
+            with self._immediate() as db:
+                rows = _claim_due(
+                    db, slots, token, now, now + lease_seconds, ordering_max_wait, room
+                )
+                for row in rows:
+                    slots.take(row["seq"], row["subscription_id"])
+                    taken.append(row["seq"])
+                data = _event_data(db, [row["event_seq"] for row in rows])
+            return [_delivery(row, data.get(row["event_seq"], {})) for row in rows]
+
+        try:
+            return await self._write(claim)
+        except BaseException:
+            # Rolled back, or the caller gave up waiting: nobody will send these.
+            abandoned = True
+            _give_back(slots, taken)
+            raise
+
+    async def next_delivery_due(self) -> float | None:
+        def due(db: Database) -> float | None:
+            row = db.execute(NEXT_DUE).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._read(due)
+
+    async def settle_delivery(
+        self,
+        delivery: DeliveryRecord,
+        attempt: AttemptRecord,
+        *,
+        state: DeliveryState,
+        next_attempt_at: float | None = None,
+        body: bytes | None = None,
+        disable_reason: str | None = None,
+        disable_after: float | None = None,
+    ) -> bool:
+        """Record an attempt and the delivery's new state, fenced by its lease; track how long the
+        subscription has been failing and disable it (410 Gone at once, or failing too long)."""
+
+        def settle() -> bool:
+            now = time.time()
+            with self._immediate() as db:
+                changed = db.execute(
+                    "update deliveries set state = ?, attempts = attempts + 1, next_attempt_at ="
+                    " coalesce(?, next_attempt_at), lease_token = null, lease_expires_at = null,"
+                    " body = coalesce(body, ?), last_status = ?, last_error = ?, updated_at = ?,"
+                    " delivered_at = case when ? = 'delivered' then ? else delivered_at end"
+                    " where id = ? and lease_token = ?",
+                    [
+                        state,
+                        next_attempt_at,
+                        body,
+                        attempt.status,
+                        attempt.error,
+                        now,
+                        state,
+                        now,
+                        delivery.id,
+                        delivery.lease_token,
+                    ],
+                ).rowcount
+                if changed != 1:
+                    return False
+                _insert(db, "attempts", attempt.model_dump())
+                _track_health(
+                    db, delivery.subscription_id, state, now, disable_reason, disable_after
+                )
+            return True
+
+        return await self._write(settle)
+
+    async def skip_delivery(self, delivery: DeliveryRecord, reason: str) -> None:
+        def skip() -> None:
+            with self._immediate() as db:
+                db.execute(
+                    "update deliveries set state = 'skipped', last_error = ?, lease_token = null,"
+                    " lease_expires_at = null, updated_at = ? where id = ? and lease_token = ?",
+                    [reason, time.time(), delivery.id, delivery.lease_token],
+                )
+
+        await self._write(skip)
+
+    async def release_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
+        """Give leased deliveries back (shutdown), so the next run sends them at once."""
+
+        def release() -> None:
+            with self._immediate() as db:
+                for delivery in deliveries:
+                    db.execute(
+                        "update deliveries set state = 'pending', lease_token = null,"
+                        " lease_expires_at = null, next_attempt_at = ?"
+                        " where id = ? and lease_token = ?",
+                        [time.time(), delivery.id, delivery.lease_token],
+                    )
+
+        await self._write(release)
+
+    async def list_attempts(
+        self,
+        subscription_id: str,
+        *,
+        state: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> list[tuple[int, AttemptRecord, str]]:
+        """Attempts for one subscription, newest first, each with its delivery's current state."""
+        sql = (
+            "select a.*, d.state as delivery_state from attempts a"
+            " join deliveries d on d.id = a.delivery_id where a.subscription_id = ?"
+        )
+        params: list[Any] = [subscription_id]
+        if state is not None:
+            sql += " and d.state = ?"
+            params.append(state)
+        if before is not None:
+            sql += " and a.id < ?"
+            params.append(before)
+        sql += " order by a.id desc limit ?"
+        params.append(limit)
+
+        def list_(db: Database) -> list[tuple[int, AttemptRecord, str]]:
+            out = []
+            for row in db.query(sql, params):
+                state_now = row.pop("delivery_state")
+                attempt_id = row.pop("id")
+                out.append((attempt_id, AttemptRecord.model_validate(row), state_now))
+            return out
+
+        return await self._read(list_)
+
+    async def list_deliveries(
+        self, subscription_id: str, *, state: str | None = None, limit: int = 50
+    ) -> list[DeliveryRecord]:
+        sql = "select * from deliveries where subscription_id = ?"
+        params: list[Any] = [subscription_id]
+        if state is not None:
+            sql += " and state = ?"
+            params.append(state)
+        sql += " order by seq desc limit ?"
+        params.append(limit)
+        return await self._read(lambda db: [_delivery(r, {}) for r in db.query(sql, params)])
+
+    async def replay_deliveries(self, subscription_id: str, since: float) -> int:
+        """Send again every message of a subscription created since ``since`` that is not waiting
+        already (delivered, dead or skipped); each keeps its webhook-id and its attempt numbers,
+        and gets the whole retry schedule again."""
+
+        def replay() -> int:
+            now = time.time()
+            with self._immediate() as db:
+                return int(
+                    db.execute(
+                        "update deliveries set state = 'pending', replayed_after = attempts,"
+                        " next_attempt_at = ?,"
+                        " updated_at = ?, body = null where subscription_id = ? and created_at >= ?"
+                        " and state in ('delivered', 'dead', 'skipped')",
+                        [now, now, subscription_id, since],
+                    ).rowcount
+                )
+
+        return await self._write(replay)
+
+    async def prune_delivered(self, older_than: float) -> int:
+        def prune() -> int:
+            with self._immediate() as db:
+                ids = "select id from deliveries where state = 'delivered' and delivered_at < ?"
+                db.execute(f"delete from attempts where delivery_id in ({ids})", [older_than])
+                pruned = int(
+                    db.execute(
+                        "delete from deliveries where state = 'delivered' and delivered_at < ?",
+                        [older_than],
+                    ).rowcount
+                )
+                # Events no message refers to any more are history nobody can replay.
+                db.execute(
+                    "delete from events where created_at < ? and not exists"
+                    " (select 1 from deliveries d where d.event_seq = events.seq)",
+                    [older_than],
+                )
+                return pruned
+
+        return await self._write(prune)
+
+    async def queue_stats(self) -> dict[str, float]:
+        def stats(db: Database) -> dict[str, float]:
+            depth, oldest = db.execute(
+                "select count(*), min(created_at) from deliveries where state in ('pending', 'leased')"
+            ).fetchone()
+            return {
+                "depth": float(depth),
+                "oldest_age": 0.0 if oldest is None else max(time.time() - oldest, 0.0),
+            }
+
+        return await self._read(stats)
+
+    async def replay_progress(self, subscription_id: str, since: float) -> tuple[int, int]:
+        """(waiting, finished) among a subscription's messages created since ``since``."""
+
+        def progress(db: Database) -> tuple[int, int]:
+            waiting, finished = db.execute(
+                "select sum(state in ('pending', 'leased')), sum(state in ('delivered', 'dead'))"
+                " from deliveries where subscription_id = ? and created_at >= ?",
+                [subscription_id, since],
+            ).fetchone()
+            return int(waiting or 0), int(finished or 0)
+
+        return await self._read(progress)
+
+
+# The subscriptions with messages queued or in flight: a loose index scan (one seek per
+# subscription), however deep any one subscription's backlog is.
+_QUEUED_SUBSCRIPTIONS = """
+with recursive subs(id) as (
+    select min(subscription_id) from deliveries indexed by deliveries_due_by_subscription
+    where state in ('pending', 'leased')
+    union all
+    select (
+        select min(subscription_id) from deliveries indexed by deliveries_due_by_subscription
+        where state in ('pending', 'leased') and subscription_id > subs.id
+    )
+    from subs where subs.id is not null
+)
+"""
+
+# Each of them with its earliest queued message's next_attempt_at: due now when that is past (a
+# leased message's next_attempt_at is its lease expiry, so an unexpired lease is never earliest
+# while a message of the subscription is due).
+_EARLIEST = """
+select id, (
+    select next_attempt_at from deliveries indexed by deliveries_due_by_subscription
+    where subscription_id = subs.id and state in ('pending', 'leased')
+    order by next_attempt_at, seq limit 1
+) as earliest
+from subs where id is not null
+"""
+SUBSCRIPTIONS_QUEUED = _QUEUED_SUBSCRIPTIONS + _EARLIEST
+
+# When the next queued message falls due.
+NEXT_DUE = _QUEUED_SUBSCRIPTIONS + f"select min(earliest) from ({_EARLIEST})"
+
+
+# Leases one subscription's oldest due messages, each only if no earlier message of its subject
+# (booking) for this subscription is unfinished, unless that one is older than max_wait.
+CLAIM_FOR_SUBSCRIPTION = """
+update deliveries set state = 'leased', lease_token = :token,
+    lease_expires_at = :expires, next_attempt_at = :expires, updated_at = :now
+where seq in (
+    select d.seq from deliveries d indexed by deliveries_due_by_subscription
+    -- a leased row's next_attempt_at is its lease expiry
+    where d.subscription_id = :subscription and d.state in ('pending', 'leased')
+      and d.next_attempt_at <= :now
+      and not exists (
+        select 1 from deliveries e
+        where e.order_key = d.order_key and e.seq < d.seq
+          and e.state in ('pending', 'leased')
+          and e.created_at > :now - :max_wait
+      )
+    order by d.next_attempt_at, d.seq limit :limit
+)
+returning *
+"""
+
+
+def _claim_due(
+    db: Database,
+    slots: DeliverySlots,
+    token: str,
+    now: float,
+    expires: float,
+    ordering_max_wait: float,
+    room: int,
+) -> list[dict[str, Any]]:
+    """Lease up to ``room`` due messages: subscriptions in the order of their oldest due message,
+    each up to its free slots. One at its limit is passed over without reading its backlog."""
+    if room <= 0:
+        return []
+    in_flight = slots.in_flight()
+    waiting = sorted(
+        (earliest, subscription_id, free)
+        for subscription_id, earliest in db.execute(SUBSCRIPTIONS_QUEUED)
+        if earliest <= now
+        and (free := slots.per_subscription - in_flight.get(subscription_id, 0)) > 0
+    )
+    rows: list[dict[str, Any]] = []
+    for _, subscription_id, free in waiting:
+        if room <= 0:
+            break
+        batch = list(
+            db.query(
+                CLAIM_FOR_SUBSCRIPTION,
+                {
+                    "token": token,
+                    "expires": expires,
+                    "now": now,
+                    "subscription": subscription_id,
+                    "max_wait": ordering_max_wait,
+                    "limit": min(free, room),
+                },
+            )
+        )
+        rows += batch
+        room -= len(batch)
+    return rows
+
+
+def _give_back(slots: DeliverySlots, seqs: list[int]) -> None:
+    for seq in seqs:
+        slots.release(seq)
+    seqs.clear()
+
+
+def _event_data(db: Database, seqs: list[int]) -> dict[int, dict[str, Any]]:
+    data: dict[int, dict[str, Any]] = {}
+    unique = sorted(set(seqs))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for seq, text in db.execute(f"select seq, data from events where seq in ({marks})", chunk):
+            data[seq] = orjson.loads(text)
+    return data
+
+
+def _delivery(row: dict[str, Any], data: dict[str, Any]) -> DeliveryRecord:
+    fields = {k: row[k] for k in DeliveryRecord.model_fields if k in row and k != "data"}
+    return DeliveryRecord(**fields, data=data)
+
+
+def _track_health(
+    db: Database,
+    subscription_id: str,
+    state: str,
+    now: float,
+    disable_reason: str | None,
+    disable_after: float | None,
+) -> None:
+    """A delivered message clears the failing streak; a dead one starts it (if not running) and
+    disables the subscription once it has lasted ``disable_after`` seconds."""
+    if state == "delivered":
+        db.execute(
+            "update subscriptions set failing_since = null where id = ? and failing_since is not null",
+            [subscription_id],
+        )
+        return
+    if state == "dead":
+        db.execute(
+            "update subscriptions set failing_since = coalesce(failing_since, ?) where id = ?",
+            [now, subscription_id],
+        )
+        if disable_after is not None and disable_reason is None:
+            row = db.execute(
+                "select failing_since from subscriptions where id = ?", [subscription_id]
+            ).fetchone()
+            if row and row[0] is not None and now - row[0] >= disable_after:
+                disable_reason = f"failing continuously for {disable_after / 3600:g} hours"
+    if disable_reason is not None:
+        db.execute(
+            "update subscriptions set active = 0, disabled_reason = ?, updated_at = ? where id = ?",
+            [disable_reason, _ts(utcnow()), subscription_id],
+        )

@@ -1,0 +1,465 @@
+"""Pushes in SQLite: durable ingest, leases, and turning processed pushes into events and
+deliveries."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from sqlite_utils import Database
+
+from gateway.delivery.slots import DeliveryLease
+from gateway.models import (
+    DeliveryRecord,
+    NewEvent,
+    PushRecord,
+    PushState,
+)
+from gateway.pipeline.diff import booking_diff
+from gateway.store.sqlite.base import (
+    SQLiteBase,
+    _chunks,
+    _dumps,
+    _insert,
+    new_id,
+)
+
+# Leases due pushes; ordered as the due index is, so it reads a few rows however long the backlog.
+CLAIM_PUSHES = """
+update pushes set lease_token = :token, lease_expires_at = :expires,
+    next_attempt_at = :expires, attempts = attempts + 1
+where seq in (
+    select p.seq from pushes p
+    where p.state = 'accepted' and p.next_attempt_at <= :now
+      and not exists (
+        select 1 from pushes q
+        where p.order_key is not null and q.order_key = p.order_key
+          and q.state = 'accepted' and q.seq < p.seq
+      )
+    order by p.next_attempt_at, p.seq limit :limit
+)
+returning *
+"""
+
+
+class PushStore(SQLiteBase):
+    async def insert_push(
+        self,
+        *,
+        source: str,
+        kind: str,
+        payload: Any,
+        dedupe_key: str | None,
+        order_key: str | None,
+        coalesce_key: str | None = None,
+        state: PushState = "accepted",
+        error: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> tuple[PushRecord, bool]:
+        """Store a push durably. A push with a known dedupe key, or whose coalesce key matches a
+        push still waiting, returns the stored one and False.
+
+        With ``lease_seconds`` a new push is stored already leased to the caller (saving the claim
+        round trip), unless an earlier push for the same booking is unfinished: then it waits its
+        turn unleased, as ``claim_pushes`` would have left it."""
+        now = time.time()
+        push_id = new_id("psh")
+        row = {
+            "id": push_id,
+            "source": source,
+            "kind": kind,
+            "dedupe_key": dedupe_key or push_id,
+            "coalesce_key": coalesce_key,
+            "order_key": order_key,
+            "payload": _dumps(payload),
+            "state": state,
+            "error": error,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "received_at": now,
+            "processed_at": now if state != "accepted" else None,
+        }
+
+        def insert() -> tuple[PushRecord, bool]:
+            with self._immediate() as db:
+                found = list(
+                    db.query(
+                        "select * from pushes where source = ? and dedupe_key = ?",
+                        [source, row["dedupe_key"]],
+                    )
+                )
+                if not found and coalesce_key is not None:
+                    found = list(
+                        db.query(
+                            "select * from pushes where source = ? and coalesce_key = ?"
+                            " and state = 'accepted' and lease_token is null",
+                            [source, coalesce_key],
+                        )
+                    )
+                if found:
+                    return _push(found[0]), False
+                if lease_seconds is not None and state == "accepted":
+                    _lease_new(db, row, order_key, now + lease_seconds)
+                _insert(db, "pushes", row)
+            return _push(row), True
+
+        return await self._write(insert)
+
+    async def get_push(self, id: str) -> PushRecord | None:
+        def get(db: Database) -> PushRecord | None:
+            rows = list(db.query("select * from pushes where id = ?", [id]))
+            return _push(rows[0]) if rows else None
+
+        return await self._read(get)
+
+    async def list_pushes(
+        self, state: PushState | None = None, limit: int = 100
+    ) -> list[PushRecord]:
+        sql = "select * from pushes"
+        params: list[Any] = []
+        if state is not None:
+            sql += " where state = ?"
+            params.append(state)
+        sql += " order by seq desc limit ?"
+        params.append(limit)
+        return await self._read(lambda db: [_push(row) for row in db.query(sql, params)])
+
+    async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushRecord]:
+        """Lease due pushes, longest due first, skipping any behind an unfinished earlier push for
+        the same booking (so one booking's updates are processed in the order they arrived). The
+        order is the due index's own, so a claim reads a few rows however long the backlog."""
+        now = time.time()
+        token = new_id("lease")
+
+        def claim() -> list[PushRecord]:
+            with self._immediate() as db:
+                rows = db.query(
+                    CLAIM_PUSHES,
+                    {"token": token, "expires": now + lease_seconds, "now": now, "limit": limit},
+                )
+                return [_push(row) for row in rows]
+
+        return await self._write(claim)
+
+    async def next_push_due(self) -> float | None:
+        def due(db: Database) -> float | None:
+            row = db.execute(
+                # A leased push's next_attempt_at is its lease expiry, so one index answers this.
+                "select min(next_attempt_at) from pushes where state = 'accepted'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._read(due)
+
+    async def defer_push(self, id: str, lease_token: str, error: str, delay: float) -> bool:
+        """Record a temporary failure and when to try again; False if the lease was lost."""
+        return await self._settle_push(
+            id,
+            lease_token,
+            "update pushes set error = ?, next_attempt_at = ?, lease_token = null,"
+            " lease_expires_at = null where id = ? and lease_token = ? and state = 'accepted'",
+            [error, time.time() + delay, id, lease_token],
+        )
+
+    async def fail_push(self, id: str, lease_token: str | None, error: str) -> bool:
+        sql = (
+            "update pushes set state = 'failed', error = ?, processed_at = ?, lease_token = null,"
+            " lease_expires_at = null where id = ?"
+        )
+        params: list[Any] = [error, time.time(), id]
+        if lease_token is not None:
+            sql += " and lease_token = ?"
+            params.append(lease_token)
+        return await self._settle_push(id, lease_token, sql, params)
+
+    async def _settle_push(
+        self, id: str, lease_token: str | None, sql: str, params: list[Any]
+    ) -> bool:
+        def settle() -> bool:
+            with self._immediate() as db:
+                return db.execute(sql, params).rowcount == 1
+
+        return await self._write(settle)
+
+    async def replay_push(self, id: str) -> PushRecord | None:
+        """Queue a push for processing again, whatever its state."""
+
+        def replay() -> PushRecord | None:
+            with self._immediate() as db:
+                rows = list(
+                    db.query(
+                        "update pushes set state = 'accepted', attempts = 0, next_attempt_at = ?,"
+                        " lease_token = null, lease_expires_at = null, processed_at = null"
+                        " where id = ? returning *",
+                        [time.time(), id],
+                    )
+                )
+            return _push(rows[0]) if rows else None
+
+        return await self._write(replay)
+
+    async def known_availability(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        def known(db: Database) -> dict[str, dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            for chunk in _chunks(keys, 500):
+                marks = ",".join("?" * len(chunk))
+                for row in db.query(
+                    f"select key, availability from availability_state where key in ({marks})",
+                    chunk,
+                ):
+                    found[row["key"]] = orjson.loads(row["availability"])
+            return found
+
+        return await self._read(known)
+
+    async def complete_push(
+        self,
+        id: str,
+        lease_token: str,
+        events: list[NewEvent],
+        note: str | None = None,
+        lease: DeliveryLease | None = None,
+    ) -> int | None:
+        """Store a push's events with their history and fan them out to matching subscriptions, and
+        mark the push processed, in one transaction. Returns the number of deliveries created, or
+        None when the lease was lost (another worker owns the push now). With ``lease``, the
+        deliveries its slots allow are stored leased and listed in ``lease.records``."""
+        abandoned = False
+
+        def complete() -> int | None:
+            if lease is not None:
+                lease.reset()  # a retried write: the rolled-back attempt took these
+            now = time.time()
+            with self._immediate() as db:
+                owner = db.execute(
+                    "select lease_token, state, source from pushes where id = ?", [id]
+                ).fetchone()
+                if owner is None or owner[0] != lease_token or owner[1] != "accepted":
+                    return None
+                source = owner[2]
+                subscribers = _Subscribers(db)
+                created = 0
+                for event in events:
+                    data = _with_history(db, event, now)
+                    if data is None:
+                        continue
+                    created += _fan_out(
+                        db, event, data, id, source, subscribers, now, None if abandoned else lease
+                    )
+                db.execute(
+                    "update pushes set state = 'processed', processed_at = ?, note = ?, error = null,"
+                    " lease_token = null, lease_expires_at = null where id = ?",
+                    [now, note, id],
+                )
+                return created
+
+        try:
+            return await self._write(complete)
+        except BaseException:
+            abandoned = True  # rolled back, or the caller gave up waiting: nobody will send these
+            if lease is not None:
+                lease.reset()
+            raise
+
+    async def replay_failed_pushes(self, ids: list[str] | None = None) -> list[str]:
+        """Queue failed pushes (all, or the given ids) for processing again; returns their ids."""
+
+        def replay() -> list[str]:
+            sql = (
+                "update pushes set state = 'accepted', attempts = 0, next_attempt_at = ?,"
+                " lease_token = null, lease_expires_at = null, processed_at = null"
+                " where state = 'failed'"
+            )
+            params: list[Any] = [time.time()]
+            if ids is not None:
+                sql += f" and id in ({','.join('?' * len(ids))})"
+                params += ids
+            with self._immediate() as db:
+                return [row["id"] for row in db.query(sql + " returning id", params)]
+
+        return await self._write(replay)
+
+
+def _lease_new(db: Database, row: dict[str, Any], order_key: str | None, expires: float) -> None:
+    """Lease a push about to be inserted, as ``claim_pushes`` would, if nothing is ahead of it."""
+    if order_key is not None:
+        ahead = db.execute(
+            "select 1 from pushes where order_key = ? and state = 'accepted' limit 1", [order_key]
+        ).fetchone()
+        if ahead is not None:
+            return
+    row.update(
+        lease_token=new_id("lease"),
+        lease_expires_at=expires,
+        next_attempt_at=expires,
+        attempts=1,
+    )
+
+
+def _push(row: dict[str, Any]) -> PushRecord:
+    payload = row.get("payload")
+    return PushRecord(
+        id=row["id"],
+        source=row["source"],
+        kind=row["kind"],
+        state=row["state"],
+        payload=orjson.loads(payload) if payload else None,
+        error=row.get("error"),
+        note=row.get("note"),
+        attempts=row.get("attempts") or 0,
+        next_attempt_at=row["next_attempt_at"],
+        received_at=row["received_at"],
+        processed_at=row.get("processed_at"),
+        lease_token=row.get("lease_token"),
+    )
+
+
+class _Subscribers:
+    """The live subscriptions, read once per transaction and grouped by event."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._by_event: dict[str, list[tuple[str, list[str], bool]]] | None = None
+
+    def for_event(self, event: str) -> list[tuple[str, list[str], bool]]:
+        if self._by_event is None:
+            self._by_event = {}
+            for id, name, products, active in self._db.execute(
+                "select id, event, products, active from subscriptions where deleted_at is null"
+                " order by created_at, id"
+            ).fetchall():
+                self._by_event.setdefault(name, []).append(
+                    (id, orjson.loads(products), bool(active))
+                )
+        return self._by_event.get(event, [])
+
+
+def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] | None:
+    """The event's body data with what the previous state of its subject says (the booking
+    ``diff``), or None when it changes nothing a subscriber would see."""
+    if event.event == "booking_update":
+        booking = event.data["booking"]
+        row = db.execute(
+            "select revision, booking, version from booking_state where key = ?",
+            [event.state_key],
+        ).fetchone()
+        previous = orjson.loads(row[1]) if row else None
+        if row is not None and event.revision is not None and row[0] == event.revision:
+            return None
+        if row is not None and row[2] and event.version and event.version < row[2]:
+            return None  # an older version of the booking, delivered late by the PMS
+        diff = booking_diff(previous, booking)
+        if previous is not None and not diff:
+            return None
+        db.execute(
+            "insert into booking_state (key, revision, version, booking, updated_at)"
+            " values (?, ?, ?, ?, ?) on conflict (key) do update set revision = excluded.revision,"
+            " version = excluded.version, booking = excluded.booking,"
+            " updated_at = excluded.updated_at",
+            [event.state_key, event.revision, event.version, _dumps(booking), now],
+        )
+        return {"booking": booking, "diff": diff}
+    availability = event.data["availability"]
+    row = db.execute(
+        "select availability from availability_state where key = ?", [event.state_key]
+    ).fetchone()
+    if event.only_if_changed and row is not None and orjson.loads(row[0]) == availability:
+        return None
+    db.execute(
+        "insert into availability_state (key, availability, updated_at) values (?, ?, ?)"
+        " on conflict (key) do update set availability = excluded.availability,"
+        " updated_at = excluded.updated_at",
+        [event.state_key, _dumps(availability), now],
+    )
+    return {
+        "availability": availability,
+        "productId": event.product_id,
+        "optionId": event.option_id,
+    }
+
+
+def _fan_out(
+    db: Database,
+    event: NewEvent,
+    data: dict[str, Any],
+    push_id: str,
+    source: str,
+    subscribers: _Subscribers,
+    now: float,
+    lease: DeliveryLease | None,
+) -> int:
+    """Store the event and one delivery per subscription whose event and products match; a newer
+    availability for the same subject supersedes one still waiting. A delivery is stored leased to
+    ``lease`` when a slot is free and nothing of its subject waits ahead of it. Returns the number
+    of deliveries to send (pending or leased)."""
+    cursor = db.execute(
+        "insert into events (id, push_id, source, event, subject, product_id, option_id, data,"
+        " created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            new_id("evt"),
+            push_id,
+            source,
+            event.event,
+            event.subject,
+            event.product_id,
+            event.option_id,
+            _dumps(data),
+            now,
+        ],
+    )
+    event_seq = cursor.lastrowid
+    assert event_seq is not None
+    to_send = 0
+    for subscription_id, products, active in subscribers.for_event(event.event):
+        if "*" not in products and event.product_id not in products:
+            continue
+        order_key = f"{subscription_id}|{event.subject}"
+        if event.event == "availability_update":
+            db.execute(
+                "update deliveries set state = 'superseded', updated_at = ?"
+                " where order_key = ? and state = 'pending'",
+                [now, order_key],
+            )
+        message = {
+            "id": new_id("msg"),
+            "event_seq": event_seq,
+            "subscription_id": subscription_id,
+            "event": event.event,
+            "order_key": order_key,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        if not active:
+            _insert(db, "deliveries", {**message, "state": "skipped"})
+            continue
+        to_send += 1
+        if lease is None or not _may_lease(db, lease, subscription_id, order_key, now):
+            _insert(db, "deliveries", {**message, "state": "pending"})
+            continue
+        expires = now + lease.seconds
+        message.update(
+            state="leased",
+            lease_token=new_id("lease"),
+            lease_expires_at=expires,
+            next_attempt_at=expires,
+        )
+        seq = _insert(db, "deliveries", message)
+        lease.slots.take(seq, subscription_id)
+        lease.records.append(DeliveryRecord(seq=seq, attempts=0, data=data, **message))
+    return to_send
+
+
+def _may_lease(
+    db: Database, lease: DeliveryLease, subscription_id: str, order_key: str, now: float
+) -> bool:
+    """A slot is free and no earlier message of the subject is unfinished (the claim's rule)."""
+    if not lease.slots.can_take(subscription_id):
+        return False
+    ahead = db.execute(
+        "select 1 from deliveries where order_key = ? and state in ('pending', 'leased')"
+        " and created_at > ? limit 1",
+        [order_key, now - lease.ordering_max_wait],
+    ).fetchone()
+    return ahead is None

@@ -1,0 +1,208 @@
+"""/ingest/{source}: verify the sender, store the push durably, answer. Processing comes after."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from typing import Any, Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.appkeys import config_key, store_key
+from gateway.models import PushRecord
+from gateway.sources import IncomingPush, PushRejected, Source
+from gateway.sources.pms import without_card_data
+from gateway.store.interface import Store
+from gateway.web.auth import tokens_equal
+from gateway.web.errors import OctoError, error_response
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-Gateway-Token"
+# Never stored: they authenticate the sender or a browser, and are useless to processing.
+SECRET_HEADERS = {"x-gateway-token", "authorization", "cookie", "proxy-authorization"}
+REJECTED_KIND = "rejected"
+
+
+class PushIntake(Protocol):
+    """The processor as ingest sees it: a push stored leased under a reservation is handed over
+    directly; any other new push just wakes it."""
+
+    @property
+    def lease_seconds(self) -> float: ...
+
+    def wake(self) -> None: ...
+
+    def reserve(self) -> bool: ...
+
+    def adopt(self, push: PushRecord) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class NoProcessor:
+    """Stands in when the app runs without workers: pushes are only stored."""
+
+    lease_seconds = 0.0
+
+    def wake(self) -> None:
+        pass
+
+    def reserve(self) -> bool:
+        return False
+
+    def adopt(self, push: PushRecord) -> None:
+        raise AssertionError("nothing was reserved")
+
+    def release(self) -> None:
+        raise AssertionError("nothing was reserved")
+
+
+sources_key = web.AppKey("sources", dict[str, Source])
+intake_key = web.AppKey("push_intake", PushIntake)
+
+
+def incoming_push(request: web.Request, source: str, body: bytes) -> IncomingPush:
+    return IncomingPush(
+        source=source,
+        method=request.method,
+        query={k: v for k, v in request.query.items() if k != "token"},
+        # Case-insensitive, like HTTP: ``headers.get("Content-Type")`` finds "content-type" too.
+        headers=CIMultiDictProxy(
+            CIMultiDict(
+                (k, v) for k, v in request.headers.items() if k.lower() not in SECRET_HEADERS
+            )
+        ),
+        body=body,
+    )
+
+
+# Where a body that isn't JSON mentions one of these, it may hold card data: it is not kept.
+CARD_HINTS = (b"cvv", b"cvc", b"card", b"guarantee", b"token")
+
+
+def keepable_body(body: bytes) -> bytes | None:
+    """What of a rejected push's body may be stored: a JSON body without its card data (a JSON body
+    that needs no redaction is kept byte for byte), a body that isn't JSON only when it mentions
+    nothing card-like; else None."""
+    try:
+        doc = json.loads(body)
+        redacted = without_card_data(doc)
+        if redacted == doc:
+            return body
+        return json.dumps(redacted).encode("utf-8")
+    except (ValueError, RecursionError):
+        lowered = body.lower()
+        return None if any(hint in lowered for hint in CARD_HINTS) else body
+
+
+def raw_payload(push: IncomingPush, *, keep_body: bool) -> dict[str, Any]:
+    """How a push that could not be parsed is kept, so it can be parsed again after a fix."""
+    body = keepable_body(push.body) if keep_body and push.body else None
+    return {
+        "method": push.method,
+        "query": dict(push.query),
+        "contentType": push.headers.get("Content-Type"),
+        "body": base64.b64encode(body).decode("ascii") if body else None,
+    }
+
+
+def incoming_from_raw(source: str, raw: dict[str, Any]) -> IncomingPush:
+    body = base64.b64decode(raw["body"]) if raw.get("body") else b""
+    headers: CIMultiDict[str] = CIMultiDict()
+    if raw.get("contentType"):
+        headers["Content-Type"] = raw["contentType"]
+    return IncomingPush(source, raw["method"], raw["query"], CIMultiDictProxy(headers), body)
+
+
+def dedupe_key(kind: str, payload: Any) -> str:
+    canonical = json.dumps([kind, payload], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def raw_dedupe_key(push: IncomingPush) -> str:
+    """A sender's retry repeats the request byte for byte; hashing the raw request is cheaper
+    than canonicalising the parsed payload."""
+    digest = hashlib.sha256(push.method.encode())
+    digest.update(json.dumps(sorted(push.query.items())).encode("utf-8"))
+    digest.update(b"\0")
+    digest.update(push.body)
+    return digest.hexdigest()
+
+
+async def ingest(request: web.Request) -> web.Response:
+    name = request.match_info["source"]
+    settings = request.app[config_key].sources.get(name)
+    source = request.app[sources_key].get(name)
+    if settings is None or source is None:
+        raise OctoError(404, f"unknown ingest source {name!r}")
+    # The token is checked before the body is even read: nothing from an unknown sender is kept.
+    token = request.headers.get(TOKEN_HEADER) or request.query.get("token") or ""
+    if not token or not tokens_equal(token, settings.token):
+        raise OctoError(401, f"missing or wrong token for source {name!r}")
+    store = request.app[store_key]
+    try:
+        body = await request.read()
+    except web.RequestPayloadError as exc:
+        # A body that can't even be read (a broken Content-Encoding): kept as failed, without it.
+        push = incoming_push(request, name, b"")
+        cause = exc.__cause__ or exc
+        return await reject(store, push, PushRejected(f"body could not be read: {cause}"))
+    push = incoming_push(request, name, body)
+    try:
+        accepted = source.accept(push)
+    except PushRejected as exc:
+        return await reject(store, push, exc)
+    key = None if accepted.coalesce_key else accepted.dedupe_key or raw_dedupe_key(push)
+    intake = request.app[intake_key]
+    reserved = intake.reserve()
+    try:
+        record, created = await store.insert_push(
+            source=name,
+            kind=accepted.kind,
+            payload=accepted.payload,
+            dedupe_key=key,
+            order_key=accepted.order_key,
+            coalesce_key=accepted.coalesce_key,
+            lease_seconds=intake.lease_seconds if reserved else None,
+        )
+    except BaseException:
+        if reserved:
+            intake.release()
+        raise
+    if reserved and created and record.lease_token is not None:
+        intake.adopt(record)
+    elif reserved:
+        intake.release()
+    elif created:
+        intake.wake()
+    if not created:
+        log.info("push from %s is a repeat of %s", name, record.id)
+    return web.json_response(
+        {"id": record.id, "state": record.state, "kind": record.kind, "duplicate": not created}
+    )
+
+
+async def reject(store: Store, push: IncomingPush, exc: PushRejected) -> web.Response:
+    """Keep a push that can't be parsed as ``failed`` (replayable) and answer 400 naming why."""
+    name = push.source
+    payload = raw_payload(push, keep_body=exc.keep_body)
+    record, _ = await store.insert_push(
+        source=name,
+        kind=REJECTED_KIND,
+        payload=payload,
+        dedupe_key=dedupe_key(REJECTED_KIND, payload),
+        order_key=None,
+        state="failed",
+        error=str(exc),
+    )
+    log.warning("push %s from %s rejected: %s", record.id, name, exc)
+    return error_response(400, f"{name} push rejected: {exc}", id=record.id, state=record.state)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ingest/{source}", ingest, allow_head=False)
+    app.router.add_post("/ingest/{source}", ingest)

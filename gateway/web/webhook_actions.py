@@ -1,0 +1,128 @@
+"""Actions on one subscription: send a test, list attempts, replay, rotate the signing secret."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from gateway.appkeys import deliverer_key, sender_key, store_key
+from gateway.delivery.signing import generate_secret
+from gateway.delivery.templates import TemplateProblem
+from gateway.models import iso
+from gateway.samples import sample_data
+from gateway.store import utcnow
+from gateway.web.errors import bad_request
+from gateway.web.webhooks import own_subscription, parse_body, read_json_object, save
+
+ROTATION_GRACE = timedelta(hours=24)
+DELIVERY_STATES = {"pending", "leased", "delivered", "dead", "skipped", "superseded"}
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+class ReplayBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime
+
+
+async def send_test(request: web.Request) -> web.Response:
+    """Send a sample of the subscription's event now; nothing is queued or retried."""
+    subscription = await own_subscription(request)
+    sender = request.app[sender_key]
+    data = sample_data(subscription.event)
+    try:
+        body = sender.render(subscription.event, data, subscription)
+        url = sender.target(subscription.event, data, subscription)
+    except TemplateProblem as exc:
+        raise bad_request(str(exc)) from None
+    msg_id = f"msg_test_{uuid.uuid4().hex}"
+    response = await sender.post(msg_id, subscription.event, url, body, subscription)
+    return web.json_response(
+        {
+            "messageId": msg_id,
+            "delivered": response.status is not None and 200 <= response.status < 300,
+            "status": response.status,
+            "latencyMs": response.latency_ms,
+            "response": response.excerpt,
+            "error": response.error,
+        }
+    )
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    """Delivery attempts, newest first; ``?state=`` filters by the message's state, ``?limit=``
+    and ``?before=`` page (the next page's link is in the ``Link`` header)."""
+    subscription = await own_subscription(request)
+    state = request.query.get("state")
+    if state is not None and state not in DELIVERY_STATES:
+        raise bad_request(f"state: must be one of {', '.join(sorted(DELIVERY_STATES))}")
+    limit = _int_query(request, "limit", 1, MAX_PAGE)
+    if limit is None:
+        limit = DEFAULT_PAGE
+    before = _int_query(request, "before", 1, None)
+    rows = await request.app[store_key].list_attempts(
+        subscription.id, state=state, limit=limit, before=before
+    )
+    response = web.json_response([attempt.view(state_now) for _, attempt, state_now in rows])
+    if len(rows) == limit:
+        next_url = request.rel_url.update_query(before=rows[-1][0], limit=limit)
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+    return response
+
+
+def _int_query(request: web.Request, name: str, low: int, high: int | None) -> int | None:
+    """A whole-number query parameter within bounds, or None when absent; anything else is 400."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if (
+        not (raw.isascii() and raw.isdigit())
+        or int(raw) < low
+        or (high is not None and int(raw) > high)
+    ):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise bad_request(f"{name}: must be a whole number {bound}")
+    return int(raw)
+
+
+async def replay(request: web.Request) -> web.Response:
+    subscription = await own_subscription(request)
+    body: ReplayBody = parse_body(ReplayBody, await read_json_object(request))
+    if not subscription.active:
+        raise bad_request('subscription is disabled; PATCH {"active": true} first')
+    replayed = await request.app[store_key].replay_deliveries(
+        subscription.id, body.since.timestamp()
+    )
+    if replayed and deliverer_key in request.app:
+        request.app[deliverer_key].wake()
+    return web.json_response({"replayed": replayed})
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    """A new secret at once; the old one keeps signing too for 24 hours (both signatures sent)."""
+    subscription = await own_subscription(request)
+    now = utcnow()
+    rotated = subscription.model_copy(
+        update={
+            "secret": generate_secret(),
+            "previous_secret": subscription.secret,
+            "previous_secret_until": now + ROTATION_GRACE,
+            "updated_at": now,
+        }
+    )
+    await save(request, rotated, subscription)
+    view = rotated.webhook()
+    view["previousSecretExpiresAt"] = iso(now + ROTATION_GRACE)
+    return web.json_response(view)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/octo/webhooks/{id}/test", send_test)
+    app.router.add_get("/octo/webhooks/{id}/deliveries", list_deliveries)
+    app.router.add_post("/octo/webhooks/{id}/replay", replay)
+    app.router.add_post("/octo/webhooks/{id}/rotate-secret", rotate_secret)

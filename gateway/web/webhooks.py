@@ -1,0 +1,268 @@
+"""/octo/webhooks: resellers manage their own subscriptions (thin handlers over the store)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from gateway.appkeys import config_key, deliverer_key, sender_key, store_key
+from gateway.config import ApiKey
+from gateway.delivery.netguard import UnresolvableHost, check_url
+from gateway.delivery.signing import generate_secret
+from gateway.delivery.templates import TemplateProblem, is_url_template
+from gateway.models import EventName, Subscription, mask_password
+from gateway.samples import sample_data
+from gateway.store import utcnow
+from gateway.web.auth import find_api_key
+from gateway.web.errors import OctoError, bad_request, describe_validation_error, not_found
+
+log = logging.getLogger(__name__)
+
+api_key_key = web.RequestKey("api_key", ApiKey)
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Headers the gateway sets itself on every delivery; a subscription may not replace them.
+RESERVED_HEADERS = {
+    "content-type",
+    "content-length",
+    "host",
+    "connection",
+    "transfer-encoding",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+}
+
+
+class WebhookFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    headers: dict[StrictStr, StrictStr] | None = None
+    retryOnError: StrictBool | None = None
+    useContactLanguage: StrictBool | None = None
+    capabilities: list[StrictStr] | None = Field(default=None, max_length=50)
+    template: StrictStr | None = None
+
+
+class CreateWebhookBody(WebhookFields):
+    url: StrictStr = Field(max_length=2048)
+    event: EventName
+
+
+class PatchWebhookBody(WebhookFields):
+    url: StrictStr | None = Field(default=None, max_length=2048)
+    event: EventName | None = None
+    active: StrictBool | None = None
+
+
+@web.middleware
+async def require_api_key(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every /octo request is a tenant's: find its key before anything else."""
+    if request.path.startswith("/octo") or request.path.startswith("/admin"):
+        keys = request.app[config_key].api_keys
+        request[api_key_key] = find_api_key(request.headers.get("Authorization"), keys)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+def caller(request: web.Request) -> ApiKey:
+    key: ApiKey = request[api_key_key]
+    return key
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        raise bad_request("request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object")
+    return body
+
+
+def parse_body(model: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise bad_request(describe_validation_error(exc)) from None
+
+
+def check_headers(headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        if not HEADER_NAME.match(name):
+            raise bad_request(f"headers.{name}: not a valid HTTP header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise bad_request(f"headers.{name}: set by the gateway itself; choose another header")
+        if "\r" in value or "\n" in value:
+            raise bad_request(f"headers.{name}: value may not contain line breaks")
+
+
+async def check_delivery(request: web.Request, subscription: Subscription) -> None:
+    """Render the subscription's body and URL templates against a sample event now, so a broken
+    template is refused with 400 instead of failing every delivery later."""
+    sender = request.app[sender_key]
+    data = sample_data(subscription.event)
+    try:
+        sender.render(subscription.event, data, subscription)
+    except TemplateProblem as exc:
+        raise bad_request(f"template: {exc}") from None
+    if is_url_template(subscription.url):
+        try:
+            rendered = sender.target(subscription.event, data, subscription)
+        except TemplateProblem as exc:
+            raise bad_request(f"url: {exc}") from None
+        await check_target(request, rendered)
+    else:
+        await check_target(request, subscription.url)
+
+
+async def check_target(request: web.Request, url: str) -> None:
+    allow_private = request.app[config_key].delivery.allow_private_targets
+    try:
+        await check_url(url, allow_private=allow_private)
+    except UnresolvableHost as exc:
+        # Nothing can be reached through it now, and every delivery re-checks the address it
+        # connects to, so a name that resolves later is still held to the private-address rule.
+        log.warning("subscription url host does not resolve yet: %s", exc)
+    except ValueError as exc:
+        raise bad_request(f"url: {exc}") from None
+
+
+async def create_webhook(request: web.Request) -> web.Response:
+    key = caller(request)
+    body: CreateWebhookBody = parse_body(CreateWebhookBody, await read_json_object(request))
+    headers = body.headers or {}
+    check_headers(headers)
+    now = utcnow()
+    subscription = Subscription(
+        id=str(uuid.uuid4()),
+        tenant=key.name,
+        event=body.event,
+        url=body.url,
+        headers=headers,
+        retry_on_error=True if body.retryOnError is None else body.retryOnError,
+        use_contact_language=True if body.useContactLanguage is None else body.useContactLanguage,
+        capabilities=body.capabilities or [],
+        template=body.template,
+        secret=generate_secret(),
+        products=list(key.products),
+        created_at=now,
+        updated_at=now,
+    )
+    await check_delivery(request, subscription)
+    await request.app[store_key].insert_subscription(subscription)
+    log.info(
+        "tenant %s created subscription %s (%s -> %s)",
+        key.name,
+        subscription.id,
+        subscription.event,
+        mask_password(subscription.url),
+    )
+    return web.json_response(subscription.webhook(reveal_password=True))
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    subscriptions = await request.app[store_key].list_subscriptions(caller(request).name)
+    return web.json_response([s.webhook() for s in subscriptions])
+
+
+async def own_subscription(request: web.Request) -> Subscription:
+    """The caller's subscription named in the path; another tenant's is a 404, never a 403."""
+    id = request.match_info["id"]
+    subscription = await request.app[store_key].get_subscription(caller(request).name, id)
+    if subscription is None:
+        raise not_found(f"webhook {id}")
+    return subscription
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    return web.json_response((await own_subscription(request)).webhook())
+
+
+async def patch_webhook(request: web.Request) -> web.Response:
+    subscription = await own_subscription(request)
+    body: PatchWebhookBody = parse_body(PatchWebhookBody, await read_json_object(request))
+    changes = body.model_dump(exclude_unset=True)
+    for field in ("url", "event", "active"):
+        if field in changes and changes[field] is None:
+            raise bad_request(f"{field}: may not be null")
+    if body.headers is not None:
+        check_headers(body.headers)
+    updated = subscription.model_copy(
+        update={
+            "url": body.url if body.url is not None else subscription.url,
+            "event": body.event or subscription.event,
+            "headers": body.headers if body.headers is not None else subscription.headers,
+            "retry_on_error": _pick(body.retryOnError, subscription.retry_on_error),
+            "use_contact_language": _pick(
+                body.useContactLanguage, subscription.use_contact_language
+            ),
+            "capabilities": (
+                body.capabilities if body.capabilities is not None else subscription.capabilities
+            ),
+            "template": body.template if "template" in changes else subscription.template,
+            "active": _pick(body.active, subscription.active),
+            "updated_at": utcnow(),
+        }
+    )
+    if body.active:
+        updated.disabled_reason = None
+        updated.failing_since = None
+    if {"url", "event", "template"} & changes.keys():
+        await check_delivery(request, updated)
+    await save(request, updated, subscription)
+    log.info("tenant %s updated subscription %s", updated.tenant, updated.id)
+    return web.json_response(updated.webhook())
+
+
+async def save(request: web.Request, updated: Subscription, read: Subscription) -> None:
+    """Write a change made to what was read; a 409 if the gateway changed it meanwhile (e.g.
+    disabled it after a 410), so that change is not silently undone."""
+    if not await request.app[store_key].update_subscription(
+        updated, expected_updated_at=read.updated_at
+    ):
+        raise OctoError(409, f"webhook {read.id} changed meanwhile; read it and try again")
+    forget(request, read.id)
+
+
+def forget(request: web.Request, id: str) -> None:
+    """Tell this process's delivery workers a subscription changed."""
+    if deliverer_key in request.app:
+        request.app[deliverer_key].subscriptions.forget(id)
+
+
+def _pick(new: bool | None, old: bool) -> bool:
+    return old if new is None else new
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    subscription = await own_subscription(request)
+    deleted = await request.app[store_key].delete_subscription(subscription.tenant, subscription.id)
+    if deleted is None:
+        raise not_found(f"webhook {subscription.id}")
+    forget(request, deleted.id)
+    log.info("tenant %s deleted subscription %s", deleted.tenant, deleted.id)
+    return web.json_response(deleted.webhook())
+
+
+def require_admin(request: web.Request) -> ApiKey:
+    key = caller(request)
+    if not key.admin:
+        raise OctoError(403, "this api key may not use /admin endpoints")
+    return key
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/octo/webhooks", create_webhook)
+    app.router.add_get("/octo/webhooks", list_webhooks)
+    app.router.add_get("/octo/webhooks/{id}", get_webhook)
+    app.router.add_patch("/octo/webhooks/{id}", patch_webhook)
+    app.router.add_delete("/octo/webhooks/{id}", delete_webhook)

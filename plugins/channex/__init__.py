@@ -1,0 +1,320 @@
+"""Channex source: webhook pushes in, booking revisions pulled and acknowledged, ARI translated.
+
+Booking events carry only ids: the revision is read from the Channex API (``user-api-key``), turned
+into OCTO bookings, and acknowledged only after those are stored. With ``send_data: false`` (no
+payload) the unacknowledged revisions are read from the feed instead. ARI rows become one
+availability_update per product, option and day. Every other event is stored and answered 200.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gateway.plugin_api import (
+    AcceptedPush,
+    DayKey,
+    IncomingPush,
+    Outcome,
+    PushRejected,
+    RetryLater,
+    SamplePush,
+    SourceConfig,
+    SourceContext,
+    StoredPush,
+    TranslationError,
+    TranslationSettings,
+    days,
+    hookimpl,
+    limit_guests,
+    parse_day,
+    parse_json,
+    request_json,
+    text,
+    without_card_data,
+)
+
+from .sandbox import ROUTES, load_sample
+from .translate import (
+    availability_from_ari,
+    bookings_from_revision,
+    revision_attributes,
+)
+
+BOOKING_EVENTS = {
+    "booking",
+    "booking_new",
+    "booking_modification",
+    "booking_cancellation",
+    "booking_unmapped_room",
+    "booking_unmapped_rate",
+    "non_acked_booking",
+}
+
+
+# Channex ids are UUIDs; anything else in an id that goes into a URL path is refused.
+CHANNEX_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# A row's date_from..date_to range longer than this is refused (Channex keeps about two years).
+MAX_ROW_DAYS = 1100
+# The revision feed is read in pages (Channex list endpoints take pagination[page] and
+# pagination[limit]); one push reads at most FEED_PAGE_SIZE x FEED_MAX_PAGES revisions.
+FEED_PAGE_SIZE = 100
+FEED_MAX_PAGES = 20
+# One event per product/option/day: a push touching more than this many is refused, not expanded.
+MAX_SLOTS = 200_000
+
+
+def slot_keys(rows: list[dict[str, Any]], translation: TranslationSettings) -> list[DayKey]:
+    """Every (productId, optionId, day) the ARI rows touch, keyed as the translator keys them
+    (one ``date`` or a ``date_from``..``date_to`` range), so stop-sell-only rows find the last
+    known vacancies."""
+    keys: dict[DayKey, None] = {}
+    for number, row in enumerate(rows):
+        room_type = text(row.get("room_type_id"))
+        if room_type is None or not (row.get("availability") is not None or _stop_sell_given(row)):
+            continue  # the translator names a missing room type; rate-only rows change nothing
+        product = translation.product_id(room_type)
+        option = translation.option_id(text(row.get("rate_plan_id")))
+        if row.get("date") is not None:
+            first = last = parse_day(row["date"], f"payload[{number}].date")
+        else:
+            first = parse_day(row.get("date_from"), f"payload[{number}].date_from")
+            to = row.get("date_to")
+            last = parse_day(to, f"payload[{number}].date_to") if to else first
+        if (last - first).days >= MAX_ROW_DAYS:
+            raise TranslationError(
+                f"payload[{number}]: date_from..date_to spans more than {MAX_ROW_DAYS} days"
+            )
+        for day in days(first, last):
+            keys[(product, option, day.isoformat())] = None
+        if len(keys) > MAX_SLOTS:
+            raise TranslationError(
+                f"payload: more than {MAX_SLOTS} product/option/days in one push"
+            )
+    return list(keys)
+
+
+def _limit_guests(attributes: dict[str, Any], revision_id: str) -> None:
+    rooms = attributes.get("rooms")
+    for index, room in enumerate(rooms if isinstance(rooms, list) else []):
+        occupancy = room.get("occupancy") if isinstance(room, dict) else None
+        occupancy = occupancy or attributes.get("occupancy")
+        if isinstance(occupancy, dict):
+            limit_guests(occupancy, f"revision {revision_id}: rooms[{index}].occupancy")
+
+
+def _revision_named(payload: Any) -> bool:
+    return isinstance(payload, dict) and bool(
+        payload.get("revision_id") or payload.get("booking_revision_id")
+    )
+
+
+def _id_part(value: Any) -> str:
+    return value[:128] if isinstance(value, str) else ""
+
+
+def _stop_sell_given(row: dict[str, Any]) -> bool:
+    return row.get("stop_sell") is not None or row.get("stop_sell_manual") is not None
+
+
+class ChannexSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    api_url: str = "https://app.channex.io/api/v1"
+    api_key: str = ""
+
+
+class ChannexSource:
+    name = "channex"
+
+    @property
+    def samples(self) -> dict[str, SamplePush]:
+        """Vendor-documented pushes for ``gateway push-sample channex KIND``."""
+        files = {
+            "booking": "channex-booking-1.json",
+            "booking_new": "channex-booking-2.json",
+            "ari": "channex-ari-1.json",
+            "message": "channex-message-1.json",
+        }
+        return {kind: SamplePush(body=load_sample(name)) for kind, name in files.items()}
+
+    def check_settings(self, settings: SourceConfig) -> None:
+        values = settings.model_dump()
+        ChannexSettings.model_validate(values)
+        TranslationSettings.from_source(values)
+
+    def accept(self, push: IncomingPush) -> AcceptedPush:
+        if push.method != "POST":
+            raise PushRejected("Channex webhooks are POSTed JSON", keep_body=False)
+        doc = parse_json(push.body)
+        if not isinstance(doc, dict):
+            raise PushRejected("body must be a JSON object with an 'event'")
+        event = doc.get("event")
+        if not isinstance(event, str) or not event:
+            raise PushRejected("event: missing or not a string")
+        payload = doc.get("payload")
+        if event in BOOKING_EVENTS:
+            if payload is not None and not isinstance(payload, dict):
+                raise PushRejected(f"payload: a {event} payload must be an object")
+            kind = "booking"
+        elif event == "ari":
+            if payload is not None and not isinstance(payload, list):
+                raise PushRejected("payload: an ari payload must be a list of rows")
+            kind = "ari"
+        else:
+            kind = "other"
+        booking_id = payload.get("booking_id") if isinstance(payload, dict) else None
+        order_key = f"channex:{booking_id}" if kind == "booking" and booking_id else None
+        coalesce_key = None
+        if kind == "booking" and not _revision_named(payload):
+            # A push without a revision id reads the feed: such pushes take turns per property
+            # (two reading the feed at once could send one booking's revisions out of order), and
+            # one still waiting stands for any later one (its read will see the same revisions).
+            order_key = coalesce_key = f"channex-feed:{_id_part(doc.get('property_id'))}"
+        if kind == "booking" and isinstance(payload, dict):
+            for key in ("revision_id", "booking_revision_id", "booking_id"):
+                value = payload.get(key)
+                if value is not None and not (
+                    isinstance(value, str) and CHANNEX_ID.fullmatch(value)
+                ):
+                    raise PushRejected(f"payload.{key}: not a Channex id")
+        return AcceptedPush(
+            kind=kind,
+            payload=without_card_data(doc),
+            order_key=order_key,
+            coalesce_key=coalesce_key,
+        )
+
+    async def process(self, push: StoredPush, context: SourceContext) -> Outcome:
+        doc: dict[str, Any] = push.payload
+        try:
+            translation = TranslationSettings.from_source(context.settings.model_dump())
+            if push.kind == "booking":
+                return await self._bookings(doc, translation, context)
+            if push.kind == "ari":
+                return await self._availability(doc, translation, context)
+        except (TranslationError, ValidationError) as exc:
+            raise PushRejected(f"cannot translate: {exc}") from None
+        return Outcome(note=f"{doc.get('event')}: stored; it has no OCTO event")
+
+    async def _bookings(
+        self, doc: dict[str, Any], translation: TranslationSettings, context: SourceContext
+    ) -> Outcome:
+        api = ChannexSettings.model_validate(context.settings.model_dump())
+        payload = doc.get("payload") or {}
+        revision_id = payload.get("revision_id") or payload.get("booking_revision_id")
+        if revision_id:
+            answer = await self._get(
+                context, api, f"/booking_revisions/{quote(str(revision_id), safe='')}"
+            )
+            revisions: Any = [answer.get("data") if isinstance(answer, dict) else None]
+        else:
+            # No payload (send_data: false): read every revision not yet acknowledged.
+            revisions = await self._feed(context, api, doc.get("property_id"))
+        if not isinstance(revisions, list) or not all(isinstance(r, dict) for r in revisions):
+            raise PushRejected("Channex API answer has no booking revision data")
+        outcome = Outcome(note=f"{doc.get('event')}: {len(revisions)} revision(s)")
+        for revision in revisions:
+            attributes = without_card_data(revision_attributes({"data": revision}))
+            _limit_guests(attributes, str(revision.get("id")))
+            events = bookings_from_revision(
+                attributes, translation, source=self.name, received_at=context.now()
+            )
+            # Channex does not promise delivery order: a revision's inserted_at says which is newer.
+            version = attributes.get("inserted_at")
+            for event in events:
+                outcome.bookings.append(
+                    event.model_copy(
+                        update={
+                            "revision": revision.get("id"),
+                            "version": str(version) if version else None,
+                        }
+                    )
+                )
+            if revision.get("id"):
+                outcome.acknowledge.append(str(revision["id"]))
+        return outcome
+
+    async def _availability(
+        self, doc: dict[str, Any], translation: TranslationSettings, context: SourceContext
+    ) -> Outcome:
+        rows = doc.get("payload")
+        if not rows:
+            return Outcome(note="ari push without rows (send_data: false); nothing to translate")
+        rows = [row for row in rows if isinstance(row, dict)]
+        previous = await context.known_availability(slot_keys(rows, translation))
+        events = availability_from_ari(rows, translation, previous)
+        return Outcome(availability=events, note=f"ari: {len(rows)} row(s), {len(events)} event(s)")
+
+    async def acknowledge(self, outcome: Outcome, context: SourceContext) -> None:
+        api = ChannexSettings.model_validate(context.settings.model_dump())
+        failures = []
+        # Every revision is tried, so one failed ack does not leave the others in the feed.
+        for revision_id in outcome.acknowledge:
+            try:
+                await request_json(
+                    context.http,
+                    "POST",
+                    f"{api.api_url.rstrip('/')}/booking_revisions/{quote(revision_id, safe='')}/ack",
+                    headers={"user-api-key": api.api_key},
+                    what=f"acknowledging Channex revision {revision_id}",
+                )
+            except (RetryLater, PushRejected) as exc:
+                failures.append(str(exc))
+        if failures:
+            raise RetryLater("; ".join(failures))
+
+    async def _feed(
+        self, context: SourceContext, api: ChannexSettings, property_id: Any
+    ) -> list[Any] | None:
+        """The unacknowledged revisions, page by page up to ``FEED_MAX_PAGES``; what is left is
+        read by the next push (Channex re-announces unacknowledged bookings)."""
+        revisions: dict[str, Any] = {}
+        for page in range(1, FEED_MAX_PAGES + 1):
+            params = {"pagination[page]": str(page), "pagination[limit]": str(FEED_PAGE_SIZE)}
+            if property_id:
+                params["filter[property_id]"] = str(property_id)
+            answer = await self._get(context, api, "/booking_revisions/feed", params)
+            data = answer.get("data") if isinstance(answer, dict) else None
+            if not isinstance(data, list):
+                return None
+            before = len(revisions)
+            for revision in data:
+                key = str(revision.get("id")) if isinstance(revision, dict) else repr(revision)
+                revisions.setdefault(key, revision)
+            meta = answer.get("meta")
+            total = meta.get("total") if isinstance(meta, dict) else None
+            # A page that adds nothing new also ends it (an API that ignores the page number).
+            if len(revisions) == before or not isinstance(total, int) or len(revisions) >= total:
+                break
+        return list(revisions.values())
+
+    async def _get(
+        self,
+        context: SourceContext,
+        api: ChannexSettings,
+        path: str,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        return await request_json(
+            context.http,
+            "GET",
+            api.api_url.rstrip("/") + path,
+            headers={"user-api-key": api.api_key},
+            params=params,
+            what=f"reading Channex {path}",
+        )
+
+
+@hookimpl
+def register_sources(register: Any) -> None:
+    register(ChannexSource())
+
+
+@hookimpl
+def register_routes(register: Any) -> None:
+    for method, path, handler in ROUTES:
+        register(method, path, handler)

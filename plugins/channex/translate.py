@@ -1,0 +1,292 @@
+"""Channex booking revisions and ARI rows -> OCTO bookings and availability (pure functions).
+
+Choices where CONTRACT.md §6 is silent:
+
+- Times: Channex sends naive UTC times. ``utcCreatedAt`` is the revision's ``inserted_at``;
+  ``utcUpdatedAt`` is its ``updated_at`` when present, else ``received_at`` (when the gateway got
+  the push), else ``inserted_at``. ``utcConfirmedAt`` is ``utcCreatedAt`` (OTA bookings arrive
+  confirmed) and stays set once cancelled; ``utcCancelledAt`` is ``utcUpdatedAt``.
+- ``id`` is the booking's ``uuid`` (one per room). A room without ``room_type_id`` (Channex's
+  unmapped-room bookings) gets productId "DEFAULT", like a missing ``rate_plan_id`` gets optionId
+  "DEFAULT".
+- A room with ``is_cancelled: true`` is CANCELLED even when the revision is only ``modified``.
+- ``cancellation.refund``: NONE when a "Cancellation Fee" service covers the rooms' amount,
+  PARTIAL when it covers less, FULL without one. ``reason`` is null (Channex gives none).
+- ``cancellable`` is true while the booking is CONFIRMED, PENDING or ON_HOLD.
+- Unit item ``i`` gets the contact of the room's ``guests[i]`` when Channex names it.
+- ARI rows merge onto what is known for the slot (``previous``, then earlier rows of the same
+  push): a row without ``availability`` keeps the known vacancies, one without a stop-sell flag
+  keeps the known open/closed state. A slot never seen before starts at 0 vacancies, open: so a
+  lone stop-sell row shows CLOSED with 0 vacancies and a lone re-open row shows SOLD_OUT until
+  Channex sends a count, which never advertises rooms nobody counted.
+- A negative ``availability`` (overbooking) counts as 0 vacancies.
+
+Card data (``guarantee``) is never read, and ``revision_attributes`` drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from gateway.plugin_api import (
+    STILL_CANCELLABLE,
+    Availability,
+    AvailabilityEvent,
+    Booking,
+    BookingEvent,
+    Contact,
+    DayKey,
+    Refund,
+    TranslationError,
+    TranslationSettings,
+    availability_slot,
+    booking_key,
+    booking_status,
+    booking_uuid,
+    cancellation,
+    confirmed_at,
+    country_code,
+    day_event,
+    days,
+    full_name,
+    parse_day,
+    text,
+    unit_items,
+    utc_timestamp,
+    whole_number,
+)
+
+CHANNEX_STATUSES = {"new": "CONFIRMED", "modified": "CONFIRMED", "cancelled": "CANCELLED"}
+# OCTO unit kind -> key in a Channex occupancy.
+OCCUPANCY_KEYS = {"adult": "adults", "child": "children", "infant": "infants"}
+STOP_SELL_FLAGS = ("stop_sell", "stop_sell_manual")
+
+
+def revision_attributes(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes of a booking revision, from any shape Channex shows one in.
+
+    Accepts the ``GET /booking_revisions/{id}`` answer ``{"data": {"type", "id", "attributes"}}``,
+    the booking message examples (``type: booking``, whose ``id`` is the booking id), a feed item
+    ``{"type", "id", "attributes"}``, or the attributes themselves. The card (``guarantee``) is
+    left out of the copy returned.
+    """
+    data = doc.get("data", doc)
+    if not isinstance(data, Mapping):
+        raise TranslationError("data: expected one booking revision object")
+    attributes = data.get("attributes", data)
+    if not isinstance(attributes, Mapping):
+        raise TranslationError("data.attributes: expected an object")
+    result = {key: value for key, value in attributes.items() if key != "guarantee"}
+    if data.get("type") == "booking" and not result.get("booking_id"):
+        result["booking_id"] = data.get("id")
+    return result
+
+
+def bookings_from_revision(
+    revision: Mapping[str, Any],
+    settings: TranslationSettings,
+    *,
+    source: str = "channex",
+    received_at: datetime | None = None,
+) -> list[BookingEvent]:
+    """One OCTO booking per room of the revision; none when status_map says IGNORE."""
+    events = []
+    for index, room in enumerate(revision.get("rooms") or []):
+        event = _room_event(revision, index, room, settings, source, received_at)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _room_event(
+    revision: Mapping[str, Any],
+    index: int,
+    room: Mapping[str, Any],
+    settings: TranslationSettings,
+    source: str,
+    received_at: datetime | None,
+) -> BookingEvent | None:
+    pms_status = "cancelled" if room.get("is_cancelled") else str(revision.get("status") or "")
+    status = booking_status(pms_status, CHANNEX_STATUSES, settings)
+    if status is None:
+        return None
+    booking_id = text(revision.get("booking_id")) or text(revision.get("id"))
+    if booking_id is None:
+        raise TranslationError("booking_id: missing")
+    key = booking_key(source, booking_id, index)
+    created_at, updated_at = _times(revision, received_at)
+    arrival = parse_day(room.get("checkin_date") or revision.get("arrival_date"), "checkin_date")
+    departure = parse_day(
+        room.get("checkout_date") or revision.get("departure_date"), "checkout_date"
+    )
+    stay = availability_slot(
+        arrival, departure, settings.zone, vacancies=None, capacity=None, closed=False
+    )
+    occupancy = room.get("occupancy") or revision.get("occupancy") or {}
+    counts = {
+        kind: whole_number(occupancy.get(field) or 0, f"occupancy.{field}")
+        for kind, field in OCCUPANCY_KEYS.items()
+    }
+    booking = Booking(
+        id=booking_uuid(source, booking_id, index),
+        uuid=booking_uuid(source, booking_id, index),
+        test_mode=settings.test_mode,
+        reseller_reference=text(revision.get("ota_reservation_code")),
+        supplier_reference=booking_id,
+        status=status,
+        utc_created_at=created_at,
+        utc_updated_at=updated_at,
+        utc_confirmed_at=confirmed_at(status, created_at),
+        product_id=settings.product_id(text(room.get("room_type_id")) or "DEFAULT"),
+        option_id=settings.option_id(text(room.get("rate_plan_id"))),
+        cancellable=status in STILL_CANCELLABLE,
+        cancellation=cancellation(status, _refund(revision), updated_at),
+        availability_id=stay.id,
+        availability=stay,
+        contact=_contact(revision.get("customer") or {}),
+        notes=text(revision.get("notes")),
+        unit_items=unit_items(
+            counts,
+            settings,
+            key=key,
+            status=status,
+            contacts=[_contact(guest) for guest in room.get("guests") or []],
+        ),
+    )
+    return BookingEvent(booking=booking, booking_key=key)
+
+
+def _times(revision: Mapping[str, Any], received_at: datetime | None) -> tuple[str, str]:
+    """(utcCreatedAt, utcUpdatedAt) of a revision; see the module docstring."""
+    received = utc_timestamp(received_at.isoformat(), "received_at") if received_at else None
+    inserted = text(revision.get("inserted_at"))
+    created = utc_timestamp(inserted, "inserted_at") if inserted else received
+    if created is None:
+        raise TranslationError("inserted_at: missing")
+    updated = text(revision.get("updated_at"))
+    return created, utc_timestamp(updated, "updated_at") if updated else received or created
+
+
+def _refund(revision: Mapping[str, Any]) -> Refund:
+    fees = [
+        _money(service.get("total_price"))
+        for service in revision.get("services") or []
+        if str(service.get("type") or "").lower() == "cancellation fee"
+    ]
+    if not fees:
+        return "FULL"
+    rooms_total = sum(
+        (_money(room.get("amount")) for room in revision.get("rooms") or []), Decimal(0)
+    )
+    return "NONE" if sum(fees) >= rooms_total else "PARTIAL"
+
+
+def _money(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value or 0))
+    except InvalidOperation:
+        raise TranslationError(f"not an amount: {value!r}") from None
+
+
+def _contact(person: Mapping[str, Any]) -> Contact:
+    """A Channex customer or guest (``name``, ``surname``, ``mail``, ...) as an OCTO contact."""
+    first, last = text(person.get("name")), text(person.get("surname"))
+    email = text(person.get("mail"))
+    language = text(person.get("language"))
+    return Contact(
+        full_name=full_name(first, last),
+        first_name=first,
+        last_name=last,
+        email_address=email if email and "@" in email else None,
+        phone_number=text(person.get("phone")),
+        locales=[language] if language else [],
+        postal_code=text(person.get("zip")),
+        country=country_code(person.get("country")),
+    )
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """What is known about one product/option/day while a push is read."""
+
+    vacancies: int
+    capacity: int | None
+    closed: bool
+
+    @classmethod
+    def known(cls, availability: Availability | None) -> _Slot:
+        if availability is None:
+            return cls(vacancies=0, capacity=None, closed=False)
+        return cls(
+            vacancies=availability.vacancies or 0,
+            capacity=availability.capacity,
+            closed=availability.status == "CLOSED",
+        )
+
+
+def availability_from_ari(
+    rows: list[dict[str, Any]],
+    settings: TranslationSettings,
+    previous: Mapping[DayKey, Availability],
+) -> list[AvailabilityEvent]:
+    """One event per product, option and day the rows touch, holding the last row's result.
+
+    ``previous`` is the last availability sent per (productId, optionId, "YYYY-MM-DD"). Rows may
+    name one ``date`` or an inclusive ``date_from``/``date_to`` range. Rows with neither
+    ``availability`` nor a stop-sell flag (rates, restrictions) are skipped.
+    """
+    slots: dict[DayKey, _Slot] = {}
+    for number, row in enumerate(rows):
+        if row.get("availability") is None and not _stop_sell_given(row):
+            continue
+        room_type = text(row.get("room_type_id"))
+        if room_type is None:
+            raise TranslationError(f"payload[{number}].room_type_id: missing")
+        product = settings.product_id(room_type)
+        option = settings.option_id(text(row.get("rate_plan_id")))
+        for day in _row_days(row, number):
+            key = (product, option, day.isoformat())
+            known = slots.get(key) or _Slot.known(previous.get(key))
+            slots[key] = _apply(known, row, number)
+    return [
+        day_event(
+            product,
+            option,
+            date.fromisoformat(day),
+            settings,
+            vacancies=slot.vacancies,
+            capacity=slot.capacity,
+            closed=slot.closed,
+        )
+        for (product, option, day), slot in slots.items()
+    ]
+
+
+def _stop_sell_given(row: Mapping[str, Any]) -> bool:
+    return any(row.get(flag) is not None for flag in STOP_SELL_FLAGS)
+
+
+def _row_days(row: Mapping[str, Any], number: int) -> list[date]:
+    if row.get("date") is not None:
+        return [parse_day(row["date"], f"payload[{number}].date")]
+    first = parse_day(row.get("date_from"), f"payload[{number}].date_from")
+    last = row.get("date_to")
+    return days(first, parse_day(last, f"payload[{number}].date_to") if last else first)
+
+
+def _apply(slot: _Slot, row: Mapping[str, Any], number: int) -> _Slot:
+    vacancies, capacity, closed = slot.vacancies, slot.capacity, slot.closed
+    if row.get("availability") is not None:
+        available = whole_number(row["availability"], f"payload[{number}].availability")
+        booked = row.get("booked")
+        vacancies = max(available, 0)
+        capacity = None
+        if booked is not None:
+            capacity = max(available + whole_number(booked, f"payload[{number}].booked"), 0)
+    if _stop_sell_given(row):
+        closed = any(bool(row.get(flag)) for flag in STOP_SELL_FLAGS)
+    return _Slot(vacancies=vacancies, capacity=capacity, closed=closed)
