@@ -22,9 +22,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.delivery.slots import DeliveryLease
 from gateway.models import NewEvent
 from gateway.samples import sample_data
-from gateway.delivery.slots import DeliveryLease
 from gateway.store.interface import Store
 from tests.tenants import AUTH_A
 

@@ -22,8 +22,8 @@ from gateway.config import GatewayConfig
 from gateway.hookspecs import hookimpl
 from gateway.models import DeliveryRecord
 from gateway.plugins import make_plugin_manager
-from gateway.store.interface import Store
 from gateway.store import SQLiteStore
+from gateway.store.interface import Store
 from tests.conftest import AUTH_A, REPO
 from tests.receivers import (
     Answer,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.models import AttemptRecord, DeliveryRecord, Subscription
 from gateway.delivery.slots import DeliveryLease, DeliverySlots
+from gateway.models import AttemptRecord, DeliveryRecord, Subscription
 from gateway.store import SQLiteStore, utcnow
 from tests.receivers import booking_event, emit
 

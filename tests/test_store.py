@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.store.sqlite.migrations import migrations
 from gateway.models import PushRecord, Subscription
 from gateway.store import SQLiteStore, connect, utcnow
 from gateway.store.sqlite.deliveries import CLAIM_FOR_SUBSCRIPTION, NEXT_DUE, SUBSCRIPTIONS_QUEUED
+from gateway.store.sqlite.migrations import migrations
 from gateway.store.sqlite.pushes import CLAIM_PUSHES
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.app import create_app
-from gateway.samples import sample_data
 from gateway.delivery.templates import TemplateProblem, Templates
+from gateway.samples import sample_data
 from tests.conftest import AUTH_A, REPO
 from tests.octo_schema import validate_octo
 
