@@ -22,7 +22,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.delivery.slots import DeliveryLease
 from gateway.models import NewEvent
 from gateway.samples import sample_data
 from gateway.store.interface import Store
@@ -211,15 +210,15 @@ def notes(request: Received) -> str:
     return str(request.json()["booking"]["notes"])
 
 
-async def emit(store: Store, events: list[NewEvent], lease: DeliveryLease | None = None) -> int:
-    """Store ``events`` as the processing of one push would, fanned out to the subscriptions
-    (leased to ``lease`` as far as its slots allow); returns how many deliveries were created."""
+async def emit(store: Store, events: list[NewEvent]) -> int:
+    """Store ``events`` as the processing of one push would, fanned out to the subscriptions;
+    returns how many deliveries there are to send."""
     # Leased at insert: a running processor polling in between can't take it from us.
     push, _ = await store.insert_push(
         source="test", kind="events", payload={}, dedupe_key=None, order_key=None, lease_seconds=60
     )
     assert push.lease_token is not None
-    created = await store.complete_push(push.id, push.lease_token, events, lease=lease)
+    created = await store.complete_push(push.id, push.lease_token, events)
     assert created is not None
     return created
 

@@ -1,18 +1,16 @@
-"""Delivery concurrency slots, shared by the delivery worker and the store's writer thread.
+"""Delivery concurrency slots, owned by the delivery worker on the event loop.
 
-Slots are taken only on the writer thread, inside the transaction that leases a delivery (a claim,
-or a fan-out that hands fresh messages straight to the worker), and freed on the event loop when a
-request ends. One taker and a lock keep the overall and per-subscription limits exact however
-claims and fan-outs interleave.
+The worker tells the store how much room it has (``room``), takes a slot for each delivery the claim
+leased, and frees it when the request ends. Claims run one at a time and slots are only freed
+meanwhile, so the room a claim was given never overshoots the overall or per-subscription limits.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
 
-from gateway.models import DeliveryRecord
+from gateway.store.interface import ClaimRoom
 
 
 class DeliverySlots:
@@ -28,6 +26,12 @@ class DeliverySlots:
         """Slots free overall (0 once closed)."""
         with self._lock:
             return 0 if self._closed else self.total - len(self._held)
+
+    def room(self) -> ClaimRoom:
+        """What a claim may lease now (nothing once closed)."""
+        with self._lock:
+            total = 0 if self._closed else self.total - len(self._held)
+            return ClaimRoom(total, self.per_subscription, dict(self._per_subscription))
 
     def in_flight(self) -> dict[str, int]:
         with self._lock:
@@ -70,22 +74,3 @@ class DeliverySlots:
     def __len__(self) -> int:
         with self._lock:
             return len(self._held)
-
-
-@dataclass
-class DeliveryLease:
-    """Asks the store to lease the deliveries a push creates straight to this process's delivery
-    worker, as far as its slots allow, so a fresh message skips the claim query. After the call,
-    ``records`` holds the leased messages (with their slots taken); the caller must start them."""
-
-    slots: DeliverySlots
-    seconds: float
-    ordering_max_wait: float
-    records: list[DeliveryRecord] = field(default_factory=list)
-
-    def reset(self) -> None:
-        """Undo what an attempt took: its transaction was rolled back (a group commit is retried
-        write by write, so the attempt may run again)."""
-        for record in self.records:
-            self.slots.release(record.seq)
-        self.records.clear()

@@ -26,7 +26,7 @@ from yarl import URL
 from gateway.config import DeliveryConfig, GatewayConfig
 from gateway.delivery.netguard import check_url, guarded_connector
 from gateway.delivery.signing import webhook_headers
-from gateway.delivery.slots import DeliveryLease, DeliverySlots
+from gateway.delivery.slots import DeliverySlots
 from gateway.delivery.templates import TemplateProblem, Templates
 from gateway.hooks import Hooks
 from gateway.metrics import Metrics
@@ -318,16 +318,6 @@ class Deliverer:
     def wake(self) -> None:
         self._wake.set()
 
-    def lease(self) -> DeliveryLease | None:
-        """For the processor: let the store lease fresh deliveries straight to this worker."""
-        if self._stopping:
-            return None
-        return DeliveryLease(self.slots, self.lease_seconds, self.delivery.ordering_max_wait)
-
-    def adopt(self, records: list[DeliveryRecord]) -> None:
-        """Send deliveries the store leased to this worker (their slots are taken)."""
-        self._start(records)
-
     async def run(self) -> None:
         self._loop_started = True
         try:
@@ -346,26 +336,22 @@ class Deliverer:
 
     async def _claim(self) -> bool:
         """Claim what there is room for; True when the batch was full."""
-        room = self.slots.free()
-        if room <= 0:
+        room = self.slots.room()
+        if room.total <= 0:
             return False
         claimed = await self.store.claim_deliveries(
-            self.slots,
-            self.lease_seconds,
-            ordering_max_wait=self.delivery.ordering_max_wait,
-            limit=room,
+            room, self.lease_seconds, ordering_max_wait=self.delivery.ordering_max_wait
         )
         if self._stopping:  # stopped while claiming: hand them back untouched
-            for record in claimed:
-                self.slots.release(record.seq)
             await self.store.release_deliveries(claimed)
             return False
         self._start(claimed)
-        return len(claimed) == room
+        return len(claimed) == room.total
 
     def _start(self, leased: list[DeliveryRecord]) -> None:
-        # The store took a slot for each record in the transaction that leased it.
+        # Claims run one at a time and slots are only freed meanwhile, so these fit the room.
         for record in leased:
+            self.slots.take(record.seq, record.subscription_id)
             task = asyncio.create_task(self.deliver(record))
             self._running[task] = record
             task.add_done_callback(self._done)

@@ -19,8 +19,7 @@ from typing import Protocol
 import aiohttp
 
 from gateway.config import IngestConfig, ServerConfig, SourceConfig
-from gateway.delivery.slots import DeliveryLease
-from gateway.models import DeliveryRecord, NewEvent, PushRecord
+from gateway.models import NewEvent, PushRecord
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
 from gateway.store.interface import Store
@@ -112,11 +111,7 @@ def effective_settings(name: str, settings: SourceConfig, server: ServerConfig) 
 
 
 class Outbox(Protocol):
-    """Where processed pushes hand their deliveries: the delivery worker."""
-
-    def lease(self) -> DeliveryLease | None: ...
-
-    def adopt(self, records: list[DeliveryRecord]) -> None: ...
+    """Who sends what processed pushes store: the delivery worker, woken to claim it."""
 
     def wake(self) -> None: ...
 
@@ -261,18 +256,14 @@ class Processor:
             log.exception("source %s failed on push %s", push.source, push.id)
             await self.store.fail_push(push.id, push.lease_token, f"{type(exc).__name__}: {exc}")
             return
-        lease = self.outbox.lease()
         created = await self.store.complete_push(
-            push.id, push.lease_token, new_events(push.source, outcome), outcome.note, lease
+            push.id, push.lease_token, new_events(push.source, outcome), outcome.note
         )
         if created is None:
             log.warning("lost the lease on push %s; another worker has it", push.id)
             return
-        leased = lease.records if lease is not None else []
-        if leased:
-            self.outbox.adopt(leased)
-        if created > len(leased):
-            self.outbox.wake()  # the rest wait their turn in the queue
+        if created:
+            self.outbox.wake()
         try:
             await source.acknowledge(outcome, context)
         except Exception as exc:

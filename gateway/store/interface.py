@@ -3,14 +3,19 @@
 ``gateway.store.SQLiteStore`` implements it on the embedded SQLite file; a PostgreSQL store for
 several processes can implement the same Protocol without touching handlers or workers. Every state
 change of a leased row (push or delivery) is fenced by its lease token.
+
+A store knows nothing of workers: it stores, leases and settles rows. The delivery worker owns its
+concurrency slots on the event loop; it is woken when a push's deliveries are stored and claims
+them, telling the store how much room it has (``ClaimRoom``) and taking its slots for what comes back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.delivery.slots import DeliveryLease, DeliverySlots
 from gateway.models import (
     AttemptRecord,
     DeliveryRecord,
@@ -20,6 +25,19 @@ from gateway.models import (
     PushState,
     Subscription,
 )
+
+
+@dataclass(frozen=True)
+class ClaimRoom:
+    """How much a delivery claim may lease: ``total`` messages at most, and for each subscription
+    no more than ``per_subscription`` minus what it already has ``in_flight``."""
+
+    total: int
+    per_subscription: int
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+
+    def free(self, subscription_id: str) -> int:
+        return max(self.per_subscription - self.in_flight.get(subscription_id, 0), 0)
 
 
 class Store(Protocol):
@@ -87,23 +105,19 @@ class Store(Protocol):
         lease_token: str,
         events: list[NewEvent],
         note: str | None = None,
-        lease: DeliveryLease | None = None,
     ) -> int | None:
-        """Events + history + fan-out + push processed, atomically; None if the lease was lost.
-        With ``lease``, deliveries are stored leased to the caller's worker as far as its slots
-        allow (taking them in the transaction) and listed in ``lease.records``."""
+        """Events + history + fan-out (deliveries stored pending) + push processed, atomically;
+        returns the number of deliveries to send, or None if the lease was lost."""
 
     # -- deliveries ----------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self,
-        slots: DeliverySlots,
-        lease_seconds: float,
-        *,
-        ordering_max_wait: float,
-        limit: int | None = None,
+        self, room: ClaimRoom, lease_seconds: float, *, ordering_max_wait: float
     ) -> list[DeliveryRecord]:
-        """Lease due deliveries, taking a slot for each in the same transaction."""
+        """Lease due deliveries within ``room``: subscriptions with the oldest due message first,
+        one at its limit passed over however deep its backlog; a message waits while an earlier
+        one of its ``order_key`` is unfinished, unless that one is older than
+        ``ordering_max_wait`` seconds."""
 
     async def next_delivery_due(self) -> float | None: ...
 

@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 from sqlite_utils import Database
 
-from gateway.delivery.slots import DeliverySlots
 from gateway.models import (
     AttemptRecord,
     DeliveryRecord,
     DeliveryState,
 )
+from gateway.store.interface import ClaimRoom
 from gateway.store.sqlite.base import (
     SQLiteBase,
     _insert,
@@ -25,45 +25,23 @@ from gateway.store.sqlite.base import (
 
 class DeliveryStore(SQLiteBase):
     async def claim_deliveries(
-        self,
-        slots: DeliverySlots,
-        lease_seconds: float,
-        *,
-        ordering_max_wait: float,
-        limit: int | None = None,
+        self, room: ClaimRoom, lease_seconds: float, *, ordering_max_wait: float
     ) -> list[DeliveryRecord]:
-        """Lease due deliveries, at most ``limit`` and as many as ``slots`` has free, taking a
-        slot for each. A delivery waits while an earlier one of the same subject (booking) for the
-        same subscription is unfinished, unless that one is older than ``ordering_max_wait``. No
-        subscription gets more than its free slots, and one at its limit is passed over however
-        deep its backlog, so a slow subscriber can't hold up the others."""
+        """Lease due deliveries, at most ``room.total`` and no more per subscription than it has
+        free. A delivery waits while an earlier one of the same subject (booking) for the same
+        subscription is unfinished, unless that one is older than ``ordering_max_wait``. A
+        subscription at its limit is passed over however deep its backlog, so a slow subscriber
+        can't hold up the others."""
         token = new_id("lease")
-        taken: list[int] = []
-        abandoned = False
 
         def claim() -> list[DeliveryRecord]:
-            _give_back(slots, taken)  # a retried write: the rolled-back attempt took these
-            if abandoned:
-                return []
-            room = slots.free() if limit is None else min(limit, slots.free())
             now = time.time()
             with self._immediate() as db:
-                rows = _claim_due(
-                    db, slots, token, now, now + lease_seconds, ordering_max_wait, room
-                )
-                for row in rows:
-                    slots.take(row["seq"], row["subscription_id"])
-                    taken.append(row["seq"])
+                rows = _claim_due(db, room, token, now, now + lease_seconds, ordering_max_wait)
                 data = _event_data(db, [row["event_seq"] for row in rows])
             return [_delivery(row, data.get(row["event_seq"], {})) for row in rows]
 
-        try:
-            return await self._write(claim)
-        except BaseException:
-            # Rolled back, or the caller gave up waiting: nobody will send these.
-            abandoned = True
-            _give_back(slots, taken)
-            raise
+        return await self._write(claim)
 
     async def next_delivery_due(self) -> float | None:
         def due(db: Database) -> float | None:
@@ -312,27 +290,26 @@ returning *
 
 def _claim_due(
     db: Database,
-    slots: DeliverySlots,
+    room: ClaimRoom,
     token: str,
     now: float,
     expires: float,
     ordering_max_wait: float,
-    room: int,
 ) -> list[dict[str, Any]]:
-    """Lease up to ``room`` due messages: subscriptions in the order of their oldest due message,
-    each up to its free slots. One at its limit is passed over without reading its backlog."""
-    if room <= 0:
+    """Lease up to ``room.total`` due messages: subscriptions in the order of their oldest due
+    message, each up to its free slots. One at its limit is passed over without reading its
+    backlog."""
+    left = room.total
+    if left <= 0:
         return []
-    in_flight = slots.in_flight()
     waiting = sorted(
         (earliest, subscription_id, free)
         for subscription_id, earliest in db.execute(SUBSCRIPTIONS_QUEUED)
-        if earliest <= now
-        and (free := slots.per_subscription - in_flight.get(subscription_id, 0)) > 0
+        if earliest <= now and (free := room.free(subscription_id)) > 0
     )
     rows: list[dict[str, Any]] = []
     for _, subscription_id, free in waiting:
-        if room <= 0:
+        if left <= 0:
             break
         batch = list(
             db.query(
@@ -343,19 +320,13 @@ def _claim_due(
                     "now": now,
                     "subscription": subscription_id,
                     "max_wait": ordering_max_wait,
-                    "limit": min(free, room),
+                    "limit": min(free, left),
                 },
             )
         )
         rows += batch
-        room -= len(batch)
+        left -= len(batch)
     return rows
-
-
-def _give_back(slots: DeliverySlots, seqs: list[int]) -> None:
-    for seq in seqs:
-        slots.release(seq)
-    seqs.clear()
 
 
 def _event_data(db: Database, seqs: list[int]) -> dict[int, dict[str, Any]]:

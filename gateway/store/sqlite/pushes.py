@@ -9,9 +9,7 @@ from typing import Any
 import orjson
 from sqlite_utils import Database
 
-from gateway.delivery.slots import DeliveryLease
 from gateway.models import (
-    DeliveryRecord,
     NewEvent,
     PushRecord,
     PushState,
@@ -219,17 +217,12 @@ class PushStore(SQLiteBase):
         lease_token: str,
         events: list[NewEvent],
         note: str | None = None,
-        lease: DeliveryLease | None = None,
     ) -> int | None:
         """Store a push's events with their history and fan them out to matching subscriptions, and
-        mark the push processed, in one transaction. Returns the number of deliveries created, or
-        None when the lease was lost (another worker owns the push now). With ``lease``, the
-        deliveries its slots allow are stored leased and listed in ``lease.records``."""
-        abandoned = False
+        mark the push processed, in one transaction. Returns the number of deliveries to send, or
+        None when the lease was lost (another worker owns the push now)."""
 
         def complete() -> int | None:
-            if lease is not None:
-                lease.reset()  # a retried write: the rolled-back attempt took these
             now = time.time()
             with self._immediate() as db:
                 owner = db.execute(
@@ -244,9 +237,7 @@ class PushStore(SQLiteBase):
                     data = _with_history(db, event, now)
                     if data is None:
                         continue
-                    created += _fan_out(
-                        db, event, data, id, source, subscribers, now, None if abandoned else lease
-                    )
+                    created += _fan_out(db, event, data, id, source, subscribers, now)
                 db.execute(
                     "update pushes set state = 'processed', processed_at = ?, note = ?, error = null,"
                     " lease_token = null, lease_expires_at = null where id = ?",
@@ -254,13 +245,7 @@ class PushStore(SQLiteBase):
                 )
                 return created
 
-        try:
-            return await self._write(complete)
-        except BaseException:
-            abandoned = True  # rolled back, or the caller gave up waiting: nobody will send these
-            if lease is not None:
-                lease.reset()
-            raise
+        return await self._write(complete)
 
     async def replay_failed_pushes(self, ids: list[str] | None = None) -> list[str]:
         """Queue failed pushes (all, or the given ids) for processing again; returns their ids."""
@@ -387,12 +372,10 @@ def _fan_out(
     source: str,
     subscribers: _Subscribers,
     now: float,
-    lease: DeliveryLease | None,
 ) -> int:
     """Store the event and one delivery per subscription whose event and products match; a newer
-    availability for the same subject supersedes one still waiting. A delivery is stored leased to
-    ``lease`` when a slot is free and nothing of its subject waits ahead of it. Returns the number
-    of deliveries to send (pending or leased)."""
+    availability for the same subject supersedes one still waiting. Returns the number of
+    deliveries to send."""
     cursor = db.execute(
         "insert into events (id, push_id, source, event, subject, product_id, option_id, data,"
         " created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -421,45 +404,20 @@ def _fan_out(
                 " where order_key = ? and state = 'pending'",
                 [now, order_key],
             )
-        message = {
-            "id": new_id("msg"),
-            "event_seq": event_seq,
-            "subscription_id": subscription_id,
-            "event": event.event,
-            "order_key": order_key,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
-        if not active:
-            _insert(db, "deliveries", {**message, "state": "skipped"})
-            continue
-        to_send += 1
-        if lease is None or not _may_lease(db, lease, subscription_id, order_key, now):
-            _insert(db, "deliveries", {**message, "state": "pending"})
-            continue
-        expires = now + lease.seconds
-        message.update(
-            state="leased",
-            lease_token=new_id("lease"),
-            lease_expires_at=expires,
-            next_attempt_at=expires,
+        to_send += active
+        _insert(
+            db,
+            "deliveries",
+            {
+                "id": new_id("msg"),
+                "event_seq": event_seq,
+                "subscription_id": subscription_id,
+                "event": event.event,
+                "order_key": order_key,
+                "state": "pending" if active else "skipped",
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
-        seq = _insert(db, "deliveries", message)
-        lease.slots.take(seq, subscription_id)
-        lease.records.append(DeliveryRecord(seq=seq, attempts=0, data=data, **message))
     return to_send
-
-
-def _may_lease(
-    db: Database, lease: DeliveryLease, subscription_id: str, order_key: str, now: float
-) -> bool:
-    """A slot is free and no earlier message of the subject is unfinished (the claim's rule)."""
-    if not lease.slots.can_take(subscription_id):
-        return False
-    ahead = db.execute(
-        "select 1 from deliveries where order_key = ? and state in ('pending', 'leased')"
-        " and created_at > ? limit 1",
-        [order_key, now - lease.ordering_max_wait],
-    ).fetchone()
-    return ahead is None

@@ -1,8 +1,8 @@
-"""Fresh deliveries leased straight to the delivery worker by the fan-out, within its slots.
+"""Delivery claims within the room the worker gives them.
 
-A processed push hands its deliveries to the worker in the transaction that stores them, so the
-happy path needs no claim query; the slots (overall and per subscription) and the per-booking order
-must hold exactly as they do for claims.
+The store knows nothing of the worker's slots: fan-out stores deliveries pending, the worker is woken
+and claims them, passing how much room it has overall and per subscription (``ClaimRoom``). The
+limits and the per-booking order must hold exactly.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.delivery.slots import DeliveryLease, DeliverySlots
+from gateway.delivery.slots import DeliverySlots
 from gateway.models import AttemptRecord, DeliveryRecord, Subscription
 from gateway.store import SQLiteStore, utcnow
+from gateway.store.interface import ClaimRoom
 from tests.receivers import booking_event, emit
 
 LEASE_SECONDS = 60.0
@@ -70,98 +71,111 @@ async def deliver(store: SQLiteStore, record: DeliveryRecord, slots: DeliverySlo
     slots.release(record.seq)
 
 
-def lease_for(slots: DeliverySlots) -> DeliveryLease:
-    return DeliveryLease(slots, LEASE_SECONDS, ordering_max_wait=3600)
+async def claim(store: SQLiteStore, slots: DeliverySlots) -> list[DeliveryRecord]:
+    """A claim as the worker makes one: within its room, taking a slot for what comes back."""
+    claimed = await store.claim_deliveries(slots.room(), LEASE_SECONDS, ordering_max_wait=3600)
+    for record in claimed:
+        slots.take(record.seq, record.subscription_id)
+    return claimed
 
 
-async def test_fan_out_leases_fresh_deliveries_as_far_as_the_slots_allow(
+async def test_fan_out_stores_pending_deliveries_and_a_claim_leases_them_within_the_room(
     store: SQLiteStore,
 ) -> None:
     for id in ("a", "b", "c"):
         await subscribe(store, id)
     await subscribe(store, "off", active=False)
     slots = DeliverySlots(total=2, per_subscription=16)
-    lease = lease_for(slots)
 
-    assert await emit(store, [booking_event("s:b1")], lease) == 3
+    assert await emit(store, [booking_event("s:b1")]) == 3
+    states = sorted(state for state, _ in rows(store).values())
+    assert states == ["pending", "pending", "pending", "skipped"]
 
+    claimed = await claim(store, slots)
     stored = rows(store)
-    assert len(stored) == 4
-    assert len(lease.records) == 2 and len(slots) == 2
-    for record in lease.records:
+    assert len(claimed) == 2 and len(slots) == 2
+    for record in claimed:
         assert record.state == "leased" and record.data["booking"]["notes"] == "update 0"
         assert stored[record.id] == ("leased", record.lease_token)
-        assert slots.holds(record.seq)
-    states = sorted(state for state, _ in stored.values())
-    assert states == ["leased", "leased", "pending", "skipped"]
-
     # The worker is full: a claim takes nothing until a slot is freed, then the waiting one.
-    assert await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600) == []
-    await deliver(store, lease.records[0], slots)
-    [claimed] = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
-    assert stored[claimed.id][0] == "pending"
-    assert slots.holds(claimed.seq) and len(slots) == 2
+    assert await claim(store, slots) == []
+    await deliver(store, claimed[0], slots)
+    [third] = await claim(store, slots)
+    assert stored[third.id][0] == "pending"
+    assert slots.holds(third.seq) and len(slots) == 2
 
 
-async def test_per_subscription_slots_bound_the_fan_out_and_the_claims_together(
-    store: SQLiteStore,
-) -> None:
+async def test_per_subscription_room_bounds_a_claim(store: SQLiteStore) -> None:
     await subscribe(store, "a")
+    await subscribe(store, "b")
     slots = DeliverySlots(total=10, per_subscription=1)
-    lease = lease_for(slots)
 
-    await emit(store, [booking_event("s:b1"), booking_event("s:b2")], lease)
+    await emit(store, [booking_event("s:b1"), booking_event("s:b2")])
 
-    assert [r.order_key for r in lease.records] == ["a|s:b1"]
-    assert slots.in_flight() == {"a": 1}
-    assert await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600) == []
-    await deliver(store, lease.records[0], slots)
-    [claimed] = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
+    first = await claim(store, slots)
+    assert sorted(r.order_key for r in first) == ["a|s:b1", "b|s:b1"]
+    assert slots.in_flight() == {"a": 1, "b": 1}
+    assert await claim(store, slots) == []
+    await deliver(store, next(r for r in first if r.subscription_id == "a"), slots)
+    [claimed] = await claim(store, slots)
     assert claimed.order_key == "a|s:b2"
 
 
-async def test_an_update_waiting_behind_an_unfinished_one_of_its_booking_is_not_leased(
+async def test_room_given_by_in_flight_counts_is_honoured(store: SQLiteStore) -> None:
+    await subscribe(store, "a")
+    await subscribe(store, "b")
+    await emit(store, [booking_event(f"s:b{n}") for n in range(3)])
+
+    room = ClaimRoom(total=10, per_subscription=2, in_flight={"a": 2, "b": 1})
+    claimed = await store.claim_deliveries(room, LEASE_SECONDS, ordering_max_wait=3600)
+
+    assert [r.subscription_id for r in claimed] == ["b"]
+    assert (
+        await store.claim_deliveries(
+            ClaimRoom(total=0, per_subscription=2), LEASE_SECONDS, ordering_max_wait=3600
+        )
+        == []
+    )
+
+
+async def test_an_update_waiting_behind_an_unfinished_one_of_its_booking_is_not_claimed(
     store: SQLiteStore,
 ) -> None:
     await subscribe(store, "a")
     slots = DeliverySlots(total=10, per_subscription=10)
-    first, second = lease_for(slots), lease_for(slots)
 
-    await emit(store, [booking_event("s:b1", 1)], first)
-    await emit(store, [booking_event("s:b1", 2)], second)
+    await emit(store, [booking_event("s:b1", 1)])
+    await emit(store, [booking_event("s:b1", 2)])
 
-    assert len(first.records) == 1 and second.records == []
-    # The second one goes out only once the first is finished, through a claim.
-    assert await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600) == []
-    await deliver(store, first.records[0], slots)
-    [claimed] = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
-    assert claimed.data["booking"]["notes"] == "update 2"
+    [first] = await claim(store, slots)
+    assert first.data["booking"]["notes"] == "update 1"
+    # The second one goes out only once the first is finished.
+    assert await claim(store, slots) == []
+    await deliver(store, first, slots)
+    [second] = await claim(store, slots)
+    assert second.data["booking"]["notes"] == "update 2"
 
 
-async def test_a_stopping_worker_gets_nothing_leased(store: SQLiteStore) -> None:
+async def test_a_stopping_worker_claims_nothing(store: SQLiteStore) -> None:
     await subscribe(store, "a")
     slots = DeliverySlots(total=10, per_subscription=10)
     slots.close()
-    lease = lease_for(slots)
 
-    assert await emit(store, [booking_event("s:b1")], lease) == 1
+    assert await emit(store, [booking_event("s:b1")]) == 1
 
-    assert lease.records == [] and len(slots) == 0
+    assert await claim(store, slots) == [] and len(slots) == 0
     assert [state for state, _ in rows(store).values()] == ["pending"]
 
 
-async def test_a_rolled_back_fan_out_gives_its_slots_back(store: SQLiteStore) -> None:
+async def test_a_rolled_back_fan_out_stores_nothing(store: SQLiteStore) -> None:
     await subscribe(store, "a")
-    slots = DeliverySlots(total=10, per_subscription=10)
-    lease = lease_for(slots)
-    # An event whose data can't be stored fails the transaction after the delivery was leased.
+    # An event whose data can't be stored fails the transaction after a delivery was stored.
     broken = booking_event("s:b2")
     broken.data["booking"]["unstorable"] = object()
 
     with pytest.raises(TypeError):
-        await emit(store, [booking_event("s:b1"), broken], lease)
+        await emit(store, [booking_event("s:b1"), broken])
 
-    assert lease.records == [] and len(slots) == 0
     assert rows(store) == {}
 
 
@@ -186,11 +200,11 @@ async def test_a_subscriber_at_its_limit_with_a_deep_backlog_does_not_starve_the
     await emit(store, [booking_event("s:fast")])
     slots = DeliverySlots(total=10, per_subscription=2)
 
-    claimed = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
+    claimed = await claim(store, slots)
 
     assert sorted(record.subscription_id for record in claimed) == ["fast", "slow", "slow"]
     # Once slow is at its limit, later claims still find fast's next message.
     again = await emit(store, [booking_event("s:fast2")])
     assert again == 2
-    [next_one] = await store.claim_deliveries(slots, LEASE_SECONDS, ordering_max_wait=3600)
+    [next_one] = await claim(store, slots)
     assert next_one.subscription_id == "fast"
