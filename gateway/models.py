@@ -7,11 +7,9 @@ gateway's own work and how it is shown over the API.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from yarl import URL
 
 EventName = Literal["booking_update", "availability_update"]
 EVENTS: tuple[EventName, ...] = ("booking_update", "availability_update")
@@ -68,16 +66,42 @@ class Subscription(BaseModel):
         }
 
 
-@lru_cache(maxsize=4096)  # called for every delivery; a URL parse is not free
+MASK = "***"
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of ``scheme://user:password@host/...`` sits in ``url``, found on the text
+    as written (no parsing and re-encoding, so a URL template keeps its ``{{ ... }}``)."""
+    start = url.find("://")
+    if start < 0:
+        return None
+    start += 3
+    end = len(url)
+    for stop in "/?#":
+        found = url.find(stop, start)
+        if found >= 0:
+            end = min(end, found)
+    at = url.rfind("@", start, end)  # like urllib: the last "@" ends the user info
+    colon = url.find(":", start, at) if at >= 0 else -1
+    if colon < 0:
+        return None
+    return colon + 1, at
+
+
 def mask_password(url: str) -> str:
-    """``https://user:pass@host/`` -> ``https://user:***@host/``; anything else unchanged."""
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
+    """``https://user:pass@host/`` -> ``https://user:***@host/``; the rest exactly as written."""
+    span = _password_span(url)
+    if span is None:
         return url
-    if parsed.password is None:
+    return url[: span[0]] + MASK + url[span[1] :]
+
+
+def restore_password(url: str, stored: str) -> str:
+    """A URL sent back with its password masked (what GET showed) keeps the stored password."""
+    span, old = _password_span(url), _password_span(stored)
+    if span is None or old is None or url[span[0] : span[1]] != MASK:
         return url
-    return str(parsed.with_password("***"))
+    return url[: span[0]] + stored[old[0] : old[1]] + url[span[1] :]
 
 
 def iso(moment: datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -125,3 +126,38 @@ async def test_subscription_url_templates(aiohttp_client: Any, make_config: Any)
     )
     assert refused.status == 400
     assert "url" in (await refused.json())["errorMessage"]
+
+
+async def test_url_template_comes_back_as_written_and_survives_a_patch(
+    aiohttp_client: Any, make_config: Any, receiver: Any
+) -> None:
+    """GET shows a URL template exactly as it was written (only the password masked), and a PATCH
+    of what GET showed keeps both the template and the stored password working."""
+    client = await aiohttp_client(create_app(make_config(delivery={"allow_private_targets": True})))
+    base = receiver.url("/hook").replace("http://", "http://alice:s3cr%40t@")
+    url = base + "/{{ productId }}?opt={{ optionId | lower }}&t={{event}}"
+    created = await client.post(
+        "/octo/webhooks", json={"url": url, "event": "availability_update"}, headers=AUTH_A
+    )
+    assert created.status == 200, await created.text()
+    webhook = await created.json()
+    assert webhook["url"] == url
+    shown = url.replace("s3cr%40t", "***")
+    got = await (await client.get(f"/octo/webhooks/{webhook['id']}", headers=AUTH_A)).json()
+    assert got["url"] == shown
+    listed = await (await client.get("/octo/webhooks", headers=AUTH_A)).json()
+    assert [w["url"] for w in listed] == [shown]
+
+    patched = await client.patch(
+        f"/octo/webhooks/{webhook['id']}", json={"url": got["url"]}, headers=AUTH_A
+    )
+    assert patched.status == 200, await patched.text()
+    assert (await patched.json())["url"] == shown
+    sent = await client.post(f"/octo/webhooks/{webhook['id']}/test", headers=AUTH_A)
+    assert (await sent.json())["delivered"] is True
+    sample = sample_data("availability_update")
+    request = receiver.requests[-1]
+    assert request.path == (
+        f"/hook/{sample['productId']}?opt={sample['optionId'].lower()}&t=availability_update"
+    )
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"alice:s3cr@t").decode()

@@ -16,7 +16,7 @@ from gateway.config import ApiKey
 from gateway.delivery.netguard import UnresolvableHost, check_url
 from gateway.delivery.signing import generate_secret
 from gateway.delivery.templates import TemplateProblem, is_url_template
-from gateway.models import EventName, Subscription, mask_password
+from gateway.models import EventName, Subscription, mask_password, restore_password
 from gateway.samples import sample_data
 from gateway.store import utcnow
 from gateway.web.auth import find_api_key
@@ -81,7 +81,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise bad_request("request body is empty; expected a JSON object")
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise bad_request("request body is nested too deeply") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, or an integer of over 4300 digits
         raise bad_request(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
@@ -198,7 +200,12 @@ async def patch_webhook(request: web.Request) -> web.Response:
         check_headers(body.headers)
     updated = subscription.model_copy(
         update={
-            "url": body.url if body.url is not None else subscription.url,
+            # A URL sent back as GET showed it (password masked) keeps the stored password.
+            "url": (
+                restore_password(body.url, subscription.url)
+                if body.url is not None
+                else subscription.url
+            ),
             "event": body.event or subscription.event,
             "headers": body.headers if body.headers is not None else subscription.headers,
             "retry_on_error": _pick(body.retryOnError, subscription.retry_on_error),
