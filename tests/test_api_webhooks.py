@@ -200,7 +200,10 @@ async def test_bad_bodies_name_the_field(
         (b"", "empty"),
         (b"\xff\xfe{}", "not valid JSON"),
         (b'"text"', "JSON object"),
+        (b"[" * 100_000, "nested"),  # json.loads recurses: RecursionError
+        (b'{"n": ' + b"9" * 5000 + b"}", "not valid JSON"),  # int() refuses over 4300 digits
     ],
+    ids=lambda value: value[:20] if isinstance(value, bytes) else value,
 )
 async def test_malformed_json_is_400(
     client: TestClient[Any, Any], raw: bytes, mention: str

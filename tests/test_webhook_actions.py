@@ -124,7 +124,19 @@ async def test_send_test_is_tenant_scoped(client: TestClient[Any, Any], receiver
 
 @pytest.mark.parametrize(
     "query",
-    ["?state=bogus", "?limit=0", "?limit=501", "?limit=abc", "?limit=-1", "?before=0", "?limit=²"],
+    [
+        "?state=bogus",
+        "?limit=0",
+        "?limit=501",
+        "?limit=abc",
+        "?limit=-1",
+        "?before=0",
+        "?limit=²",
+        "?before=9223372036854775808",  # one past SQLite's integers
+        "?limit=" + "1" * 5000,  # int() refuses over 4300 digits
+        "?before=" + "9" * 5000,
+    ],
+    ids=lambda query: query[:40],
 )
 async def test_deliveries_query_is_validated(
     client: TestClient[Any, Any], receiver: Receiver, query: str

@@ -65,7 +65,7 @@ def _parse_json_slowly(body: bytes) -> Any:
     if not text.strip():
         raise PushRejected("body is empty; expected JSON")
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise PushRejected(f"body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -75,10 +75,23 @@ def _parse_json_slowly(body: bytes) -> Any:
         raise PushRejected("body is not valid JSON: a number in it is too long") from None
     if nesting_depth(value) > MAX_DEPTH:
         raise PushRejected(f"body is nested more than {MAX_DEPTH} levels deep")
+    try:
+        # What Python's json accepts and the store's orjson can't write (a lone surrogate escape
+        # such as "\ud800", an integer over 64 bits) is refused here, so the push is kept as failed.
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise PushRejected(f"body is not valid JSON: {exc}") from None
     return value
 
 
 MAX_DEPTH = 32
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise PushRejected(f"body is not valid JSON: the number {text[:40]} is out of range")
+    return value
 
 
 def _no_constant(name: str) -> Any:

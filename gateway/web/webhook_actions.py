@@ -74,19 +74,24 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return response
 
 
+# What SQLite stores in an integer column; a larger ``before`` is refused, not overflowed.
+MAX_INT = 2**63 - 1
+
+
 def _int_query(request: web.Request, name: str, low: int, high: int | None) -> int | None:
     """A whole-number query parameter within bounds, or None when absent; anything else is 400."""
     raw = request.query.get(name)
     if raw is None:
         return None
-    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    top = MAX_INT if high is None else high
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses; and no more digits
+    # than the bound has, since int() of thousands of digits raises.
     if (
         not (raw.isascii() and raw.isdigit())
-        or int(raw) < low
-        or (high is not None and int(raw) > high)
+        or len(raw.lstrip("0")) > len(str(top))
+        or not low <= int(raw) <= top
     ):
-        bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise bad_request(f"{name}: must be a whole number {bound}")
+        raise bad_request(f"{name}: must be a whole number {low}..{top}")
     return int(raw)
 
 
