@@ -228,7 +228,7 @@ async def test_channex_ari_stop_sell_only_keeps_the_last_vacancies(gw: Harness) 
     await gw.push_ok("channex", load_fixture("channex-ari-1.json"))
     await eventually(lambda: gw.availability.availability())
     row = {"date": "2021-12-02", "room_type_id": ARI_ROOM, "rate_plan_id": ARI_RATE}
-    await gw.push_ok("channex", {"event": "ari", "payload": [{**row, "stop_sell": True}]})
+    await gw.push_ok("channex", {"event": "ari", "payload": [{**row, "stop_sell_manual": True}]})
     await eventually(lambda: len(gw.availability.availability()) == 2)
     closed = gw.availability.availability()[1]
     validate_octo("Availability", closed)
@@ -240,6 +240,31 @@ async def test_channex_ari_stop_sell_only_keeps_the_last_vacancies(gw: Harness) 
     assert (reopened["vacancies"], reopened["available"]) == (5, True)
 
 
+async def test_channex_ari_automatic_stop_sell_is_ignored(gw: Harness) -> None:
+    """Rows shaped like channex-ari-1.json where Channex set ``stop_sell`` itself: sold out, then
+    rooms back at a zero rate. The subscriber sees SOLD_OUT and then the rooms, never CLOSED."""
+    [sample] = load_fixture("channex-ari-1.json")["payload"]
+    sold_out = {**sample, "availability": 0, "booked": 12, "stop_sell": True}
+    await gw.push_ok("channex", {"event": "ari", "payload": [sold_out]})
+    [first] = await eventually(lambda: gw.availability.availability())
+    validate_octo("Availability", first)
+    assert (first["status"], first["available"], first["vacancies"]) == ("SOLD_OUT", False, 0)
+
+    free_rate = {**sample, "availability": 3, "booked": 9, "rate": 0, "stop_sell": True}
+    only_flag = {"date": sample["date"], "room_type_id": ARI_ROOM, "rate_plan_id": ARI_RATE}
+    await gw.push_ok("channex", {"event": "ari", "payload": [free_rate]})
+    await eventually(lambda: len(gw.availability.availability()) == 2)
+    answer = await gw.push_ok(
+        "channex", {"event": "ari", "payload": [{**only_flag, "stop_sell": True}]}
+    )
+    await gw.wait_state(answer["id"], "processed")
+    await gw.settled()
+    assert len(gw.availability.availability()) == 2  # the automatic flag alone changes nothing
+    second = gw.availability.availability()[1]
+    validate_octo("Availability", second)
+    assert (second["status"], second["available"], second["vacancies"]) == ("LIMITED", True, 3)
+
+
 async def test_channex_ari_date_ranges_keep_the_last_vacancies(gw: Harness) -> None:
     row = {"room_type_id": "r9", "rate_plan_id": "p9", "date_from": "2030-02-01"}
     await gw.push_ok(
@@ -249,7 +274,7 @@ async def test_channex_ari_date_ranges_keep_the_last_vacancies(gw: Harness) -> N
     await eventually(lambda: len(gw.availability.availability()) == 3)
     await gw.push_ok(
         "channex",
-        {"event": "ari", "payload": [{**row, "date_to": "2030-02-02", "stop_sell": True}]},
+        {"event": "ari", "payload": [{**row, "date_to": "2030-02-02", "stop_sell_manual": True}]},
     )
     await eventually(lambda: len(gw.availability.availability()) == 5)
     closed = gw.availability.availability()[3:]

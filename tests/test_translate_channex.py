@@ -331,9 +331,43 @@ def test_status_rules() -> None:
     assert status(availability=6, booked=6, stop_sell=False) == ("AVAILABLE", True)
     assert status(availability=2, booked=3, stop_sell=False) == ("LIMITED", True)
     assert status(availability=0, booked=6, stop_sell=False) == ("SOLD_OUT", False)
-    assert status(availability=4, booked=0, stop_sell=True) == ("CLOSED", False)
     assert status(availability=4, stop_sell_manual=True) == ("CLOSED", False)
+    assert status(availability=4, stop_sell=True, stop_sell_manual=True) == ("CLOSED", False)
     assert status(availability=1) == ("AVAILABLE", True)  # no booked: no capacity, no LIMITED
+
+
+def test_automatic_stop_sell_changes_nothing() -> None:
+    """Channex sets ``stop_sell`` itself when a day is sold out or its rate is 0 (ARI rows as in
+    channex-ari-1.json); only ``stop_sell_manual`` closes a day."""
+
+    def status(**fields: Any) -> tuple[str, bool, int]:
+        [event] = ari([ari_row(**fields)])
+        availability = event["availability"]
+        return availability["status"], availability["available"], availability["vacancies"]
+
+    # Sold out: Channex flags stop_sell; the day is SOLD_OUT, not CLOSED.
+    assert status(availability=0, booked=6, stop_sell=True) == ("SOLD_OUT", False, 0)
+    # Rooms left, rate 0: stop_sell is set, the rooms are still there.
+    assert status(availability=4, booked=0, rate=0, stop_sell=True) == ("AVAILABLE", True, 4)
+    assert status(availability=2, booked=6, rate=0, stop_sell=True) == ("LIMITED", True, 2)
+    assert status(availability=3, stop_sell=True, stop_sell_manual=False) == (
+        "AVAILABLE",
+        True,
+        3,
+    )
+    # A row carrying only the automatic flag changes nothing: no event at all.
+    assert ari([ari_row(stop_sell=True)], known(7, capacity=10)) == []
+    assert ari([ari_row(stop_sell=False)]) == []
+
+
+def test_automatic_stop_sell_does_not_close_a_known_day() -> None:
+    previous = known(5, capacity=12)
+
+    [event] = ari([ari_row(availability=0, booked=12, stop_sell=True)], previous)
+    [reopened] = ari([ari_row(availability=2, booked=10, stop_sell=False)], previous)
+
+    assert (event["availability"]["status"], event["availability"]["vacancies"]) == ("SOLD_OUT", 0)
+    assert reopened["availability"]["status"] == "LIMITED"
 
 
 def test_negative_availability_counts_as_zero() -> None:
@@ -347,8 +381,8 @@ def test_negative_availability_counts_as_zero() -> None:
 def test_stop_sell_only_keeps_the_previous_vacancies() -> None:
     previous = known(7, capacity=10)
 
-    [closed] = ari([ari_row(stop_sell=True)], previous)
-    [reopened] = ari([ari_row(stop_sell=False)], previous)
+    [closed] = ari([ari_row(stop_sell_manual=True)], previous)
+    [reopened] = ari([ari_row(stop_sell_manual=False)], previous)
 
     assert closed["availability"]["vacancies"] == 7
     assert closed["availability"]["capacity"] == 10
@@ -358,7 +392,7 @@ def test_stop_sell_only_keeps_the_previous_vacancies() -> None:
 
 
 def test_stop_sell_only_without_previous_state_shows_no_vacancies() -> None:
-    [closed] = ari([ari_row(stop_sell=True)])
+    [closed] = ari([ari_row(stop_sell_manual=True)])
     [reopened] = ari([ari_row(stop_sell_manual=False)])
 
     assert (closed["availability"]["vacancies"], closed["availability"]["status"]) == (0, "CLOSED")
@@ -383,7 +417,7 @@ def test_several_rows_for_one_day_the_last_wins() -> None:
         ari_row(availability=5, booked=5, stop_sell=False),
         other_day,
         ari_row(availability=3, booked=7, stop_sell=False),
-        ari_row(stop_sell=True),
+        ari_row(stop_sell_manual=True),
     ]
 
     events = ari(rows)

@@ -41,6 +41,7 @@ from .sandbox import ROUTES, load_sample
 from .translate import (
     availability_from_ari,
     bookings_from_revision,
+    manual_stop_sell_given,
     revision_attributes,
 )
 
@@ -69,12 +70,14 @@ MAX_SLOTS = 200_000
 
 def slot_keys(rows: list[dict[str, Any]], translation: TranslationSettings) -> list[DayKey]:
     """Every (productId, optionId, day) the ARI rows touch, keyed as the translator keys them
-    (one ``date`` or a ``date_from``..``date_to`` range), so stop-sell-only rows find the last
+    (one ``date`` or a ``date_from``..``date_to`` range), so manual stop-sell rows find the last
     known vacancies."""
     keys: dict[DayKey, None] = {}
     for number, row in enumerate(rows):
         room_type = text(row.get("room_type_id"))
-        if room_type is None or not (row.get("availability") is not None or _stop_sell_given(row)):
+        if room_type is None or not (
+            row.get("availability") is not None or manual_stop_sell_given(row)
+        ):
             continue  # the translator names a missing room type; rate-only rows change nothing
         product = translation.product_id(room_type)
         option = translation.option_id(text(row.get("rate_plan_id")))
@@ -114,10 +117,6 @@ def _revision_named(payload: Any) -> bool:
 
 def _id_part(value: Any) -> str:
     return value[:128] if isinstance(value, str) else ""
-
-
-def _stop_sell_given(row: dict[str, Any]) -> bool:
-    return row.get("stop_sell") is not None or row.get("stop_sell_manual") is not None
 
 
 class ChannexSettings(BaseModel):

@@ -14,11 +14,14 @@ Choices where CONTRACT.md §6 is silent:
   PARTIAL when it covers less, FULL without one. ``reason`` is null (Channex gives none).
 - ``cancellable`` is true while the booking is CONFIRMED, PENDING or ON_HOLD.
 - Unit item ``i`` gets the contact of the room's ``guests[i]`` when Channex names it.
+- Only ``stop_sell_manual`` closes a day. Channex sets ``stop_sell`` by itself whenever a day is
+  sold out or its rate is 0 and asks subscribers to ignore it, so it changes nothing here: a
+  sold-out day is SOLD_OUT, and a day with rooms left and a zero rate keeps its vacancies.
 - ARI rows merge onto what is known for the slot (``previous``, then earlier rows of the same
-  push): a row without ``availability`` keeps the known vacancies, one without a stop-sell flag
-  keeps the known open/closed state. A slot never seen before starts at 0 vacancies, open: so a
-  lone stop-sell row shows CLOSED with 0 vacancies and a lone re-open row shows SOLD_OUT until
-  Channex sends a count, which never advertises rooms nobody counted.
+  push): a row without ``availability`` keeps the known vacancies, one without
+  ``stop_sell_manual`` keeps the known open/closed state. A slot never seen before starts at 0
+  vacancies, open: so a lone manual stop-sell row shows CLOSED with 0 vacancies and a lone re-open
+  row shows SOLD_OUT until Channex sends a count, which never advertises rooms nobody counted.
 - A negative ``availability`` (overbooking) counts as 0 vacancies.
 
 Card data (``guarantee``) is never read, and ``revision_attributes`` drops it.
@@ -63,7 +66,8 @@ from gateway.plugin_api import (
 CHANNEX_STATUSES = {"new": "CONFIRMED", "modified": "CONFIRMED", "cancelled": "CANCELLED"}
 # OCTO unit kind -> key in a Channex occupancy.
 OCCUPANCY_KEYS = {"adult": "adults", "child": "children", "infant": "infants"}
-STOP_SELL_FLAGS = ("stop_sell", "stop_sell_manual")
+# Channex's own ``stop_sell`` follows availability and rates by itself; only this flag closes a day.
+MANUAL_STOP_SELL = "stop_sell_manual"
 
 
 def revision_attributes(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,11 +241,12 @@ def availability_from_ari(
 
     ``previous`` is the last availability sent per (productId, optionId, "YYYY-MM-DD"). Rows may
     name one ``date`` or an inclusive ``date_from``/``date_to`` range. Rows with neither
-    ``availability`` nor a stop-sell flag (rates, restrictions) are skipped.
+    ``availability`` nor ``stop_sell_manual`` (rates, restrictions, Channex's automatic
+    ``stop_sell``) are skipped.
     """
     slots: dict[DayKey, _Slot] = {}
     for number, row in enumerate(rows):
-        if row.get("availability") is None and not _stop_sell_given(row):
+        if row.get("availability") is None and not manual_stop_sell_given(row):
             continue
         room_type = text(row.get("room_type_id"))
         if room_type is None:
@@ -266,8 +271,9 @@ def availability_from_ari(
     ]
 
 
-def _stop_sell_given(row: Mapping[str, Any]) -> bool:
-    return any(row.get(flag) is not None for flag in STOP_SELL_FLAGS)
+def manual_stop_sell_given(row: Mapping[str, Any]) -> bool:
+    """Whether the row opens or closes the day (``stop_sell`` alone never does)."""
+    return row.get(MANUAL_STOP_SELL) is not None
 
 
 def _row_days(row: Mapping[str, Any], number: int) -> list[date]:
@@ -287,6 +293,6 @@ def _apply(slot: _Slot, row: Mapping[str, Any], number: int) -> _Slot:
         capacity = None
         if booked is not None:
             capacity = max(available + whole_number(booked, f"payload[{number}].booked"), 0)
-    if _stop_sell_given(row):
-        closed = any(bool(row.get(flag)) for flag in STOP_SELL_FLAGS)
+    if manual_stop_sell_given(row):
+        closed = bool(row[MANUAL_STOP_SELL])
     return _Slot(vacancies=vacancies, capacity=capacity, closed=closed)
