@@ -162,7 +162,8 @@ class NewEvent(BaseModel):
     data: dict[str, Any]  # {"booking": {...}} or {"availability": {...}}
     state_key: str  # where the last known state of this subject is kept
     revision: str | None = None  # a booking revision already seen is not sent again
-    version: str | None = None  # a booking version older than the last one sent is stale
+    # A booking version (microseconds since the epoch) older than the last one sent is stale.
+    version: int | None = None
     only_if_changed: bool = False
 
 

@@ -12,9 +12,10 @@ with their offset (``2024-05-01T00:00:00+02:00``).
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 BookingStatus = Literal[
@@ -177,8 +178,16 @@ class BookingEvent(OctoModel):
     # The PMS's version of this booking (Channex revision id, Beds24 id@modifiedTime): a version
     # already sent is not sent again.
     revision: str | None = None
-    # Orders versions of one booking (an ISO timestamp): an older version arriving late is dropped.
-    version: str | None = None
+    # Orders versions of one booking: an older version arriving late is dropped. An instant (an
+    # ISO timestamp given as text is parsed; one without an offset is UTC), never compared as text.
+    version: datetime | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _version_is_utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 def booking_key(source: str, booking_id: str, room_index: int | None = None) -> str:

@@ -49,6 +49,7 @@ from gateway.sources.translation import (
     parse_day,
     text,
     unit_items,
+    utc_instant,
     utc_timestamp,
     whole_number,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "require_sandbox",
     "text",
     "unit_items",
+    "utc_instant",
     "utc_timestamp",
     "whole_number",
     "without_card_data",

@@ -429,6 +429,30 @@ async def test_beds24_v2_dedupes_on_booking_id_and_modified_time(gw: Harness) ->
     assert gw.events("booking_update") == 3
 
 
+async def test_beds24_a_fractional_second_later_is_a_newer_version(gw: Harness) -> None:
+    item = copy.deepcopy(load_fixture("beds24-v2-booking-1.json")[0])
+    item["booking"].update(modifiedTime="2026-02-15T11:00:00Z")
+    await gw.push_ok("beds24", item)
+    [first] = await one_booking(gw)
+
+    later = copy.deepcopy(item)
+    later["booking"].update(
+        status="cancelled", modifiedTime="2026-02-15T11:00:00.5Z", cancelTime="2026-02-15T11:00:00Z"
+    )
+    await gw.push_ok("beds24", later)
+    bookings = await one_booking(gw, 2)
+    assert bookings[1]["status"] == "CANCELLED"
+    assert bookings[1]["uuid"] == first["uuid"]
+
+    # A version from before the cancellation, arriving late: older, not sent.
+    stale = copy.deepcopy(item)
+    stale["booking"].update(modifiedTime="2026-02-15T11:00:00.25Z", comments="late copy")
+    answer = await gw.push_ok("beds24", stale)
+    await gw.wait_state(answer["id"], "processed")
+    await gw.settled()
+    assert [b["status"] for b in gw.bookings.bookings()] == ["CONFIRMED", "CANCELLED"]
+
+
 def calendar(start: date, days: int, num_avail: int = 3) -> list[dict[str, Any]]:
     """One calendar range per day, from two days before ``start`` on."""
     first = start - timedelta(days=2)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.models import PushRecord, Subscription
+from gateway.models import NewEvent, PushRecord, Subscription
+from gateway.pipeline.versions import version_micros
+from gateway.samples import sample_data
 from gateway.store import SQLiteStore, connect, utcnow
 from gateway.store.sqlite.deliveries import CLAIM_FOR_SUBSCRIPTION, NEXT_DUE, SUBSCRIPTIONS_QUEUED
 from gateway.store.sqlite.migrations import migrations
@@ -100,41 +103,73 @@ async def test_subscription_round_trip_and_tenant_scope(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_older_booking_version_arriving_late_is_dropped(tmp_path: Path) -> None:
-    from gateway.models import NewEvent
-    from gateway.samples import sample_data
-
-    store = SQLiteStore(tmp_path / "versions.db")
-    await store.open()
+async def emit_booking_version(
+    store: SQLiteStore, db_path: Path, version: int | None, note: str
+) -> int:
+    """Process one push carrying a booking_update of ``version``; the events stored so far."""
     booking = sample_data("booking_update")["booking"]
-
-    async def emit(version: str, status_note: str) -> int | None:
-        await store.insert_push(source="s", kind="k", payload={}, dedupe_key=None, order_key=None)
-        [push] = await store.claim_pushes(1, 60)
-        assert push.lease_token is not None
-        event = NewEvent(
-            event="booking_update",
-            subject="s:b1",
-            product_id=booking["productId"],
-            option_id=booking["optionId"],
-            data={"booking": {**booking, "notes": status_note}},
-            state_key="s:b1",
-            revision=version,
-            version=version,
-        )
-        await store.complete_push(push.id, push.lease_token, [event])
-        db = connect(tmp_path / "versions.db")
-        try:
-            return int(
-                db.execute("select count(*) from events where subject = 's:b1'").fetchone()[0]
-            )
-        finally:
-            db.close()
-
+    await store.insert_push(source="s", kind="k", payload={}, dedupe_key=None, order_key=None)
+    [push] = await store.claim_pushes(1, 60)
+    assert push.lease_token is not None
+    event = NewEvent(
+        event="booking_update",
+        subject="s:b1",
+        product_id=booking["productId"],
+        option_id=booking["optionId"],
+        data={"booking": {**booking, "notes": note}},
+        state_key="s:b1",
+        revision=note,
+        version=version,
+    )
+    await store.complete_push(push.id, push.lease_token, [event])
+    db = connect(db_path)
     try:
-        assert await emit("2026-02-15T10:00:00Z", "first") == 1
-        assert await emit("2026-02-15T12:00:00Z", "newest") == 2
-        assert await emit("2026-02-15T11:00:00Z", "stale") == 2  # older than the last one sent
+        return int(db.execute("select count(*) from events where subject = 's:b1'").fetchone()[0])
+    finally:
+        db.close()
+
+
+def micros(text: str) -> int:
+    return version_micros(datetime.fromisoformat(text))
+
+
+async def test_older_booking_version_arriving_late_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "versions.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await emit_booking_version(store, path, micros("2026-02-15T10:00:00Z"), "1") == 1
+        assert await emit_booking_version(store, path, micros("2026-02-15T12:00:00Z"), "2") == 2
+        # Older than the last one sent.
+        assert await emit_booking_version(store, path, micros("2026-02-15T11:00:00Z"), "3") == 2
+        # A fraction of a second later is newer ("…:00.5Z" sorts before "…:00Z" as text).
+        assert await emit_booking_version(store, path, micros("2026-02-15T12:00:00.5Z"), "4") == 3
+        assert await emit_booking_version(store, path, micros("2026-02-15T12:00:00Z"), "5") == 3
+    finally:
+        await store.close()
+
+
+async def test_versions_stored_as_text_by_an_earlier_release_stay_readable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "legacy.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await emit_booking_version(store, path, None, "1") == 1
+        # What an earlier release kept: the PMS's timestamp as text (here a fractional one).
+        db = connect(path)
+        db.execute("update booking_state set version = '2026-02-15T12:00:00.5Z'")
+        db.conn.commit()
+        db.close()
+        assert await emit_booking_version(store, path, micros("2026-02-15T12:00:00Z"), "2") == 1
+        assert await emit_booking_version(store, path, micros("2026-02-15T12:00:00.6Z"), "3") == 2
+        # Unreadable text never makes an update stale.
+        db = connect(path)
+        db.execute("update booking_state set version = 'not a time'")
+        db.conn.commit()
+        db.close()
+        assert await emit_booking_version(store, path, micros("2000-01-01T00:00:00Z"), "4") == 3
     finally:
         await store.close()
 

@@ -21,6 +21,7 @@ import aiohttp
 from gateway.config import IngestConfig, ServerConfig, SourceConfig
 from gateway.models import NewEvent, PushRecord
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
+from gateway.pipeline.versions import version_micros
 from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
 from gateway.store.interface import Store
 from gateway.web.ingest import REJECTED_KIND, incoming_from_raw
@@ -49,7 +50,7 @@ def booking_event(source: str, event: BookingEvent) -> NewEvent:
         data={"booking": booking.model_dump(mode="json", by_alias=True)},
         state_key=subject,
         revision=event.revision,
-        version=event.version,
+        version=None if event.version is None else version_micros(event.version),
     )
 
 

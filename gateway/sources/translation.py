@@ -31,15 +31,21 @@ class TranslationError(ValueError):
     """The PMS data can't be turned into OCTO; the message says which field is wrong."""
 
 
-def utc_timestamp(value: str, field: str) -> str:
-    """A PMS timestamp as OCTO UTC (``2024-05-01T10:00:00Z``); one without an offset is UTC."""
+def utc_instant(value: Any, field: str) -> datetime:
+    """A PMS timestamp as an aware UTC datetime (one without an offset is UTC); what
+    ``BookingEvent.version`` takes, so versions compare as instants and never as text."""
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(str(value).strip())
     except ValueError:
         raise TranslationError(f"{field}: not a timestamp: {value!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC)
+
+
+def utc_timestamp(value: str, field: str) -> str:
+    """A PMS timestamp as OCTO UTC (``2024-05-01T10:00:00Z``); one without an offset is UTC."""
+    return utc_instant(value, field).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def whole_number(value: Any, field: str) -> int:

@@ -31,6 +31,8 @@ from gateway.plugin_api import (
     limit_guests,
     parse_json,
     request_json,
+    text,
+    utc_instant,
     without_card_data,
 )
 
@@ -167,11 +169,11 @@ class Beds24Source:
             event = booking_from_beds24(booking, translation, source=self.name)
             if event is not None:
                 revision = f"{booking.get('id')}@{booking.get('modifiedTime')}"
-                version = booking.get("modifiedTime")
+                modified = text(booking.get("modifiedTime"))
+                # An instant: Beds24 writes times with and without fractions and offsets.
+                version = utc_instant(modified, "modifiedTime") if modified else None
                 outcome.bookings.append(
-                    event.model_copy(
-                        update={"revision": revision, "version": str(version) if version else None}
-                    )
+                    event.model_copy(update={"revision": revision, "version": version})
                 )
         return outcome
 

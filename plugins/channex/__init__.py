@@ -34,6 +34,7 @@ from gateway.plugin_api import (
     parse_json,
     request_json,
     text,
+    utc_instant,
     without_card_data,
 )
 
@@ -223,15 +224,11 @@ class ChannexSource:
                 attributes, translation, source=self.name, received_at=context.now()
             )
             # Channex does not promise delivery order: a revision's inserted_at says which is newer.
-            version = attributes.get("inserted_at")
+            inserted = text(attributes.get("inserted_at"))
+            version = utc_instant(inserted, "inserted_at") if inserted else None
             for event in events:
                 outcome.bookings.append(
-                    event.model_copy(
-                        update={
-                            "revision": revision.get("id"),
-                            "version": str(version) if version else None,
-                        }
-                    )
+                    event.model_copy(update={"revision": revision.get("id"), "version": version})
                 )
             if revision.get("id"):
                 outcome.acknowledge.append(str(revision["id"]))

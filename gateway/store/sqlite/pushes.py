@@ -15,6 +15,7 @@ from gateway.models import (
     PushState,
 )
 from gateway.pipeline.diff import booking_diff
+from gateway.pipeline.versions import is_older
 from gateway.store.sqlite.base import (
     SQLiteBase,
     _chunks,
@@ -332,7 +333,7 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
         previous = orjson.loads(row[1]) if row else None
         if row is not None and event.revision is not None and row[0] == event.revision:
             return None
-        if row is not None and row[2] and event.version and event.version < row[2]:
+        if row is not None and is_older(event.version, row[2]):
             return None  # an older version of the booking, delivered late by the PMS
         diff = booking_diff(previous, booking)
         if previous is not None and not diff:
