@@ -37,7 +37,7 @@ from gateway.samples import sample_data
 from gateway.sources import Source
 from gateway.store import SQLiteStore
 from gateway.store.interface import Store
-from gateway.web import admin, ingest, ops, webhook_actions, webhooks
+from gateway.web import admin, apidocs, ingest, ops, webhook_actions, webhooks
 from gateway.web.errors import octo_errors
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def create_app(
     ingest.add_routes(app)
     for route in hooks.routes():
         app.router.add_route(route.method, route.path, route.handler)
+    apidocs.add_routes(app)
     return app
 
 

@@ -28,7 +28,8 @@ def register_routes(register: Any) -> None:
     """Add HTTP routes: call ``register(method, path, handler)`` for each.
 
     Handlers are ordinary aiohttp handlers; they run behind the gateway's error and metrics
-    middlewares. Paths under ``/octo`` and ``/admin`` require an api key.
+    middlewares. Paths under ``/octo`` and ``/admin`` require an api key. Describe a handler with
+    ``gateway.plugin_api.describe`` so /openapi.json documents it.
     """
 
 

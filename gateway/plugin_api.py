@@ -54,6 +54,7 @@ from gateway.sources.translation import (
     whole_number,
 )
 from gateway.web.errors import OctoError
+from gateway.web.openapi import describe, hidden
 
 __all__ = [
     "IGNORE",
@@ -88,7 +89,9 @@ __all__ = [
     "country_code",
     "day_event",
     "days",
+    "describe",
     "full_name",
+    "hidden",
     "hookimpl",
     "limit_guests",
     "parse_day",

@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.appkeys import config_key
 from gateway.hookspecs import hookimpl
 from gateway.web.errors import OctoError
+from gateway.web.openapi import describe
 
 
 def require_sandbox(request: web.Request) -> None:
@@ -29,6 +30,14 @@ def require_sandbox(request: web.Request) -> None:
 received_key = web.AppKey("sandbox_received", deque[dict[str, Any]])
 
 
+@describe(
+    "Sandbox demo receiver: keep a delivery",
+    tag="sandbox",
+    body=Any,
+    body_required=False,
+    ok=dict[str, bool],
+    errors=[404],
+)
 async def receiver_post(request: web.Request) -> web.Response:
     """A webhook receiver for demos: keeps the last 100 deliveries in memory."""
     require_sandbox(request)
@@ -50,6 +59,12 @@ async def receiver_post(request: web.Request) -> web.Response:
     return web.json_response({"received": True})
 
 
+@describe(
+    "Sandbox demo receiver: the last 100 deliveries",
+    tag="sandbox",
+    ok=list[dict[str, Any]],
+    errors=[404],
+)
 async def receiver_get(request: web.Request) -> web.Response:
     require_sandbox(request)
     return web.json_response(list(request.app.get(received_key, ())))

@@ -18,6 +18,8 @@ from gateway.sources.pms import without_card_data
 from gateway.store.interface import Store
 from gateway.web.auth import tokens_equal
 from gateway.web.errors import OctoError, error_response
+from gateway.web.openapi import describe
+from gateway.web.schemas import Ingested, IngestRejected
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,23 @@ def raw_dedupe_key(push: IncomingPush) -> str:
     return digest.hexdigest()
 
 
+@describe(
+    "Take a push from a PMS",
+    tag="ingest",
+    description=(
+        "The push is stored durably before the 200. The body is what the PMS sends: Channex's"
+        " webhook JSON, Beds24 version 2 JSON (one booking or an array), Beds24's inventory"
+        " SYNC_ROOM, or nothing with ?bookid=N&status=... (Beds24 version 1, GET or POST)."
+        " A body that can't be parsed answers 400 with the id of the copy kept as failed."
+    ),
+    auth="ingest_token",
+    body=Any,
+    body_required=False,
+    ok=Ingested,
+    errors=[400, 404, 413, 503],
+    error_bodies={400: IngestRejected},
+    path_values=lambda app: {"source": sorted(app[config_key].sources)},
+)
 async def ingest(request: web.Request) -> web.Response:
     name = request.match_info["source"]
     settings = request.app[config_key].sources.get(name)

@@ -6,29 +6,49 @@ import uuid
 from datetime import timedelta
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.appkeys import deliverer_key, sender_key, store_key
 from gateway.delivery.signing import generate_secret
 from gateway.delivery.templates import TemplateProblem
-from gateway.models import iso
+from gateway.models import DeliveryState, iso
 from gateway.samples import sample_data
 from gateway.store import utcnow
 from gateway.web.errors import bad_request
+from gateway.web.openapi import describe
+from gateway.web.schemas import Attempt, Replayed, RotatedWebhook, TestOutcome
 from gateway.web.webhooks import own_subscription, parse_body, read_json_object, save
 
 ROTATION_GRACE = timedelta(hours=24)
 DELIVERY_STATES = {"pending", "leased", "delivered", "dead", "skipped", "superseded"}
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+# What SQLite stores in an integer column; a larger ``before`` is refused, not overflowed.
+MAX_INT = 2**63 - 1
 
 
 class ReplayBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: AwareDatetime
+    since: AwareDatetime = Field(
+        description="RFC 3339 time with its offset", examples=["2026-11-24T00:00:00Z"]
+    )
 
 
+class DeliveriesQuery(BaseModel):
+    """The query parameters of GET /octo/webhooks/{id}/deliveries (checked by _int_query)."""
+
+    state: DeliveryState | None = Field(default=None, description="only messages in this state")
+    limit: int | None = Field(default=None, ge=1, le=MAX_PAGE, description="page size (default 50)")
+    before: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_INT,
+        description="the page after this cursor (from the Link header)",
+    )
+
+
+@describe("Send a sample event now", tag="webhook actions", ok=TestOutcome, errors=[400, 404])
 async def send_test(request: web.Request) -> web.Response:
     """Send a sample of the subscription's event now; nothing is queued or retried."""
     subscription = await own_subscription(request)
@@ -53,6 +73,14 @@ async def send_test(request: web.Request) -> web.Response:
     )
 
 
+@describe(
+    "Delivery attempts, newest first",
+    tag="webhook actions",
+    query=DeliveriesQuery,
+    ok=list[Attempt],
+    errors=[400, 404],
+    ok_headers={"Link": 'the next page: <url>; rel="next"'},
+)
 async def list_deliveries(request: web.Request) -> web.Response:
     """Delivery attempts, newest first; ``?state=`` filters by the message's state, ``?limit=``
     and ``?before=`` page (the next page's link is in the ``Link`` header)."""
@@ -74,10 +102,6 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return response
 
 
-# What SQLite stores in an integer column; a larger ``before`` is refused, not overflowed.
-MAX_INT = 2**63 - 1
-
-
 def _int_query(request: web.Request, name: str, low: int, high: int | None) -> int | None:
     """A whole-number query parameter within bounds, or None when absent; anything else is 400."""
     raw = request.query.get(name)
@@ -95,6 +119,13 @@ def _int_query(request: web.Request, name: str, low: int, high: int | None) -> i
     return int(raw)
 
 
+@describe(
+    "Send again every message since a time",
+    tag="webhook actions",
+    body=ReplayBody,
+    ok=Replayed,
+    errors=[404],
+)
 async def replay(request: web.Request) -> web.Response:
     subscription = await own_subscription(request)
     body: ReplayBody = parse_body(ReplayBody, await read_json_object(request))
@@ -108,6 +139,12 @@ async def replay(request: web.Request) -> web.Response:
     return web.json_response({"replayed": replayed})
 
 
+@describe(
+    "Rotate the signing secret (the old one still signs for 24 h)",
+    tag="webhook actions",
+    ok=RotatedWebhook,
+    errors=[404, 409],
+)
 async def rotate_secret(request: web.Request) -> web.Response:
     """A new secret at once; the old one keeps signing too for 24 hours (both signatures sent)."""
     subscription = await own_subscription(request)

@@ -21,6 +21,8 @@ from gateway.samples import sample_data
 from gateway.store import utcnow
 from gateway.web.auth import find_api_key
 from gateway.web.errors import OctoError, bad_request, describe_validation_error, not_found
+from gateway.web.openapi import describe
+from gateway.web.schemas import Webhook
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,14 @@ class PatchWebhookBody(WebhookFields):
     active: StrictBool | None = None
 
 
+def needs_api_key(path: str) -> bool:
+    return path.startswith(("/octo", "/admin"))
+
+
 @web.middleware
 async def require_api_key(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every /octo request is a tenant's: find its key before anything else."""
-    if request.path.startswith("/octo") or request.path.startswith("/admin"):
+    if needs_api_key(request.path):
         keys = request.app[config_key].api_keys
         request[api_key_key] = find_api_key(request.headers.get("Authorization"), keys)
     response: web.StreamResponse = await handler(request)
@@ -138,6 +144,7 @@ async def check_target(request: web.Request, url: str) -> None:
         raise bad_request(f"url: {exc}") from None
 
 
+@describe("Subscribe to an event", tag="webhooks", body=CreateWebhookBody, ok=Webhook)
 async def create_webhook(request: web.Request) -> web.Response:
     key = caller(request)
     body: CreateWebhookBody = parse_body(CreateWebhookBody, await read_json_object(request))
@@ -171,6 +178,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     return web.json_response(subscription.webhook(reveal_password=True))
 
 
+@describe("List the caller's subscriptions", tag="webhooks", ok=list[Webhook])
 async def list_webhooks(request: web.Request) -> web.Response:
     subscriptions = await request.app[store_key].list_subscriptions(caller(request).name)
     return web.json_response([s.webhook() for s in subscriptions])
@@ -185,10 +193,18 @@ async def own_subscription(request: web.Request) -> Subscription:
     return subscription
 
 
+@describe("Get one subscription", tag="webhooks", ok=Webhook, errors=[404])
 async def get_webhook(request: web.Request) -> web.Response:
     return web.json_response((await own_subscription(request)).webhook())
 
 
+@describe(
+    "Change a subscription (active: true turns a disabled one back on)",
+    tag="webhooks",
+    body=PatchWebhookBody,
+    ok=Webhook,
+    errors=[404, 409],
+)
 async def patch_webhook(request: web.Request) -> web.Response:
     subscription = await own_subscription(request)
     body: PatchWebhookBody = parse_body(PatchWebhookBody, await read_json_object(request))
@@ -250,6 +266,7 @@ def _pick(new: bool | None, old: bool) -> bool:
     return old if new is None else new
 
 
+@describe("Delete a subscription", tag="webhooks", ok=Webhook, errors=[404])
 async def delete_webhook(request: web.Request) -> web.Response:
     subscription = await own_subscription(request)
     deleted = await request.app[store_key].delete_subscription(subscription.tenant, subscription.id)

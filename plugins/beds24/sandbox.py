@@ -10,8 +10,9 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
-from gateway.plugin_api import OctoError, require_sandbox
+from gateway.plugin_api import OctoError, describe, require_sandbox
 
 SAMPLES = resources.files(__package__).joinpath("samples")
 
@@ -22,6 +23,7 @@ def load_sample(name: str) -> Any:
     return json.loads(SAMPLES.joinpath(name).read_text(encoding="utf-8"))
 
 
+@describe("Sandbox Beds24 API: read a booking", tag="sandbox", ok=dict[str, Any], errors=[404])
 async def beds24_bookings(request: web.Request) -> web.Response:
     require_sandbox(request)
     booking = copy.deepcopy(load_sample("beds24-v2-booking-1.json")[0]["booking"])
@@ -31,6 +33,19 @@ async def beds24_bookings(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "type": "booking", "count": 1, "data": [booking]})
 
 
+class CalendarQuery(BaseModel):
+    startDate: date
+    endDate: date
+    roomId: str | None = None
+
+
+@describe(
+    "Sandbox Beds24 API: a room's calendar",
+    tag="sandbox",
+    ok=dict[str, Any],
+    query=CalendarQuery,
+    errors=[400, 404],
+)
 async def beds24_calendar(request: web.Request) -> web.Response:
     """A calendar made up per day (the vendor documents no sample): stable for a given day, so
     repeated syncs change nothing and only real changes are sent."""
@@ -53,6 +68,8 @@ async def beds24_calendar(request: web.Request) -> web.Response:
                 "override": "blackout" if blackout else "none",
             }
         )
+        if day == date.max:
+            break
         day += timedelta(days=1)
     item = {
         "roomId": int(room) if room.isdigit() else room,

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.plugin_api import require_sandbox
+from gateway.plugin_api import describe, require_sandbox
 
 SAMPLES = resources.files(__package__).joinpath("samples")
 
@@ -21,6 +21,7 @@ def load_sample(name: str) -> Any:
     return json.loads(SAMPLES.joinpath(name).read_text(encoding="utf-8"))
 
 
+@describe("Sandbox Channex API: a booking revision", tag="sandbox", ok=dict[str, Any], errors=[404])
 async def channex_revision(request: web.Request) -> web.Response:
     require_sandbox(request)
     answer = copy.deepcopy(load_sample("channex-booking-revision-1.json"))
@@ -30,11 +31,23 @@ async def channex_revision(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
+@describe(
+    "Sandbox Channex API: the booking revisions feed",
+    tag="sandbox",
+    ok=dict[str, Any],
+    errors=[404],
+)
 async def channex_feed(request: web.Request) -> web.Response:
     require_sandbox(request)
     return web.json_response(load_sample("channex-booking-revision-feed-1.json"))
 
 
+@describe(
+    "Sandbox Channex API: acknowledge a booking revision",
+    tag="sandbox",
+    ok=dict[str, Any],
+    errors=[404],
+)
 async def channex_ack(request: web.Request) -> web.Response:
     require_sandbox(request)
     return web.json_response({"meta": {"message": "Success"}})
