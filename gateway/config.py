@@ -57,6 +57,8 @@ class DeliveryConfig(Section):
     timeout: float = Field(15.0, gt=0)
     concurrency: int = Field(128, ge=1)
     per_subscriber_concurrency: int = Field(16, ge=1)
+    # Deliveries (and /test sends) in flight at once for one tenant's subscriptions together.
+    per_tenant_concurrency: int = Field(64, ge=1)
     retention_days: float = Field(7.0, gt=0)
     disable_after_hours: float = Field(120.0, gt=0)
     ordering_max_wait: float = Field(3600.0, gt=0)

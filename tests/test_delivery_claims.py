@@ -31,12 +31,12 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await store.close()
 
 
-async def subscribe(store: SQLiteStore, id: str, *, active: bool = True) -> None:
+async def subscribe(store: SQLiteStore, id: str, *, active: bool = True, tenant: str = "t") -> None:
     now = utcnow()
     await store.insert_subscription(
         Subscription(
             id=id,
-            tenant="t",
+            tenant=tenant,
             event="booking_update",
             url="https://example.com/hook",
             secret="whsec_abc",
@@ -119,6 +119,34 @@ async def test_per_subscription_room_bounds_a_claim(store: SQLiteStore) -> None:
     await deliver(store, next(r for r in first if r.subscription_id == "a"), slots)
     [claimed] = await claim(store, slots)
     assert claimed.order_key == "a|s:b2"
+
+
+async def test_a_tenants_subscriptions_share_its_room(store: SQLiteStore) -> None:
+    """Three subscriptions of tenant t share its two slots, however their backlogs fall, and do
+    not hold back tenant u's subscription (which has two of its own)."""
+    for id in ("t1", "t2", "t3"):
+        await subscribe(store, id)
+    await subscribe(store, "u1", tenant="u")
+    slots = DeliverySlots(total=10, per_subscription=4, per_tenant=2)
+    for id in ("t1", "t2", "t3"):
+        slots.assign(id, "t")
+    slots.assign("u1", "u")
+
+    await emit(store, [booking_event(f"s:b{n}") for n in range(3)])
+    first = await claim(store, slots)
+    assert sorted(r.subscription_id[0] for r in first) == ["t", "t", "u", "u"]
+    assert slots.tenant_in_flight() == {"t": 2, "u": 2}
+    assert await claim(store, slots) == []
+    await deliver(store, next(r for r in first if r.subscription_id.startswith("t")), slots)
+    [again] = await claim(store, slots)
+    assert again.subscription_id.startswith("t")
+    # A /test send outside the queue counts against the same room.
+    assert slots.try_take("t1", "t") is None
+    await deliver(store, next(r for r in first if r.subscription_id == "u1"), slots)
+    key = slots.try_take("u1", "u")
+    assert key is not None and key < 0 and slots.tenant_in_flight()["u"] == 2
+    assert await claim(store, slots) == []
+    assert slots.release(key) and slots.tenant_in_flight()["u"] == 1
 
 
 async def test_room_given_by_in_flight_counts_is_honoured(store: SQLiteStore) -> None:

@@ -174,7 +174,10 @@ def make_session(config: DeliveryConfig) -> aiohttp.ClientSession:
     connector = guarded_connector(
         allow_private=config.allow_private_targets, limit=config.concurrency, ttl_dns_cache=60
     )
-    timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout)
+    # sock_connect, not connect: aiohttp's connect timeout also counts the wait for a pool slot,
+    # so one tenant's slow subscribers would fail another's connects. The pool is as large as the
+    # delivery slots (a /test send takes one too), so no attempt waits for a connection anyway.
+    timeout = aiohttp.ClientTimeout(total=config.timeout, sock_connect=config.connect_timeout)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
 
 
@@ -272,9 +275,10 @@ class SubscriptionCache:
     per delivery. This process forgets an entry the moment it changes one (API or disable); a
     change made by another process shows within ``ttl``."""
 
-    def __init__(self, store: Store, ttl: float = 1.0) -> None:
+    def __init__(self, store: Store, ttl: float = 1.0, slots: DeliverySlots | None = None) -> None:
         self.store = store
         self.ttl = ttl
+        self.slots = slots
         self._entries: dict[str, tuple[float, Subscription | None]] = {}
 
     async def get(self, id: str) -> Subscription | None:
@@ -284,6 +288,8 @@ class SubscriptionCache:
             return entry[1]
         subscription = await self.store.get_subscription(None, id)
         self._entries[id] = (now, subscription)
+        if subscription is not None and self.slots is not None:
+            self.slots.assign(subscription.id, subscription.tenant)
         return subscription
 
     def forget(self, id: str) -> None:
@@ -298,7 +304,6 @@ class Deliverer:
         self, store: Store, config: GatewayConfig, sender: Sender, metrics: Metrics
     ) -> None:
         self.store = store
-        self.subscriptions = SubscriptionCache(store)
         self.config = config
         self.delivery = config.delivery
         self.sender = sender
@@ -306,8 +311,11 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._running: dict[asyncio.Task[None], DeliveryRecord] = {}
         self.slots = DeliverySlots(
-            self.delivery.concurrency, self.delivery.per_subscriber_concurrency
+            self.delivery.concurrency,
+            self.delivery.per_subscriber_concurrency,
+            self.delivery.per_tenant_concurrency,
         )
+        self.subscriptions = SubscriptionCache(store, slots=self.slots)
         self._stopping = False
         self._loop_started = False
         self._loop_exited = asyncio.Event()
@@ -318,9 +326,20 @@ class Deliverer:
     def wake(self) -> None:
         self._wake.set()
 
+    async def learn_tenants(self) -> None:
+        """Tell the slots whose subscriptions there are, so per-tenant limits hold from the first
+        claim on."""
+        for key in self.config.api_keys:
+            for subscription in await self.store.list_subscriptions(key.name):
+                self.slots.assign(subscription.id, subscription.tenant)
+
     async def run(self) -> None:
         self._loop_started = True
         try:
+            try:
+                await self.learn_tenants()
+            except Exception:
+                log.exception("delivery worker: reading subscriptions failed; limits catch up")
             while not self._stopping:
                 self._wake.clear()
                 started = time.time()

@@ -11,6 +11,7 @@ them, telling the store how much room it has (``ClaimRoom``) and taking its slot
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,14 +31,48 @@ from gateway.models import (
 @dataclass(frozen=True)
 class ClaimRoom:
     """How much a delivery claim may lease: ``total`` messages at most, and for each subscription
-    no more than ``per_subscription`` minus what it already has ``in_flight``."""
+    no more than ``per_subscription`` minus what it already has ``in_flight``. Subscriptions of one
+    tenant (``tenant_of``) also share ``per_tenant`` minus what the tenant has in flight, so one
+    tenant's slow subscribers can't take every slot."""
 
     total: int
     per_subscription: int
     in_flight: Mapping[str, int] = field(default_factory=dict)
+    per_tenant: int | None = None
+    tenant_of: Mapping[str, str] = field(default_factory=dict)
+    tenant_in_flight: Mapping[str, int] = field(default_factory=dict)
 
     def free(self, subscription_id: str) -> int:
-        return max(self.per_subscription - self.in_flight.get(subscription_id, 0), 0)
+        room = self.per_subscription - self.in_flight.get(subscription_id, 0)
+        tenant = self.tenant_of.get(subscription_id)
+        if self.per_tenant is not None and tenant is not None:
+            room = min(room, self.per_tenant - self.tenant_in_flight.get(tenant, 0))
+        return max(room, 0)
+
+    def tally(self) -> ClaimTally:
+        """Counts what one claim leases, so several subscriptions of a tenant share its room."""
+        return ClaimTally(self)
+
+
+@dataclass
+class ClaimTally:
+    room: ClaimRoom
+    by_subscription: Counter[str] = field(default_factory=Counter)
+    by_tenant: Counter[str] = field(default_factory=Counter)
+
+    def free(self, subscription_id: str) -> int:
+        room = self.room.free(subscription_id) - self.by_subscription[subscription_id]
+        tenant = self.room.tenant_of.get(subscription_id)
+        if self.room.per_tenant is not None and tenant is not None:
+            used = self.room.tenant_in_flight.get(tenant, 0) + self.by_tenant[tenant]
+            room = min(room, self.room.per_tenant - used)
+        return max(room, 0)
+
+    def took(self, subscription_id: str, count: int) -> None:
+        self.by_subscription[subscription_id] += count
+        tenant = self.room.tenant_of.get(subscription_id)
+        if tenant is not None:
+            self.by_tenant[tenant] += count
 
 
 class Store(Protocol):

@@ -14,7 +14,7 @@ from gateway.delivery.templates import TemplateProblem
 from gateway.models import DeliveryState, iso
 from gateway.samples import sample_data
 from gateway.store import utcnow
-from gateway.web.errors import bad_request
+from gateway.web.errors import bad_request, error_response
 from gateway.web.openapi import describe
 from gateway.web.schemas import Attempt, Replayed, RotatedWebhook, TestOutcome
 from gateway.web.webhooks import own_subscription, parse_body, read_json_object, save
@@ -48,7 +48,7 @@ class DeliveriesQuery(BaseModel):
     )
 
 
-@describe("Send a sample event now", tag="webhook actions", ok=TestOutcome, errors=[400, 404])
+@describe("Send a sample event now", tag="webhook actions", ok=TestOutcome, errors=[400, 404, 429])
 async def send_test(request: web.Request) -> web.Response:
     """Send a sample of the subscription's event now; nothing is queued or retried."""
     subscription = await own_subscription(request)
@@ -60,7 +60,21 @@ async def send_test(request: web.Request) -> web.Response:
     except TemplateProblem as exc:
         raise bad_request(str(exc)) from None
     msg_id = f"msg_test_{uuid.uuid4().hex}"
-    response = await sender.post(msg_id, subscription.event, url, body, subscription)
+    slots = request.app[deliverer_key].slots if deliverer_key in request.app else None
+    slot = slots.try_take(subscription.id, subscription.tenant) if slots is not None else None
+    if slots is not None and slot is None:
+        # A /test counts against the same limits as deliveries, so a burst of them to a slow
+        # receiver can't take the connections another tenant's deliveries need.
+        busy = error_response(
+            429, "too many deliveries in flight for this subscription or tenant; try again soon"
+        )
+        busy.headers["Retry-After"] = "1"
+        return busy
+    try:
+        response = await sender.post(msg_id, subscription.event, url, body, subscription)
+    finally:
+        if slots is not None and slot is not None and slots.release(slot):
+            request.app[deliverer_key].wake()
     return web.json_response(
         {
             "messageId": msg_id,

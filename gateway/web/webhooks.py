@@ -168,6 +168,8 @@ async def create_webhook(request: web.Request) -> web.Response:
     )
     await check_delivery(request, subscription)
     await request.app[store_key].insert_subscription(subscription)
+    if deliverer_key in request.app:
+        request.app[deliverer_key].slots.assign(subscription.id, subscription.tenant)
     log.info(
         "tenant %s created subscription %s (%s -> %s)",
         key.name,

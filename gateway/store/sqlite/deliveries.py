@@ -308,9 +308,13 @@ def _claim_due(
         if earliest <= now and (free := room.free(subscription_id)) > 0
     )
     rows: list[dict[str, Any]] = []
-    for _, subscription_id, free in waiting:
+    tally = room.tally()  # a tenant's subscriptions share its room
+    for _, subscription_id, _ in waiting:
         if left <= 0:
             break
+        free = tally.free(subscription_id)
+        if free <= 0:
+            continue
         batch = list(
             db.query(
                 CLAIM_FOR_SUBSCRIPTION,
@@ -326,6 +330,7 @@ def _claim_due(
         )
         rows += batch
         left -= len(batch)
+        tally.took(subscription_id, len(batch))
     return rows
 
 
