@@ -25,6 +25,7 @@ from gateway.appkeys import (
     sender_key,
     store_key,
     templates_key,
+    workers_key,
 )
 from gateway.config import ConfigError, GatewayConfig, describe_errors
 from gateway.delivery.templates import DEFAULT_TEMPLATES, TemplateProblem, Templates
@@ -36,6 +37,7 @@ from gateway.plugins import make_plugin_manager
 from gateway.samples import sample_data
 from gateway.sources import Source
 from gateway.store import SQLiteStore
+from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import Store
 from gateway.web import admin, apidocs, ingest, ops, webhook_actions, webhooks
 from gateway.web.errors import octo_errors
@@ -83,13 +85,14 @@ def create_app(
     app[ingest.sources_key] = check_sources(config, hooks.sources())
     app[ingest.intake_key] = ingest.NoProcessor()
 
-    app.cleanup_ctx.append(_store_ctx(store or SQLiteStore(config.storage.path)))
+    app.cleanup_ctx.append(_store_ctx(store or sqlite_store(config)))
     app.cleanup_ctx.append(_sessions_ctx)
     app.cleanup_ctx.append(_startup_ctx)
     if workers:
         app.cleanup_ctx.append(_workers_ctx)
 
     app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)
     webhooks.add_routes(app)
     webhook_actions.add_routes(app)
@@ -102,6 +105,12 @@ def create_app(
 
 
 pms_session_key = web.AppKey("pms_session", aiohttp.ClientSession)
+
+
+def sqlite_store(config: GatewayConfig) -> SQLiteStore:
+    """The embedded store, waiting for another process's lock no longer than a push may wait."""
+    timeout = config.storage.write_timeout
+    return SQLiteStore(config.storage.path, busy_timeout=timeout, fault_memory=max(2 * timeout, 1))
 
 
 def check_sources(config: GatewayConfig, sources: dict[str, Source]) -> dict[str, Source]:
@@ -177,11 +186,15 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[deliverer_key] = deliverer
     app[ingest.intake_key] = processor
-    tasks = [
-        asyncio.create_task(processor.run(), name="push-processor"),
-        asyncio.create_task(deliverer.run(), name="delivery-worker"),
-        asyncio.create_task(_prune_forever(app), name="delivery-pruner"),
-    ]
+    app[workers_key] = {
+        name: asyncio.create_task(work, name=name)
+        for name, work in (
+            ("push-processor", processor.run()),
+            ("delivery-worker", deliverer.run()),
+            ("pruner", _prune_forever(app)),
+        )
+    }
+    tasks = list(app[workers_key].values())
     yield
     # Workers first: stop claiming, let in-flight work finish within the grace period.
     await processor.stop(config.delivery.shutdown_grace)
@@ -202,6 +215,8 @@ async def _prune_forever(app: web.Application) -> None:
                 log.info(
                     "pruned %d delivered messages older than %g days", pruned, retention / 86400
                 )
+        except StorageUnavailable:
+            pass  # the store logged it; the next round catches up
         except Exception:
             log.exception("pruning delivered messages failed; trying again later")
         await asyncio.sleep(3600)

@@ -35,6 +35,9 @@ class ServerConfig(Section):
 
 class StorageConfig(Section):
     path: Path = Path("gateway.db")
+    # A push that can't be stored within this many seconds (disk full, database locked by another
+    # process, read-only) answers 503 with Retry-After; also how long a write waits for a lock.
+    write_timeout: float = Field(5.0, gt=0, le=60)
 
 
 class PluginsConfig(Section):

@@ -38,6 +38,7 @@ from gateway.models import (
     mask_password,
 )
 from gateway.store import utcnow
+from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import Store
 
 log = logging.getLogger(__name__)
@@ -347,6 +348,9 @@ class Deliverer:
                     if await self._claim():
                         continue  # a full batch: more may be due now
                     await self._sleep(started)
+                except StorageUnavailable:
+                    # Logged by the store (once per interval); messages wait, stored.
+                    await self._pause(self.delivery.poll_interval)
                 except Exception:
                     log.exception("delivery worker: claiming failed; trying again shortly")
                     await self._pause(self.delivery.poll_interval)
@@ -413,11 +417,17 @@ class Deliverer:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         if unfinished:
-            await self.store.release_deliveries(unfinished)
+            # Storage down: their leases run out instead, and the next start sends them.
+            with contextlib.suppress(StorageUnavailable):
+                await self.store.release_deliveries(unfinished)
 
     async def deliver(self, record: DeliveryRecord) -> None:
         try:
             await self._deliver(record)
+        except StorageUnavailable:
+            # Logged by the store. The outcome is not recorded: the lease runs out and the
+            # message is sent again, with the same webhook-id.
+            pass
         finally:
             self._free_slot(record)
 

@@ -23,6 +23,7 @@ from gateway.models import NewEvent, PushRecord
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.pipeline.versions import version_micros
 from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
+from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import Store
 from gateway.web.ingest import REJECTED_KIND, incoming_from_raw
 
@@ -184,6 +185,9 @@ class Processor:
                     for push in await self.store.claim_pushes(room, self.config.lease_seconds):
                         self._start(push)
                 await self._sleep()
+            except StorageUnavailable:
+                # Logged by the store (once per interval); the pushes wait, stored.
+                await asyncio.sleep(self.config.poll_interval)
             except Exception:
                 # A storage hiccup (locked, disk full) must not end processing for good.
                 log.exception("push processor: claiming pushes failed; trying again shortly")
@@ -216,6 +220,8 @@ class Processor:
     async def process(self, push: PushRecord) -> None:
         try:
             await self._process(push)
+        except StorageUnavailable:
+            pass  # logged by the store; the lease runs out and the push is processed again
         except Exception:
             # Storage failed while settling: the lease runs out and the push is processed again.
             log.exception(

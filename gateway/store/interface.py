@@ -2,7 +2,9 @@
 
 ``gateway.store.SQLiteStore`` implements it on the embedded SQLite file; a PostgreSQL store for
 several processes can implement the same Protocol without touching handlers or workers. Every state
-change of a leased row (push or delivery) is fenced by its lease token.
+change of a leased row (push or delivery) is fenced by its lease token. Any method may raise
+``gateway.store.errors.StorageUnavailable`` when storage itself fails (disk full, locked, read-only):
+nothing was changed, and the same call may succeed later.
 
 A store knows nothing of workers: it stores, leases and settles rows. The delivery worker owns its
 concurrency slots on the event loop; it is woken when a push's deliveries are stored and claims
@@ -80,6 +82,10 @@ class Store(Protocol):
         """Connect and apply pending migrations."""
 
     async def close(self) -> None: ...
+
+    async def check_writable(self) -> None:
+        """A small real write; raises ``StorageUnavailable`` when storage can't take writes now
+        (or could not a moment ago). For /readyz."""
 
     # -- subscriptions (tenant-scoped; tenant=None only for workers and operators) -------------
 

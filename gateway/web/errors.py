@@ -10,8 +10,12 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.appkeys import config_key
+from gateway.store.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
+
+# Seconds a sender is asked to wait after a 503 for a storage fault (disk full, locked, ...).
+STORAGE_RETRY_AFTER = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,9 +52,21 @@ def not_found(what: str = "resource") -> OctoError:
     return OctoError(404, f"{what} not found")
 
 
-def error_response(status: int, message: str, **extra: Any) -> web.Response:
+def error_response(
+    status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
     body = {"error": CODES.get(status, "ERROR"), "errorMessage": message, **extra}
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def storage_unavailable(exc: StorageUnavailable) -> web.Response:
+    """503 with Retry-After: nothing was stored, the sender tries again. The store logged the
+    fault (once per interval), so the request is not logged here."""
+    return error_response(
+        503,
+        f"storage unavailable, try again later: {exc.reason}",
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER)},
+    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -73,6 +89,8 @@ async def octo_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except OctoError as exc:
         return error_response(exc.status, exc.message, **exc.extra)
+    except StorageUnavailable as exc:
+        return storage_unavailable(exc)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[config_key].server.max_body_bytes
         return error_response(413, f"request body too large (limit {limit} bytes)")

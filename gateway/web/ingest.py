@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -15,13 +17,14 @@ from gateway.appkeys import config_key, store_key
 from gateway.models import PushRecord
 from gateway.sources import IncomingPush, PushRejected, Source
 from gateway.sources.pms import without_card_data
-from gateway.store.interface import Store
+from gateway.store.errors import StorageUnavailable
 from gateway.web.auth import tokens_equal
 from gateway.web.errors import OctoError, error_response
 from gateway.web.openapi import describe
 from gateway.web.schemas import Ingested, IngestRejected
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOKEN_HEADER = "X-Gateway-Token"
 # Never stored: they authenticate the sender or a browser, and are useless to processing.
@@ -169,17 +172,17 @@ async def ingest(request: web.Request) -> web.Response:
         # A body that can't even be read (a broken Content-Encoding): kept as failed, without it.
         push = incoming_push(request, name, b"")
         cause = exc.__cause__ or exc
-        return await reject(store, push, PushRejected(f"body could not be read: {cause}"))
+        return await reject(request, push, PushRejected(f"body could not be read: {cause}"))
     push = incoming_push(request, name, body)
     try:
         accepted = source.accept(push)
     except PushRejected as exc:
-        return await reject(store, push, exc)
+        return await reject(request, push, exc)
     key = None if accepted.coalesce_key else accepted.dedupe_key or raw_dedupe_key(push)
     intake = request.app[intake_key]
     reserved = intake.reserve()
-    try:
-        record, created = await store.insert_push(
+    write = asyncio.ensure_future(
+        store.insert_push(
             source=name,
             kind=accepted.kind,
             payload=accepted.payload,
@@ -188,16 +191,10 @@ async def ingest(request: web.Request) -> web.Response:
             coalesce_key=accepted.coalesce_key,
             lease_seconds=intake.lease_seconds if reserved else None,
         )
-    except BaseException:
-        if reserved:
-            intake.release()
-        raise
-    if reserved and created and record.lease_token is not None:
-        intake.adopt(record)
-    elif reserved:
-        intake.release()
-    elif created:
-        intake.wake()
+    )
+    # Whether the answer waits for it or not, the stored push goes to the processor.
+    write.add_done_callback(lambda done: _hand_over(intake, reserved, done))
+    record, created = await within_write_timeout(request, write)
     if not created:
         log.info("push from %s is a repeat of %s", name, record.id)
     return web.json_response(
@@ -205,18 +202,61 @@ async def ingest(request: web.Request) -> web.Response:
     )
 
 
-async def reject(store: Store, push: IncomingPush, exc: PushRejected) -> web.Response:
+def _hand_over(
+    intake: PushIntake, reserved: bool, write: asyncio.Future[tuple[PushRecord, bool]]
+) -> None:
+    """A push stored leased under a reservation starts processing at once; any other new push
+    wakes the processor; a failed write gives the reservation back."""
+    if write.cancelled() or write.exception() is not None:
+        if reserved:
+            intake.release()
+        return
+    record, created = write.result()
+    if reserved and created and record.lease_token is not None:
+        intake.adopt(record)
+    elif reserved:
+        intake.release()
+    elif created:
+        intake.wake()
+
+
+async def within_write_timeout(request: web.Request, write: Awaitable[T]) -> T:
+    """The write's result, or ``StorageUnavailable`` (503 with Retry-After) once it has taken
+    longer than ``storage.write_timeout``: a sender waits seconds, never the database's lock
+    timeout times the queue. A write still running goes on; if it lands, the sender's retry is
+    recognised as a repeat."""
+    timeout = request.app[config_key].storage.write_timeout
+    task = asyncio.ensure_future(write)
+    task.add_done_callback(_retrieved)
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(task)
+    except TimeoutError:
+        raise StorageUnavailable(f"the push could not be stored within {timeout:g} s") from None
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A write nobody waits for any more: its failure was logged by the store, not lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def reject(request: web.Request, push: IncomingPush, exc: PushRejected) -> web.Response:
     """Keep a push that can't be parsed as ``failed`` (replayable) and answer 400 naming why."""
     name = push.source
     payload = raw_payload(push, keep_body=exc.keep_body)
-    record, _ = await store.insert_push(
-        source=name,
-        kind=REJECTED_KIND,
-        payload=payload,
-        dedupe_key=dedupe_key(REJECTED_KIND, payload),
-        order_key=None,
-        state="failed",
-        error=str(exc),
+    store = request.app[store_key]
+    record, _ = await within_write_timeout(
+        request,
+        store.insert_push(
+            source=name,
+            kind=REJECTED_KIND,
+            payload=payload,
+            dedupe_key=dedupe_key(REJECTED_KIND, payload),
+            order_key=None,
+            state="failed",
+            error=str(exc),
+        ),
     )
     log.warning("push %s from %s rejected: %s", record.id, name, exc)
     return error_response(400, f"{name} push rejected: {exc}", id=record.id, state=record.state)

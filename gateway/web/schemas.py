@@ -136,3 +136,18 @@ class Ingested(Answer):
 
 class Health(Answer):
     status: Literal["ok"]
+
+
+class Readiness(Answer):
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(
+        description='"ok" for each: storage (a test write), push-processor, delivery-worker, pruner'
+    )
+
+
+class NotReady(OctoErrorBody):
+    """503: errorMessage lists what failed."""
+
+    checks: dict[str, str] = Field(
+        examples=[{"storage": "not writable: database or disk is full", "push-processor": "ok"}]
+    )

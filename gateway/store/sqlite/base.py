@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +25,51 @@ from typing import Any, TypeVar
 import orjson
 from sqlite_utils import Database
 
+from gateway.ratelog import RateLimitedLog
+from gateway.store.errors import StorageUnavailable
 from gateway.store.sqlite.migrations import migrations
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHECKPOINT_EVERY = 1.0  # seconds
+FAULT_LOG_INTERVAL = 60.0  # seconds between log lines about one lasting storage fault
+
+# SQLite primary result codes that say the storage failed, not the statement: the same write may
+# succeed later (disk freed, lock released, file writable again).
+STORAGE_FAULTS = frozenset(
+    {
+        "SQLITE_BUSY",
+        "SQLITE_LOCKED",
+        "SQLITE_FULL",
+        "SQLITE_IOERR",
+        "SQLITE_READONLY",
+        "SQLITE_CANTOPEN",
+        "SQLITE_PERM",
+        "SQLITE_PROTOCOL",
+        "SQLITE_NOLFS",
+        "SQLITE_NOMEM",
+        "SQLITE_CORRUPT",
+        "SQLITE_NOTADB",
+    }
+)
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """Why the storage failed when ``exc`` is a storage fault (disk full, locked by another
+    process, read-only, I/O error), else None (a bug or a constraint: the write itself is bad)."""
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError
+    ):
+        return None
+    name: str = getattr(exc, "sqlite_errorname", None) or ""
+    if "_".join(name.split("_")[:2]) not in STORAGE_FAULTS:
+        return None
+    return str(exc)
+
+
+def _waited_for_lock(exc: BaseException) -> bool:
+    name: str = getattr(exc, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def utcnow() -> datetime:
@@ -43,11 +84,12 @@ def _dt(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-def connect(path: Path | str) -> Database:
-    """A connection configured the way every gateway connection must be."""
-    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+def connect(path: Path | str, busy_timeout: float = 30.0) -> Database:
+    """A connection configured the way every gateway connection must be. ``busy_timeout``:
+    seconds to wait for a lock another process holds before failing with "database is locked"."""
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout)
     db = Database(conn, execute_plugins=False)
-    db.execute("PRAGMA busy_timeout = 30000")
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     db.execute("PRAGMA foreign_keys = ON")
     # NORMAL is durable in WAL mode against process crashes (kill -9); only an OS crash or power
     # loss can lose the last transactions.
@@ -56,10 +98,27 @@ def connect(path: Path | str) -> Database:
 
 
 class SQLiteBase:
-    """One SQLite file in WAL mode: connections, migrations, and the group-committing writer."""
+    """One SQLite file in WAL mode: connections, migrations, and the group-committing writer.
 
-    def __init__(self, path: Path | str, *, readers: int = 2) -> None:
+    ``busy_timeout`` bounds how long a write waits for a lock another process holds; a storage
+    fault fails the writes it hits with ``StorageUnavailable`` and is logged once per
+    ``FAULT_LOG_INTERVAL``. ``check_writable`` reports a fault seen within ``fault_memory``
+    seconds even once a test write succeeds (a full disk still takes writes that need no space).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        readers: int = 2,
+        busy_timeout: float = 30.0,
+        fault_memory: float = 10.0,
+    ) -> None:
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self.fault_memory = fault_memory
+        self._faults = RateLimitedLog(log, FAULT_LOG_INTERVAL)
+        self._last_fault: tuple[float, str] | None = None  # (time.monotonic(), reason)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-reader")
         self._write_db: Database | None = None
@@ -83,7 +142,7 @@ class SQLiteBase:
 
     def _open_writer(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = connect(self.path)
+        db = connect(self.path, self.busy_timeout)
         db.enable_wal()
         migrations.apply(db)
         # Checkpoints (the only fsyncs in WAL mode) move to a thread of their own, so a commit
@@ -151,7 +210,7 @@ class SQLiteBase:
                 if not batch:
                     self._flushing = False
                     return
-            outcomes = self._run_batch(batch)
+            outcomes = self._storage_outcomes(self._run_batch(batch))
             for (_, future), (result, error) in zip(batch, outcomes, strict=True):
                 loop.call_soon_threadsafe(_settle_future, future, result, error)
 
@@ -159,12 +218,14 @@ class SQLiteBase:
         self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
     ) -> list[tuple[Any, BaseException | None]]:
         """All writes in one transaction. Should one fail, none took effect: each is then run
-        again in a transaction of its own, so only the failing one fails (the rare path)."""
+        again in a transaction of its own, so only the failing one fails (the rare path). A lock
+        held by another process fails the whole batch at once: each write would only wait
+        ``busy_timeout`` again, and the callers answer within seconds, not seconds times the batch."""
         try:
             return [(result, None) for result in self._transaction([fn for fn, _ in batch])]
         except BaseException as exc:
-            if len(batch) == 1:
-                return [(None, exc)]
+            if len(batch) == 1 or _waited_for_lock(exc):
+                return [(None, exc)] * len(batch)
         outcomes: list[tuple[Any, BaseException | None]] = []
         for fn, _ in batch:
             try:
@@ -172,6 +233,32 @@ class SQLiteBase:
             except BaseException as exc:
                 outcomes.append((None, exc))
         return outcomes
+
+    def _storage_outcomes(
+        self, outcomes: list[tuple[Any, BaseException | None]]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Turn storage faults into ``StorageUnavailable`` (logged once per interval) and note
+        whether storage works: any fault marks it failing, a clean batch marks it working."""
+        converted: list[tuple[Any, BaseException | None]] = []
+        fault: str | None = None
+        for result, error in outcomes:
+            reason = None if error is None else storage_fault(error)
+            if reason is not None:
+                fault = reason
+                unavailable = StorageUnavailable(reason)
+                unavailable.__cause__ = error
+                error = unavailable
+            converted.append((result, error))
+        if fault is not None:
+            self._last_fault = (time.monotonic(), fault)
+            self._faults.fault(
+                "write",
+                f"storage fault: cannot write {self.path}: {fault}; pushes answer 503"
+                " until it clears",
+            )
+        elif self._faults.failing("write"):
+            self._faults.resolved("write", f"storage recovered: {self.path} takes writes again")
+        return converted
 
     def _transaction(self, writes: list[Callable[[], Any]]) -> list[Any]:
         conn = self._wdb.conn
@@ -190,7 +277,40 @@ class SQLiteBase:
 
     async def _read(self, fn: Callable[[Database], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: fn(self._reader_db()))
+        return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[Database], T]) -> T:
+        try:
+            result = fn(self._reader_db())
+        except sqlite3.Error as exc:
+            reason = storage_fault(exc)
+            if reason is None:
+                raise
+            self._faults.fault("read", f"storage fault: cannot read {self.path}: {reason}")
+            raise StorageUnavailable(reason) from exc
+        if self._faults.failing("read"):
+            self._faults.resolved("read", f"storage recovered: {self.path} can be read again")
+        return result
+
+    async def check_writable(self) -> None:
+        """A small write through the writer, as every write goes; raises ``StorageUnavailable``
+        when it fails, or when any write failed for lack of storage within ``fault_memory``
+        seconds (a full disk may still take this one)."""
+
+        def probe() -> None:
+            with self._immediate() as db:
+                db.execute(
+                    "insert into write_probe (id, probed_at) values (1, ?)"
+                    " on conflict (id) do update set probed_at = excluded.probed_at",
+                    [time.time()],
+                )
+
+        await self._write(probe)
+        recent = self._last_fault
+        if recent is not None:
+            ago = time.monotonic() - recent[0]
+            if ago < self.fault_memory:
+                raise StorageUnavailable(f"{recent[1]} ({ago:.0f} s ago)")
 
     @property
     def _wdb(self) -> Database:
@@ -201,7 +321,7 @@ class SQLiteBase:
     def _reader_db(self) -> Database:
         db: Database | None = getattr(self._local, "db", None)
         if db is None:
-            db = connect(self.path)
+            db = connect(self.path, self.busy_timeout)
             self._local.db = db
             with self._reader_lock:
                 self._reader_dbs.append(db)

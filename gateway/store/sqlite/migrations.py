@@ -186,3 +186,11 @@ def m005_deliveries_due_by_subscription(db: Database) -> None:
         " (subscription_id, next_attempt_at, seq) where state in ('pending', 'leased')"
     )
     db.execute("drop index deliveries_queue")
+
+
+@migrations()
+def m007_write_probe(db: Database) -> None:
+    # /readyz proves the database takes writes by updating this one row through the writer.
+    db.execute(
+        "create table write_probe (id integer primary key check (id = 1), probed_at real not null)"
+    )
