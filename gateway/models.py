@@ -215,3 +215,46 @@ class AttemptRecord(BaseModel):
             "response": self.response,
             "state": state,
         }
+
+
+class MappedRoom(BaseModel):
+    """One room of a PMS booking that lists several (Channex ``rooms[]``), as last seen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The room's number within its booking: its booking_key and OCTO uuid derive from it. A slot
+    # is never reused for another room of the booking.
+    slot: int = Field(ge=0)
+    # Listed by the booking's latest revision; False for a room dropped from it (already sent as
+    # cancelled), kept only so its slot is never given out again.
+    listed: bool = True
+    # What the source needs to recognise the room in the next revision and to send it again
+    # (cancelled, should the next revision drop it): JSON, the source's own shape.
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoomMap(BaseModel):
+    """What the gateway keeps about one PMS booking between its revisions: which room is which
+    (so each keeps its uuid), and the times that must not move with every revision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rooms: list[MappedRoom] = Field(default_factory=list)
+    # The booking's OCTO utcCreatedAt (its first revision's time), the same for its whole life.
+    created_at: str | None = None
+    # The revision these rooms are from (an instant); an older revision arriving late is stale.
+    version: datetime | None = None
+
+    def next_slot(self) -> int:
+        """The slot for a room the booking has never had."""
+        return max((room.slot for room in self.rooms), default=-1) + 1
+
+
+class RoomMapUpdate(BaseModel):
+    """A room map to store with a push's events, if nobody changed it since it was read."""
+
+    source: str
+    booking: str
+    rooms: RoomMap
+    # The generation read (0: nothing was stored); the store bumps it on every write.
+    generation: int = Field(ge=0)

@@ -12,19 +12,19 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Protocol
 
 import aiohttp
 
 from gateway.config import IngestConfig, ServerConfig, SourceConfig
-from gateway.models import NewEvent, PushRecord
+from gateway.models import NewEvent, PushRecord, RoomMap, RoomMapUpdate
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.pipeline.versions import version_micros
 from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
 from gateway.store.errors import StorageUnavailable
-from gateway.store.interface import Store
+from gateway.store.interface import RoomMapConflict, Store
 from gateway.web.ingest import REJECTED_KIND, incoming_from_raw
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class Context:
     settings: SourceConfig
     http: aiohttp.ClientSession
     store: Store
+    # Room maps read (with the generation read) and kept during this push, by PMS booking id.
+    _read_maps: dict[str, tuple[RoomMap | None, int]] = field(default_factory=dict)
+    _kept_maps: dict[str, RoomMap] = field(default_factory=dict)
 
     async def known_availability(
         self, keys: list[tuple[str, str, str]]
@@ -92,6 +95,31 @@ class Context:
         subjects = {availability_subject(self.source, *key): key for key in keys}
         found = await self.store.known_availability(list(subjects))
         return {subjects[s]: Availability.model_validate(v) for s, v in found.items()}
+
+    async def room_map(self, booking: str) -> RoomMap | None:
+        if booking in self._kept_maps:
+            return self._kept_maps[booking]
+        if booking not in self._read_maps:
+            found = await self.store.get_room_map(self.source, booking)
+            self._read_maps[booking] = (None, 0) if found is None else found
+        return self._read_maps[booking][0]
+
+    def keep_room_map(self, booking: str, rooms: RoomMap) -> None:
+        if booking not in self._read_maps:
+            raise RuntimeError(f"keep_room_map({booking!r}) before room_map() read it")
+        self._kept_maps[booking] = rooms
+
+    def room_map_updates(self) -> list[RoomMapUpdate]:
+        """The maps to store with the push's events, each fenced by the generation read."""
+        return [
+            RoomMapUpdate(
+                source=self.source,
+                booking=booking,
+                rooms=rooms,
+                generation=self._read_maps[booking][1],
+            )
+            for booking, rooms in self._kept_maps.items()
+        ]
 
     def today(self) -> date:
         return self.now().date()
@@ -263,9 +291,18 @@ class Processor:
             log.exception("source %s failed on push %s", push.source, push.id)
             await self.store.fail_push(push.id, push.lease_token, f"{type(exc).__name__}: {exc}")
             return
-        created = await self.store.complete_push(
-            push.id, push.lease_token, new_events(push.source, outcome), outcome.note
-        )
+        try:
+            created = await self.store.complete_push(
+                push.id,
+                push.lease_token,
+                new_events(push.source, outcome),
+                outcome.note,
+                room_maps=context.room_map_updates(),
+            )
+        except RoomMapConflict as exc:
+            # Another push for the same booking stored its map first: start again from that one.
+            await self._defer(push, str(exc), delay=0.0)
+            return
         if created is None:
             log.warning("lost the lease on push %s; another worker has it", push.id)
             return
@@ -284,7 +321,8 @@ class Processor:
             return StoredPush(push.id, push.source, accepted.kind, accepted.payload, push.attempts)
         return StoredPush(push.id, push.source, push.kind, push.payload, push.attempts)
 
-    async def _defer(self, push: PushRecord, error: str) -> None:
+    async def _defer(self, push: PushRecord, error: str, delay: float | None = None) -> None:
+        """Try the push again after ``delay`` seconds (default: the backoff for its attempts)."""
         assert push.lease_token is not None
         if push.attempts >= self.config.max_attempts:
             await self.store.fail_push(
@@ -292,6 +330,7 @@ class Processor:
             )
             log.error("push %s failed after %d attempts: %s", push.id, push.attempts, error)
             return
-        delay = push_retry_delay(push.attempts, self.config)
+        if delay is None:
+            delay = push_retry_delay(push.attempts, self.config)
         await self.store.defer_push(push.id, push.lease_token, error, delay)
         log.warning("push %s: %s; retrying in %.1f s", push.id, error, delay)

@@ -20,7 +20,10 @@ from typing import Any, Protocol
 import aiohttp
 
 from gateway.config import SourceConfig
+from gateway.models import MappedRoom, RoomMap
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
+
+__all__ = ["MappedRoom", "RoomMap"]  # re-exported: what room_map and keep_room_map exchange
 
 
 class PushRejected(Exception):
@@ -108,6 +111,20 @@ class SourceContext(Protocol):
         self, keys: list[tuple[str, str, str]]
     ) -> Mapping[tuple[str, str, str], Availability]:
         """The last availability sent for (productId, optionId, day), where known."""
+        ...
+
+    async def room_map(self, booking: str) -> RoomMap | None:
+        """What was kept for one of this source's bookings (``booking`` is the PMS booking id)
+        by the last push that kept a map for it, or earlier in this ``process`` call; None for a
+        booking never seen. For PMSs whose bookings list several rooms (Channex ``rooms[]``): which
+        room is which, so each keeps its uuid across revisions."""
+        ...
+
+    def keep_room_map(self, booking: str, rooms: RoomMap) -> None:
+        """Keep ``rooms`` for the booking once this push is done. It is stored in the transaction
+        that stores the push's events, so a crash keeps both or neither. Read the map with
+        ``room_map`` first: should another push have changed it meanwhile, nothing of this push
+        is stored and it is processed again, reading the new map."""
         ...
 
     def today(self) -> date: ...

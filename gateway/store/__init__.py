@@ -6,10 +6,11 @@
 from gateway.store.sqlite.base import connect, new_id, utcnow
 from gateway.store.sqlite.deliveries import DeliveryStore
 from gateway.store.sqlite.pushes import PushStore
+from gateway.store.sqlite.room_maps import RoomMapStore
 from gateway.store.sqlite.subscriptions import SubscriptionStore
 
 
-class SQLiteStore(SubscriptionStore, PushStore, DeliveryStore):
+class SQLiteStore(SubscriptionStore, PushStore, DeliveryStore, RoomMapStore):
     """The embedded default: one SQLite file in WAL mode."""
 
 

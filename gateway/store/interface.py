@@ -14,7 +14,7 @@ them, telling the store how much room it has (``ClaimRoom``) and taking its slot
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -26,8 +26,15 @@ from gateway.models import (
     NewEvent,
     PushRecord,
     PushState,
+    RoomMap,
+    RoomMapUpdate,
     Subscription,
 )
+
+
+class RoomMapConflict(Exception):
+    """A room map changed since it was read (another push for the same booking got there first);
+    nothing was stored, and the push must be processed again."""
 
 
 @dataclass(frozen=True)
@@ -140,15 +147,23 @@ class Store(Protocol):
 
     async def known_availability(self, keys: list[str]) -> dict[str, dict[str, Any]]: ...
 
+    async def get_room_map(self, source: str, booking: str) -> tuple[RoomMap, int] | None:
+        """The room map kept for one of ``source``'s bookings, and its generation (bumped by every
+        write); None for a booking nothing was kept for."""
+
     async def complete_push(
         self,
         id: str,
         lease_token: str,
         events: list[NewEvent],
         note: str | None = None,
+        *,
+        room_maps: Sequence[RoomMapUpdate] = (),
     ) -> int | None:
-        """Events + history + fan-out (deliveries stored pending) + push processed, atomically;
-        returns the number of deliveries to send, or None if the lease was lost."""
+        """Events + history + fan-out (deliveries stored pending) + room maps + push processed,
+        atomically; returns the number of deliveries to send, or None if the lease was lost.
+        Raises ``RoomMapConflict``, storing nothing, when a room map's generation moved on since
+        it was read."""
 
     # -- deliveries ----------------------------------------------------------------------------
 

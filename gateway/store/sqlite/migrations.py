@@ -189,6 +189,42 @@ def m005_deliveries_due_by_subscription(db: Database) -> None:
 
 
 @migrations()
+def m006_room_maps_and_reads(db: Database) -> None:
+    # Which room of a multi-room booking is which, kept per booking between its revisions and
+    # written in the same transaction as the events; generation fences concurrent writers.
+    db.execute(
+        """
+        create table room_maps (
+            source text not null,
+            booking text not null,
+            generation integer not null,
+            map text not null,
+            updated_at real not null,
+            primary key (source, booking)
+        )
+        """
+    )
+    # Reconciliation reads (GET /octo/bookings, /octo/availability) find the latest state by the
+    # fields resellers ask for; the expressions are the ones gateway/store/sqlite/reads.py uses.
+    db.execute("create index booking_state_uuid on booking_state (json_extract(booking, '$.uuid'))")
+    db.execute(
+        "create index booking_state_supplier_reference"
+        " on booking_state (json_extract(booking, '$.supplierReference'))"
+    )
+    db.execute(
+        "create index booking_state_reseller_reference"
+        " on booking_state (json_extract(booking, '$.resellerReference'))"
+    )
+    db.execute("create index booking_state_updated on booking_state (updated_at, key)")
+    # availability_state keys are "<source>:<productId>|<optionId>|<day>": index what follows the
+    # source, so one product/option's days are a range whatever source sent them.
+    db.execute(
+        "create index availability_state_slot"
+        " on availability_state (substr(key, instr(key, ':') + 1))"
+    )
+
+
+@migrations()
 def m007_write_probe(db: Database) -> None:
     # /readyz proves the database takes writes by updating this one row through the writer.
     db.execute(

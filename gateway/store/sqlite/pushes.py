@@ -4,6 +4,7 @@ deliveries."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from gateway.models import (
     NewEvent,
     PushRecord,
     PushState,
+    RoomMapUpdate,
 )
 from gateway.pipeline.diff import booking_diff
 from gateway.pipeline.versions import is_older
@@ -23,6 +25,7 @@ from gateway.store.sqlite.base import (
     _insert,
     new_id,
 )
+from gateway.store.sqlite.room_maps import write_room_maps
 
 # Leases due pushes; ordered as the due index is, so it reads a few rows however long the backlog.
 CLAIM_PUSHES = """
@@ -218,10 +221,13 @@ class PushStore(SQLiteBase):
         lease_token: str,
         events: list[NewEvent],
         note: str | None = None,
+        *,
+        room_maps: Sequence[RoomMapUpdate] = (),
     ) -> int | None:
-        """Store a push's events with their history and fan them out to matching subscriptions, and
-        mark the push processed, in one transaction. Returns the number of deliveries to send, or
-        None when the lease was lost (another worker owns the push now)."""
+        """Store a push's events with their history and fan them out to matching subscriptions,
+        store its sources' room maps, and mark the push processed, in one transaction. Returns the
+        number of deliveries to send, or None when the lease was lost (another worker owns the
+        push now); raises ``RoomMapConflict`` (nothing stored) when a room map moved on."""
 
         def complete() -> int | None:
             now = time.time()
@@ -232,6 +238,7 @@ class PushStore(SQLiteBase):
                 if owner is None or owner[0] != lease_token or owner[1] != "accepted":
                     return None
                 source = owner[2]
+                write_room_maps(db, room_maps, now)
                 subscribers = _Subscribers(db)
                 created = 0
                 for event in events:
