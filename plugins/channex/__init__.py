@@ -9,6 +9,7 @@ availability_update per product, option and day. Every other event is stored and
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -34,16 +35,16 @@ from gateway.plugin_api import (
     parse_json,
     request_json,
     text,
-    utc_instant,
     without_card_data,
 )
 
 from .sandbox import ROUTES, load_sample
 from .translate import (
     availability_from_ari,
-    bookings_from_revision,
     manual_stop_sell_given,
     revision_attributes,
+    revision_version,
+    translate_revision,
 )
 
 BOOKING_EVENTS = {
@@ -65,6 +66,7 @@ MAX_ROW_DAYS = 1100
 # pagination[limit]); one push reads at most FEED_PAGE_SIZE x FEED_MAX_PAGES revisions.
 FEED_PAGE_SIZE = 100
 FEED_MAX_PAGES = 20
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 # One event per product/option/day: a push touching more than this many is refused, not expanded.
 MAX_SLOTS = 200_000
 
@@ -108,6 +110,11 @@ def _limit_guests(attributes: dict[str, Any], revision_id: str) -> None:
         occupancy = occupancy or attributes.get("occupancy")
         if isinstance(occupancy, dict):
             limit_guests(occupancy, f"revision {revision_id}: rooms[{index}].occupancy")
+
+
+def _inserted(pair: tuple[dict[str, Any], dict[str, Any]]) -> datetime:
+    """Sort key: a revision's inserted_at (one without it first, in the order given)."""
+    return revision_version(pair[1]) or EARLIEST
 
 
 def _revision_named(payload: Any) -> bool:
@@ -217,21 +224,32 @@ class ChannexSource:
         if not isinstance(revisions, list) or not all(isinstance(r, dict) for r in revisions):
             raise PushRejected("Channex API answer has no booking revision data")
         outcome = Outcome(note=f"{doc.get('event')}: {len(revisions)} revision(s)")
-        for revision in revisions:
-            attributes = without_card_data(revision_attributes({"data": revision}))
-            _limit_guests(attributes, str(revision.get("id")))
-            events = bookings_from_revision(
-                attributes, translation, source=self.name, received_at=context.now()
-            )
+        attributes = [without_card_data(revision_attributes({"data": r})) for r in revisions]
+        stale = 0
+        # Oldest first, so a feed holding several revisions of one booking applies them in order.
+        for revision, attrs in sorted(zip(revisions, attributes, strict=True), key=_inserted):
+            _limit_guests(attrs, str(revision.get("id")))
+            booking_id = text(attrs.get("booking_id")) or text(attrs.get("id"))
+            if booking_id is None:
+                raise TranslationError("booking_id: missing")
+            known = await context.room_map(booking_id)
             # Channex does not promise delivery order: a revision's inserted_at says which is newer.
-            inserted = text(attributes.get("inserted_at"))
-            version = utc_instant(inserted, "inserted_at") if inserted else None
-            for event in events:
-                outcome.bookings.append(
-                    event.model_copy(update={"revision": revision.get("id"), "version": version})
+            version = revision_version(attrs)
+            if known and known.version and version and version < known.version:
+                stale += 1  # older than what the booking's rooms were last matched against
+            else:
+                result = translate_revision(
+                    attrs, translation, known, source=self.name, received_at=context.now()
                 )
+                context.keep_room_map(booking_id, result.rooms)
+                outcome.bookings += [
+                    event.model_copy(update={"revision": revision.get("id"), "version": version})
+                    for event in result.events
+                ]
             if revision.get("id"):
                 outcome.acknowledge.append(str(revision["id"]))
+        if stale:
+            outcome.note = f"{outcome.note}; {stale} older than the booking's last, not sent"
         return outcome
 
     async def _availability(

@@ -2,10 +2,16 @@
 
 Choices where CONTRACT.md §6 is silent:
 
-- Times: Channex sends naive UTC times. ``utcCreatedAt`` is the revision's ``inserted_at``;
-  ``utcUpdatedAt`` is its ``updated_at`` when present, else ``received_at`` (when the gateway got
-  the push), else ``inserted_at``. ``utcConfirmedAt`` is ``utcCreatedAt`` (OTA bookings arrive
-  confirmed) and stays set once cancelled; ``utcCancelledAt`` is ``utcUpdatedAt``.
+- Times: Channex sends naive UTC times. ``utcCreatedAt`` is the ``inserted_at`` of the first
+  revision the gateway saw of the booking, kept in its room map for the booking's life (the
+  contract's "first revision"; a booking first seen before room maps existed is dated by the
+  first revision read since). ``utcUpdatedAt`` is the revision's ``updated_at`` when present, else
+  ``received_at`` (when the gateway got the push), else ``inserted_at``. ``utcConfirmedAt`` is
+  ``utcCreatedAt`` (OTA bookings arrive confirmed) and stays set once cancelled;
+  ``utcCancelledAt`` is the ``inserted_at`` of the revision that cancelled the room (or dropped
+  it), and stays that on later revisions.
+- Rooms keep their uuid across revisions (see ``rooms.py``); a room a revision drops is sent
+  once more, CANCELLED, with the dropping revision's booking-level fields.
 - ``id`` is the booking's ``uuid`` (one per room). A room without ``room_type_id`` (Channex's
   unmapped-room bookings) gets productId "DEFAULT", like a missing ``rate_plan_id`` gets optionId
   "DEFAULT".
@@ -43,7 +49,9 @@ from gateway.plugin_api import (
     BookingEvent,
     Contact,
     DayKey,
+    MappedRoom,
     Refund,
+    RoomMap,
     TranslationError,
     TranslationSettings,
     availability_slot,
@@ -59,9 +67,12 @@ from gateway.plugin_api import (
     parse_day,
     text,
     unit_items,
+    utc_instant,
     utc_timestamp,
     whole_number,
 )
+
+from .rooms import match_rooms, room_details, rooms_after
 
 CHANNEX_STATUSES = {"new": "CONFIRMED", "modified": "CONFIRMED", "cancelled": "CANCELLED"}
 # OCTO unit kind -> key in a Channex occupancy.
@@ -90,65 +101,137 @@ def revision_attributes(doc: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True)
+class RevisionBookings:
+    """What one revision gives: its OCTO bookings, and the booking's room map after it."""
+
+    events: list[BookingEvent]
+    rooms: RoomMap
+
+
 def bookings_from_revision(
     revision: Mapping[str, Any],
     settings: TranslationSettings,
     *,
     source: str = "channex",
     received_at: datetime | None = None,
+    known: RoomMap | None = None,
 ) -> list[BookingEvent]:
-    """One OCTO booking per room of the revision; none when status_map says IGNORE."""
-    events = []
-    for index, room in enumerate(revision.get("rooms") or []):
-        event = _room_event(revision, index, room, settings, source, received_at)
-        if event is not None:
-            events.append(event)
-    return events
+    """One OCTO booking per room of the revision (and per room it dropped); none when
+    status_map says IGNORE. ``known`` is the booking's room map before this revision."""
+    return translate_revision(
+        revision, settings, known, source=source, received_at=received_at
+    ).events
+
+
+def translate_revision(
+    revision: Mapping[str, Any],
+    settings: TranslationSettings,
+    known: RoomMap | None,
+    *,
+    source: str = "channex",
+    received_at: datetime | None = None,
+) -> RevisionBookings:
+    """The revision's bookings given the booking's room map before it (None: first seen).
+
+    Each room keeps its slot (and so its uuid) across revisions; a room of the previous revision
+    that this one drops is sent CANCELLED once. ``utcCreatedAt`` is the map's (the first
+    revision's), ``utcCancelledAt`` the revision's that cancelled the room.
+    """
+    booking_id = text(revision.get("booking_id")) or text(revision.get("id"))
+    if booking_id is None:
+        raise TranslationError("booking_id: missing")
+    inserted, updated_at = _times(revision, received_at)
+    times = _Times(
+        created=known.created_at if known and known.created_at else inserted,
+        updated=updated_at,
+    )
+    whole_booking_cancelled = str(revision.get("status") or "") == "cancelled"
+    before = {room.slot: room.details for room in known.rooms} if known else {}
+    rooms = revision.get("rooms") or []
+    if not isinstance(rooms, list) or not all(isinstance(room, Mapping) for room in rooms):
+        raise TranslationError("rooms: expected a list of room objects")
+    described = [room_details(room, revision, cancelled=False, cancelled_at=None) for room in rooms]
+    match = match_rooms(described, known)
+    events: list[BookingEvent] = []
+    listed: list[MappedRoom] = []
+    for room, details, slot in zip(rooms, described, match.slots, strict=True):
+        cancelled = bool(room.get("is_cancelled")) or whole_booking_cancelled
+        if cancelled:
+            earlier = before.get(slot, {})
+            # The revision that cancelled the room dates it; later ones keep that time.
+            details.update(
+                cancelled=True,
+                cancelled_at=earlier.get("cancelled_at") if earlier.get("cancelled") else inserted,
+            )
+        listed.append(MappedRoom(slot=slot, details=details))
+        events += _room_event(revision, booking_id, slot, details, settings, source, times)
+    for gone in match.dropped:
+        if not gone.details.get("cancelled"):  # a room already sent cancelled is not sent again
+            details = {**gone.details, "cancelled": True, "cancelled_at": inserted}
+            events += _room_event(revision, booking_id, gone.slot, details, settings, source, times)
+    version = revision_version(revision)
+    if known is not None and known.version is not None:
+        version = known.version if version is None else max(version, known.version)
+    rooms_map = RoomMap(
+        rooms=rooms_after(known, listed, match.dropped), created_at=times.created, version=version
+    )
+    return RevisionBookings(events=events, rooms=rooms_map)
+
+
+def revision_version(revision: Mapping[str, Any]) -> datetime | None:
+    """The revision's ``inserted_at`` as an instant: which of two revisions is newer."""
+    inserted = text(revision.get("inserted_at"))
+    return utc_instant(inserted, "inserted_at") if inserted else None
+
+
+@dataclass(frozen=True)
+class _Times:
+    created: str  # utcCreatedAt (and utcConfirmedAt): the booking's first revision's
+    updated: str  # utcUpdatedAt: this revision's
 
 
 def _room_event(
     revision: Mapping[str, Any],
-    index: int,
+    booking_id: str,
+    slot: int,
     room: Mapping[str, Any],
     settings: TranslationSettings,
     source: str,
-    received_at: datetime | None,
-) -> BookingEvent | None:
-    pms_status = "cancelled" if room.get("is_cancelled") else str(revision.get("status") or "")
+    times: _Times,
+) -> list[BookingEvent]:
+    """The OCTO booking of one room (``room_details`` shape); [] when status_map says IGNORE."""
+    pms_status = "cancelled" if room.get("cancelled") else str(revision.get("status") or "")
     status = booking_status(pms_status, CHANNEX_STATUSES, settings)
     if status is None:
-        return None
-    booking_id = text(revision.get("booking_id")) or text(revision.get("id"))
-    if booking_id is None:
-        raise TranslationError("booking_id: missing")
-    key = booking_key(source, booking_id, index)
-    created_at, updated_at = _times(revision, received_at)
-    arrival = parse_day(room.get("checkin_date") or revision.get("arrival_date"), "checkin_date")
-    departure = parse_day(
-        room.get("checkout_date") or revision.get("departure_date"), "checkout_date"
-    )
+        return []
+    key = booking_key(source, booking_id, slot)
+    arrival = parse_day(room.get("checkin_date"), "checkin_date")
+    departure = parse_day(room.get("checkout_date"), "checkout_date")
     stay = availability_slot(
         arrival, departure, settings.zone, vacancies=None, capacity=None, closed=False
     )
-    occupancy = room.get("occupancy") or revision.get("occupancy") or {}
+    occupancy = room.get("occupancy") or {}
     counts = {
         kind: whole_number(occupancy.get(field) or 0, f"occupancy.{field}")
         for kind, field in OCCUPANCY_KEYS.items()
     }
     booking = Booking(
-        id=booking_uuid(source, booking_id, index),
-        uuid=booking_uuid(source, booking_id, index),
+        id=booking_uuid(source, booking_id, slot),
+        uuid=booking_uuid(source, booking_id, slot),
         test_mode=settings.test_mode,
         reseller_reference=text(revision.get("ota_reservation_code")),
         supplier_reference=booking_id,
         status=status,
-        utc_created_at=created_at,
-        utc_updated_at=updated_at,
-        utc_confirmed_at=confirmed_at(status, created_at),
+        utc_created_at=times.created,
+        utc_updated_at=times.updated,
+        utc_confirmed_at=confirmed_at(status, times.created),
         product_id=settings.product_id(text(room.get("room_type_id")) or "DEFAULT"),
         option_id=settings.option_id(text(room.get("rate_plan_id"))),
         cancellable=status in STILL_CANCELLABLE,
-        cancellation=cancellation(status, _refund(revision), updated_at),
+        cancellation=cancellation(
+            status, _refund(revision), room.get("cancelled_at") or times.updated
+        ),
         availability_id=stay.id,
         availability=stay,
         contact=_contact(revision.get("customer") or {}),
@@ -161,11 +244,11 @@ def _room_event(
             contacts=[_contact(guest) for guest in room.get("guests") or []],
         ),
     )
-    return BookingEvent(booking=booking, booking_key=key)
+    return [BookingEvent(booking=booking, booking_key=key)]
 
 
 def _times(revision: Mapping[str, Any], received_at: datetime | None) -> tuple[str, str]:
-    """(utcCreatedAt, utcUpdatedAt) of a revision; see the module docstring."""
+    """(this revision's time, utcUpdatedAt); see the module docstring."""
     received = utc_timestamp(received_at.isoformat(), "received_at") if received_at else None
     inserted = text(revision.get("inserted_at"))
     created = utc_timestamp(inserted, "inserted_at") if inserted else received
