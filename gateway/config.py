@@ -90,6 +90,9 @@ class ApiKey(Section):
     key: str = Field(min_length=8)
     products: list[str] = Field(default_factory=lambda: ["*"])
     admin: bool = False
+    # Live subscriptions this key (tenant) may hold; one more answers 400. Each subscription costs
+    # a delivery row per matching event, so the cap bounds what one tenant can make the gateway do.
+    max_subscriptions: int = Field(100, ge=1)
 
 
 class SourceConfig(BaseModel):

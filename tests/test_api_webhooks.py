@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import AUTH_A, AUTH_B, TENANT_A
+from gateway.app import create_app
+from tests.conftest import AUTH_A, AUTH_B, TENANT_A, TENANT_B
 
 PUBLIC_URL = "https://93.184.216.34/hooks/octo"
 
@@ -304,3 +306,47 @@ async def test_unknown_route_and_method_answer_octo_errors(client: TestClient[An
         await client.put("/octo/webhooks", headers=AUTH_A), 405, "METHOD_NOT_ALLOWED"
     )
     await expect_error(await client.get("/nowhere"), 404, "NOT_FOUND")
+
+
+# -- the cap on subscriptions per api key (issue 12, finding 3) -------------------------------
+
+
+async def test_an_api_key_holds_at_most_max_subscriptions(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    capped = {**TENANT_A, "max_subscriptions": 3}
+    client = await aiohttp_client(create_app(make_config(api_keys=[capped, TENANT_B])))
+    body = {"url": PUBLIC_URL, "event": "booking_update"}
+    # At once, so two creations can't both see room for the last one.
+    answers = [
+        await r.json()
+        for r in await asyncio.gather(
+            *(client.post("/octo/webhooks", json=body, headers=AUTH_A) for _ in range(6))
+        )
+    ]
+    created = [a for a in answers if "id" in a]
+    refused = [a for a in answers if "id" not in a]
+    assert len(created) == 3
+    for answer in refused:
+        assert answer["error"] == "BAD_REQUEST"
+        assert "3 webhooks, its limit" in answer["errorMessage"]
+        assert "max_subscriptions" in answer["errorMessage"]
+    listed = await client.get("/octo/webhooks", headers=AUTH_A)
+    assert len(await listed.json()) == 3
+
+    # Another tenant has room of its own (the default, 100).
+    await create(client, body, auth=AUTH_B)
+    # A deleted subscription no longer counts.
+    deleted = await client.delete(f"/octo/webhooks/{created[0]['id']}", headers=AUTH_A)
+    assert deleted.status == 200
+    await create(client, body)
+    await expect_error(
+        await client.post("/octo/webhooks", json=body, headers=AUTH_A),
+        400,
+        "BAD_REQUEST",
+        "limit",
+    )
+
+
+def test_the_default_cap_is_100(make_config: Any) -> None:
+    assert make_config().api_keys[0].max_subscriptions == 100

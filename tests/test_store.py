@@ -189,7 +189,7 @@ async def test_group_commit_isolates_a_failing_write(tmp_path: Path) -> None:
             store.insert_subscription(sample_subscription("b")),
             return_exceptions=True,
         )
-        assert results[0] is None and results[2] is None
+        assert results[0] is True and results[2] is True
         assert isinstance(results[1], sqlite.IntegrityError)
         ids = sorted(s.id for s in await store.list_subscriptions("t"))
         assert ids == ["a", "b", "taken"]

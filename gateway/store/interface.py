@@ -96,7 +96,11 @@ class Store(Protocol):
 
     # -- subscriptions (tenant-scoped; tenant=None only for workers and operators) -------------
 
-    async def insert_subscription(self, subscription: Subscription) -> None: ...
+    async def insert_subscription(
+        self, subscription: Subscription, *, max_per_tenant: int | None = None
+    ) -> bool:
+        """Store a new subscription; False (nothing stored) when its tenant already has
+        ``max_per_tenant`` live ones. Counted and inserted in one transaction."""
 
     async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None: ...
 

@@ -144,7 +144,13 @@ async def check_target(request: web.Request, url: str) -> None:
         raise bad_request(f"url: {exc}") from None
 
 
-@describe("Subscribe to an event", tag="webhooks", body=CreateWebhookBody, ok=Webhook)
+@describe(
+    "Subscribe to an event",
+    tag="webhooks",
+    description="400 when the api key already holds its max_subscriptions live subscriptions.",
+    body=CreateWebhookBody,
+    ok=Webhook,
+)
 async def create_webhook(request: web.Request) -> web.Response:
     key = caller(request)
     body: CreateWebhookBody = parse_body(CreateWebhookBody, await read_json_object(request))
@@ -167,7 +173,13 @@ async def create_webhook(request: web.Request) -> web.Response:
         updated_at=now,
     )
     await check_delivery(request, subscription)
-    await request.app[store_key].insert_subscription(subscription)
+    if not await request.app[store_key].insert_subscription(
+        subscription, max_per_tenant=key.max_subscriptions
+    ):
+        raise bad_request(
+            f"this api key already has {key.max_subscriptions} webhooks, its limit"
+            " (api_keys.max_subscriptions in the gateway's config); delete one first"
+        )
     if deliverer_key in request.app:
         request.app[deliverer_key].slots.assign(subscription.id, subscription.tenant)
     log.info(

@@ -22,14 +22,24 @@ from gateway.store.sqlite.base import (
 
 
 class SubscriptionStore(SQLiteBase):
-    async def insert_subscription(self, subscription: Subscription) -> None:
+    async def insert_subscription(
+        self, subscription: Subscription, *, max_per_tenant: int | None = None
+    ) -> bool:
         row = _subscription_row(subscription)
 
-        def insert() -> None:
+        def insert() -> bool:
             with self._immediate() as db:
+                if max_per_tenant is not None:
+                    [held] = db.execute(
+                        "select count(*) from subscriptions where tenant = ? and deleted_at is null",
+                        [subscription.tenant],
+                    ).fetchone()
+                    if held >= max_per_tenant:
+                        return False
                 _insert(db, "subscriptions", row)
+            return True
 
-        await self._write(insert)
+        return await self._write(insert)
 
     async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None:
         """One live subscription; ``tenant=None`` looks across tenants (workers, admins)."""
