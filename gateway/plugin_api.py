@@ -35,7 +35,7 @@ from gateway.sources import (
     StoredPush,
 )
 from gateway.sources.pms import limit_guests, parse_json, request_json, without_card_data
-from gateway.sources.settings import IGNORE, TranslationSettings
+from gateway.sources.settings import IGNORE, SourceSettings, TranslationSettings
 from gateway.sources.translation import (
     STILL_CANCELLABLE,
     DayKey,
@@ -80,6 +80,7 @@ __all__ = [
     "Source",
     "SourceConfig",
     "SourceContext",
+    "SourceSettings",
     "StoredPush",
     "TranslationError",
     "TranslationSettings",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, get_args
+from typing import Any, Self, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -75,3 +75,22 @@ class TranslationSettings(BaseModel):
     def status(self, pms_status: str, defaults: Mapping[str, str]) -> str | None:
         """The OCTO status (or IGNORE) for a PMS status; None when neither map knows it."""
         return self.status_map.get(pms_status, defaults.get(pms_status))
+
+
+class SourceSettings(TranslationSettings):
+    """Every key a ``[sources.<name>]`` table may hold: the ones the gateway reads (``token``,
+    ``api_url``), the translation maps, and, in a subclass, the source's own keys.
+
+    A source's ``check_settings`` validates its table against its subclass of this model; a key
+    that no field names is refused (``sources.<name>.<key>: unknown key``), so a misspelt key
+    never passes silently.
+    """
+
+    token: str = Field(min_length=1)
+    api_url: str | None = None
+
+    @classmethod
+    def from_config(cls, settings: BaseModel) -> Self:
+        """Validate a ``[sources.<name>]`` table (the ``SourceConfig`` a source is handed); keys
+        left out take the model's defaults."""
+        return cls.model_validate(settings.model_dump(exclude_none=True))

@@ -14,7 +14,7 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from gateway.plugin_api import (
     AcceptedPush,
@@ -24,6 +24,7 @@ from gateway.plugin_api import (
     SamplePush,
     SourceConfig,
     SourceContext,
+    SourceSettings,
     StoredPush,
     TranslationError,
     TranslationSettings,
@@ -52,8 +53,8 @@ def _id_text(value: Any) -> str:
     return str(value)[:64]
 
 
-class Beds24Settings(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Beds24Settings(SourceSettings):
+    """``[sources.beds24]``: the common keys plus the Beds24 API token and the calendar span."""
 
     api_url: str = "https://beds24.com/api/v2"
     api_token: str = ""
@@ -73,9 +74,7 @@ class Beds24Source:
         }
 
     def check_settings(self, settings: SourceConfig) -> None:
-        values = settings.model_dump()
-        Beds24Settings.model_validate(values)
-        TranslationSettings.from_source(values)
+        Beds24Settings.from_config(settings)
 
     def accept(self, push: IncomingPush) -> AcceptedPush:
         if "bookid" in push.query:
@@ -147,7 +146,7 @@ class Beds24Source:
     async def process(self, push: StoredPush, context: SourceContext) -> Outcome:
         try:
             translation = TranslationSettings.from_source(context.settings.model_dump())
-            api = Beds24Settings.model_validate(context.settings.model_dump())
+            api = Beds24Settings.from_config(context.settings)
             if push.kind == "v1":
                 booking = await self._read_booking(api, context, push.payload["bookid"])
                 return self._bookings([booking], translation, "v1")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from gateway.plugin_api import (
     AcceptedPush,
@@ -25,6 +25,7 @@ from gateway.plugin_api import (
     SamplePush,
     SourceConfig,
     SourceContext,
+    SourceSettings,
     StoredPush,
     TranslationError,
     TranslationSettings,
@@ -127,8 +128,8 @@ def _id_part(value: Any) -> str:
     return value[:128] if isinstance(value, str) else ""
 
 
-class ChannexSettings(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ChannexSettings(SourceSettings):
+    """``[sources.channex]``: the common keys plus the Channex API credentials."""
 
     api_url: str = "https://app.channex.io/api/v1"
     api_key: str = ""
@@ -149,9 +150,7 @@ class ChannexSource:
         return {kind: SamplePush(body=load_sample(name)) for kind, name in files.items()}
 
     def check_settings(self, settings: SourceConfig) -> None:
-        values = settings.model_dump()
-        ChannexSettings.model_validate(values)
-        TranslationSettings.from_source(values)
+        ChannexSettings.from_config(settings)
 
     def accept(self, push: IncomingPush) -> AcceptedPush:
         if push.method != "POST":
@@ -210,7 +209,7 @@ class ChannexSource:
     async def _bookings(
         self, doc: dict[str, Any], translation: TranslationSettings, context: SourceContext
     ) -> Outcome:
-        api = ChannexSettings.model_validate(context.settings.model_dump())
+        api = ChannexSettings.from_config(context.settings)
         payload = doc.get("payload") or {}
         revision_id = payload.get("revision_id") or payload.get("booking_revision_id")
         if revision_id:
@@ -264,7 +263,7 @@ class ChannexSource:
         return Outcome(availability=events, note=f"ari: {len(rows)} row(s), {len(events)} event(s)")
 
     async def acknowledge(self, outcome: Outcome, context: SourceContext) -> None:
-        api = ChannexSettings.model_validate(context.settings.model_dump())
+        api = ChannexSettings.from_config(context.settings)
         failures = []
         # Every revision is tried, so one failed ack does not leave the others in the feed.
         for revision_id in outcome.acknowledge:
