@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -17,18 +18,22 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import IO, Any, NoReturn, TypeVar, get_args
 from urllib.parse import urlencode
 
+import aiohttp
 import click
 from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.hooks import Hooks
+from gateway.models import DeliveryState
 from gateway.plugins import PluginError, make_plugin_manager
 from gateway.sources import SamplePush
+from gateway.starter import starter_config
 from gateway.store import SQLiteStore
+from gateway.store.sqlite.files import backup_database, check_database
 
 T = TypeVar("T")
 
@@ -43,9 +48,55 @@ config_option = click.option(
 )
 
 
+class Failure(click.ClickException):
+    """An expected failure: one line on stderr (``gateway: ...``) and a non-zero exit code.
+
+    Raised rather than ``sys.exit``, so it also leaves a coroutine run by ``asyncio.run`` through
+    its cleanups (the store is closed on the way out)."""
+
+    exit_code = 1
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"gateway: {self.format_message()}", err=True)
+
+
+class ConfigFailure(Failure):
+    """A problem with the config, the plugins or the arguments: exit code 2."""
+
+    exit_code = 2
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"gateway: {message}", err=True)
-    sys.exit(code)
+    raise (ConfigFailure if code == 2 else Failure)(message)
+
+
+class CannotListen(Exception):
+    """The listening socket could not be opened (address in use, bad host, no permission)."""
+
+
+def describe_os_error(exc: OSError | sqlite3.Error, about: Path | None = None) -> str:
+    """The reason, and the file it concerns unless that is ``about`` (named already)."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        named = exc.filename and not (about and Path(exc.filename) == about)
+        return f"{reason}: {exc.filename}" if named else reason
+    return str(exc)
+
+
+def storage_failure(config: GatewayConfig, exc: OSError | sqlite3.Error) -> NoReturn:
+    """A database that can't be opened, named by the config key that points at it."""
+    fail(
+        f"{config.source_file}: storage.path: cannot open {config.storage.path}: "
+        f"{describe_os_error(exc, config.storage.path)}"
+    )
+
+
+def check_storage(config: GatewayConfig) -> str:
+    """Open the database read-only, as serve will find it; a problem ends the command."""
+    try:
+        return check_database(config.storage.path)
+    except (OSError, sqlite3.Error) as exc:
+        storage_failure(config, exc)
 
 
 def load_or_exit(path: Path | None) -> GatewayConfig:
@@ -82,7 +133,12 @@ def cli() -> None:
 @cli.command()
 @config_option
 @click.option("--host", default=None, help="Address to listen on (overrides server.host).")
-@click.option("--port", type=int, default=None, help="Port to listen on (overrides server.port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port to listen on, 0-65535; 0 picks a free one (overrides server.port).",
+)
 def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
     config = load_or_exit(config_path)
@@ -91,14 +147,16 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
         config.server.host = host
     if port is not None:
         config.server.port = port
+    check_storage(config)
     try:
         run_fast(_serve(config))
     except KeyboardInterrupt:
         pass  # a SIGINT before the handlers were installed is still a clean stop
-    except sqlite3.Error as exc:
-        fail(f"storage {config.storage.path}: {exc}")
-    except OSError as exc:
-        fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}")
+    except CannotListen as exc:
+        fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc}")
+    except (OSError, sqlite3.Error) as exc:
+        # Listening is handled above: what is left at start-up is the database file.
+        storage_failure(config, exc)
     except (ConfigError, PluginError) as exc:
         fail(str(exc), 2)
 
@@ -109,7 +167,10 @@ async def _serve(config: GatewayConfig) -> None:
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(exc.strerror or str(exc)) from exc
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,14 +201,66 @@ def _listening_urls(runner: web.AppRunner) -> list[str]:
 @cli.command()
 @config_option
 def check(config_path: Path | None) -> None:
-    """Validate the config file, templates and plugins."""
+    """Validate the config file, templates, plugins and the database file."""
     config = load_or_exit(config_path)
     try:
         create_app(config)  # loads plugins, checks sources and templates; starts nothing
     except (ConfigError, PluginError) as exc:
         fail(str(exc), 2)
+    database = check_storage(config)
     sources = ", ".join(sorted(config.sources)) or "none"
     click.echo(f"{config.source_file}: ok (sources: {sources})")
+    click.echo(f"storage {config.storage.path}: {database}")
+
+
+@cli.command()
+@click.argument(
+    "directory",
+    required=False,
+    default=".",
+    type=click.Path(file_okay=False, path_type=Path),
+)
+def init(directory: Path) -> None:
+    """Write a commented starter gateway.toml into DIRECTORY (default: here).
+
+    Its api keys and source tokens are drawn at random; an existing gateway.toml is never
+    overwritten."""
+    target = directory / "gateway.toml"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: refuses an existing file even if one appears meanwhile; 0600: it holds secrets.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fail(f"{target}: already exists; nothing written (move it away to start afresh)")
+    except OSError as exc:
+        fail(f"{target}: cannot write: {describe_os_error(exc)}")
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(starter_config())
+    click.echo(f"wrote {target}: edit it, then `gateway check --config {target}`")
+
+
+@cli.command()
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@config_option
+@click.option("--force", is_flag=True, help="Replace TARGET if it exists.")
+def backup(target: Path, config_path: Path | None, force: bool) -> None:
+    """Copy the database into TARGET while the gateway runs (SQLite online backup).
+
+    The copy is one consistent snapshot; the running gateway keeps taking pushes meanwhile.
+    Restore by stopping the gateway and putting the copy in place of storage.path."""
+    config = load_or_exit(config_path)
+    source = config.storage.path
+    if not source.exists():
+        fail(f"{config.source_file}: storage.path: no database at {source} yet")
+    if target.exists() and not force:
+        fail(f"{target}: already exists (--force replaces it)")
+    if target.resolve() == source.resolve():
+        fail(f"{target}: is the live database itself")
+    try:
+        pages = backup_database(source, target)
+    except (OSError, sqlite3.Error) as exc:
+        fail(f"backup of {source} to {target} failed: {describe_os_error(exc)}")
+    click.echo(f"{target}: {pages} pages copied from {source}")
 
 
 @cli.command()
@@ -185,7 +298,10 @@ def load_hooks_or_exit(config: GatewayConfig) -> Hooks:
 
 def open_store(config: GatewayConfig) -> SQLiteStore:
     if not config.storage.path.exists():
-        fail(f"{config.storage.path}: no database yet (start the gateway once)")
+        fail(
+            f"{config.source_file}: storage.path: no database at {config.storage.path} yet"
+            " (start the gateway once)"
+        )
     return SQLiteStore(config.storage.path)
 
 
@@ -200,16 +316,32 @@ def run_with_store(config: GatewayConfig, work: Callable[[SQLiteStore], Awaitabl
 
     try:
         return asyncio.run(runner())
-    except sqlite3.Error as exc:
-        fail(f"storage {config.storage.path}: {exc}")
-        raise
+    except (OSError, sqlite3.Error) as exc:
+        storage_failure(config, exc)
+
+
+url_option = click.option(
+    "--url", default=None, help="The running gateway's base URL (default: from server.host/port)."
+)
+
+
+def gateway_url(config: GatewayConfig, url: str | None) -> str:
+    """Where the running gateway answers: --url, else server.host and server.port."""
+    if url:
+        return url.rstrip("/")
+    if config.server.port == 0:
+        fail(f"{config.source_file}: server.port is 0 (a free port): give the gateway's --url")
+    host = config.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{config.server.port}"
 
 
 @cli.command(name="push-sample")
 @click.argument("source")
 @click.argument("kind")
 @config_option
-@click.option("--url", default=None, help="Gateway base URL (default: from server.host/port).")
+@url_option
 def push_sample(source: str, kind: str, config_path: Path | None, url: str | None) -> None:
     """Post a bundled sample push (SOURCE KIND) to a running gateway.
 
@@ -229,7 +361,7 @@ def push_sample(source: str, kind: str, config_path: Path | None, url: str | Non
     settings = config.sources.get(source)
     if settings is None:
         fail(f"{config.source_file}: sources.{source}: not configured", 2)
-    base = (url or f"http://{config.server.host}:{config.server.port}").rstrip("/")
+    base = gateway_url(config, url)
     target = f"{base}/ingest/{source}?" + urlencode(dict(sample.query))
     body = json.dumps(sample.body).encode() if sample.body is not None else None
     request = urllib.request.Request(
@@ -253,28 +385,56 @@ def push_sample(source: str, kind: str, config_path: Path | None, url: str | Non
 def replay_pushes(push_ids: tuple[str, ...], config_path: Path | None) -> None:
     """Queue failed pushes (all of them, or the PUSH_IDS given) to be processed again.
 
-    A running gateway picks them up within its ingest poll interval."""
+    A running gateway picks them up within its ingest poll interval. A PUSH_ID that names no
+    push, or a push that has not failed, ends the command with nothing queued."""
     config = load_or_exit(config_path)
-    ids = list(push_ids) or None
-    replayed = run_with_store(config, lambda store: store.replay_failed_pushes(ids))
+
+    async def replay(store: SQLiteStore) -> list[str]:
+        problems = []
+        for push_id in push_ids:
+            push = await store.get_push(push_id)
+            if push is None:
+                problems.append(f"no push {push_id}")
+            elif push.state != "failed":
+                problems.append(f"push {push_id} is {push.state}, not failed")
+        if problems:
+            fail("; ".join(problems) + "; nothing queued")
+        return await store.replay_failed_pushes(list(push_ids) or None)
+
+    replayed = run_with_store(config, replay)
     for push_id in replayed:
         click.echo(push_id)
     click.echo(f"{len(replayed)} failed push(es) queued again", err=True)
+
+
+DELIVERY_STATES: tuple[str, ...] = get_args(DeliveryState)
+
+
+async def require_subscription(store: SQLiteStore, webhook_id: str) -> None:
+    if await store.get_subscription(None, webhook_id) is None:
+        fail(f"no subscription {webhook_id}")
 
 
 @cli.command()
 @click.argument("webhook_id")
 @config_option
 @click.option(
-    "--state", default=None, help="Only messages in this state (pending, delivered, dead, ...)."
+    "--state",
+    default=None,
+    help=f"Only messages in this state ({', '.join(DELIVERY_STATES)}).",
 )
 @click.option("--limit", default=20, show_default=True, help="How many attempts to show.")
 def deliveries(webhook_id: str, config_path: Path | None, state: str | None, limit: int) -> None:
     """Show a subscription's delivery attempts, newest first."""
     config = load_or_exit(config_path)
-    rows = run_with_store(
-        config, lambda store: store.list_attempts(webhook_id, state=state, limit=limit)
-    )
+    if state is not None and state not in DELIVERY_STATES:
+        fail(f"--state: {state!r} is not one of {', '.join(DELIVERY_STATES)}", 2)
+
+    async def attempts(store: SQLiteStore) -> list[Any]:
+        await require_subscription(store, webhook_id)
+        return await store.list_attempts(webhook_id, state=state, limit=limit)
+
+    rows = run_with_store(config, attempts)
     for _, attempt, state_now in rows:
         view = attempt.view(state_now)
         click.echo(
@@ -285,12 +445,23 @@ def deliveries(webhook_id: str, config_path: Path | None, state: str | None, lim
         click.echo("no delivery attempts", err=True)
 
 
+# How long the progress of a replay may stand still before the gateway is asked if it is alive.
+STILL_FOR = 2.0
+
+
 @cli.command()
 @click.argument("webhook_id")
 @click.option("--since", required=True, help="RFC 3339 time, e.g. 2026-11-24T00:00:00Z.")
-@click.option("--wait/--no-wait", default=True, help="Show progress until the replay is sent.")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    help="Show progress until the replay is sent (needs the gateway running).",
+)
 @config_option
-def replay(webhook_id: str, since: str, wait: bool, config_path: Path | None) -> None:
+@url_option
+def replay(
+    webhook_id: str, since: str, wait: bool, config_path: Path | None, url: str | None
+) -> None:
     """Send a subscription's messages since a time again (the running gateway sends them)."""
     config = load_or_exit(config_path)
     try:
@@ -300,20 +471,55 @@ def replay(webhook_id: str, since: str, wait: bool, config_path: Path | None) ->
     if moment.tzinfo is None:
         fail("--since: give a time zone, e.g. 2026-11-24T00:00:00Z", 2)
     started = moment.timestamp()
-    count = run_with_store(config, lambda store: store.replay_deliveries(webhook_id, started))
+    base = gateway_url(config, url) if wait else ""
+    if wait and not asyncio.run(_answers(base)):
+        fail(
+            f"no gateway answers at {base}: start it, or queue the replay for its next start"
+            " with --no-wait"
+        )
+
+    async def queue(store: SQLiteStore) -> int:
+        await require_subscription(store, webhook_id)
+        return await store.replay_deliveries(webhook_id, started)
+
+    count = run_with_store(config, queue)
     click.echo(f"{count} message(s) queued again")
     if wait and count:
-        run_with_store(config, lambda store: _follow(store, webhook_id, started, count))
+        run_with_store(config, lambda store: _follow(store, webhook_id, started, count, base))
 
 
-async def _follow(store: SQLiteStore, webhook_id: str, since: float, total: int) -> None:
+async def _answers(base: str) -> bool:
+    """True when a gateway answers ``/healthz`` at ``base`` within a couple of seconds."""
+    timeout = aiohttp.ClientTimeout(total=STILL_FOR)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, trust_env=False) as http,
+            http.get(f"{base}/healthz") as response,
+        ):
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+
+
+async def _follow(store: SQLiteStore, webhook_id: str, since: float, total: int, base: str) -> None:
+    loop = asyncio.get_running_loop()
     with click.progressbar(length=total, label="re-sending", file=sys.stderr) as bar:
         done = 0
+        moved_at = loop.time()
         while done < total:
             waiting, _ = await store.replay_progress(webhook_id, since)
             now_done = max(total - waiting, 0)
-            bar.update(now_done - done)
-            done = now_done
+            if now_done != done:
+                bar.update(now_done - done)
+                done = now_done
+                moved_at = loop.time()
+            elif loop.time() - moved_at > STILL_FOR:
+                if not await _answers(base):
+                    fail(
+                        f"the gateway at {base} stopped answering; {total - done} message(s)"
+                        " stay queued for its next start"
+                    )
+                moved_at = loop.time()
             if done < total:
                 await asyncio.sleep(0.5)
 

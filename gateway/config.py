@@ -135,7 +135,8 @@ class GatewayConfig(Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
-    # Where the config came from; relative paths were resolved against its folder.
+    # The config file as it was given (messages name it so); relative paths in it were resolved
+    # against its folder.
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("api_keys")
@@ -173,7 +174,7 @@ def config_from_dict(raw: dict[str, Any], file: Path) -> GatewayConfig:
         config = GatewayConfig.model_validate(substituted)
     except ValidationError as exc:
         raise ConfigError(_describe(file, exc)) from None
-    config.source_file = file.resolve()
+    config.source_file = file
     _resolve_paths(config, file.resolve().parent)
     return config
 

@@ -330,7 +330,8 @@ class SQLiteBase:
     @contextmanager
     def _immediate(self) -> Iterator[Database]:
         """A write transaction that takes the write lock at once (BEGIN IMMEDIATE); inside a
-        group commit it is the batch's transaction (the batch gives each write a savepoint)."""
+        group commit it is the batch's transaction (should one write fail, the whole batch rolls
+        back and each write is run again in a transaction of its own)."""
         db = self._wdb
         if self._in_batch:
             yield db
