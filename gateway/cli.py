@@ -33,6 +33,7 @@ from gateway.plugins import PluginError, make_plugin_manager
 from gateway.sources import SamplePush
 from gateway.starter import starter_config
 from gateway.store import SQLiteStore
+from gateway.store.errors import StorageUnavailable
 from gateway.store.sqlite.files import backup_database, check_database
 
 T = TypeVar("T")
@@ -74,7 +75,10 @@ class CannotListen(Exception):
     """The listening socket could not be opened (address in use, bad host, no permission)."""
 
 
-def describe_os_error(exc: OSError | sqlite3.Error, about: Path | None = None) -> str:
+StorageFault = OSError | sqlite3.Error | StorageUnavailable
+
+
+def describe_os_error(exc: StorageFault, about: Path | None = None) -> str:
     """The reason, and the file it concerns unless that is ``about`` (named already)."""
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
@@ -83,7 +87,7 @@ def describe_os_error(exc: OSError | sqlite3.Error, about: Path | None = None) -
     return str(exc)
 
 
-def storage_failure(config: GatewayConfig, exc: OSError | sqlite3.Error) -> NoReturn:
+def storage_failure(config: GatewayConfig, exc: StorageFault) -> NoReturn:
     """A database that can't be opened, named by the config key that points at it."""
     fail(
         f"{config.source_file}: storage.path: cannot open {config.storage.path}: "
@@ -316,7 +320,7 @@ def run_with_store(config: GatewayConfig, work: Callable[[SQLiteStore], Awaitabl
 
     try:
         return asyncio.run(runner())
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, StorageUnavailable) as exc:
         storage_failure(config, exc)
 
 
