@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 from typing import Any
 
@@ -350,3 +351,52 @@ async def test_an_api_key_holds_at_most_max_subscriptions(
 
 def test_the_default_cap_is_100(make_config: Any) -> None:
     assert make_config().api_keys[0].max_subscriptions == 100
+
+
+@pytest.mark.parametrize(
+    ("headers", "mention"),
+    [
+        ({"X-Nul": "a\x00b"}, "control characters"),
+        ({"X-Vt": "a\x0bb"}, "control characters"),
+        ({"X-Del": "a\x7fb"}, "control characters"),
+        ({"X-Lf": "a\nb"}, "line breaks"),
+        ({"X-Cr": "a\rb"}, "line breaks"),
+        ({"X-Big": "v" * 900_000}, "bytes in all"),
+        ({f"X-H{n}": "v" for n in range(3000)}, "at most 50"),
+        ({f"X-H{n}": "v" * 200 for n in range(45)}, "bytes in all"),
+        ({"Content-Encoding": "gzip"}, "set by the gateway"),
+        ({"webhook-version": "2"}, "set by the gateway"),
+        ({"Transfer-Encoding": "chunked"}, "set by the gateway"),
+        ({"X-Env\n": "prod"}, "not a valid HTTP header name"),
+        ({"X Env": "prod"}, "not a valid HTTP header name"),
+        ({"X-Env": "a", "x-env": "b"}, "given twice"),
+        ({"X-Pair": "\ud800"}, "not valid Unicode"),
+    ],
+    ids=lambda value: str(value)[:30],
+)
+async def test_headers_that_can_never_be_delivered_are_refused(
+    client: TestClient[Any, Any], headers: dict[str, str], mention: str
+) -> None:
+    body = {"url": PUBLIC_URL, "event": "booking_update", "headers": headers}
+    response = await client.post(
+        "/octo/webhooks",
+        data=json.dumps(body),  # json escapes the lone surrogate, as a client would send it
+        headers={**AUTH_A, "Content-Type": "application/json"},
+    )
+    await expect_error(response, 400, "BAD_REQUEST", mention)
+    webhook = await create(client, {"url": PUBLIC_URL, "event": "booking_update"})
+    patched = await client.patch(
+        f"/octo/webhooks/{webhook['id']}",
+        data=json.dumps({"headers": headers}),
+        headers={**AUTH_A, "Content-Type": "application/json"},
+    )
+    await expect_error(patched, 400, "BAD_REQUEST", mention)
+
+
+async def test_headers_within_the_limits_are_kept(client: TestClient[Any, Any]) -> None:
+    headers = {"X-Tab": "a\tb", "X-Utf8": "café €", f"X-{'n' * 60}": "v" * 2000}
+    headers.update({f"X-H{n}": "v" for n in range(47)})
+    webhook = await create(
+        client, {"url": PUBLIC_URL, "event": "booking_update", "headers": headers}
+    )
+    assert webhook["headers"] == headers

@@ -32,13 +32,21 @@ HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 RESERVED_HEADERS = {
     "content-type",
     "content-length",
+    "content-encoding",  # the body is sent as it is: a claimed encoding would make it unreadable
     "host",
     "connection",
+    "keep-alive",
     "transfer-encoding",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
 }
+RESERVED_PREFIX = "webhook-"  # webhook-id, -timestamp, -signature and any the spec adds
+MAX_HEADERS = 50
+MAX_HEADER_BYTES = 8192  # names and values together, as sent
+# A field-value (RFC 9110 5.5): no control characters but horizontal tab.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class WebhookFields(BaseModel):
@@ -104,13 +112,31 @@ def parse_body(model: type[BaseModel], body: dict[str, Any]) -> Any:
 
 
 def check_headers(headers: dict[str, str]) -> None:
+    """Headers a delivery can carry: RFC 9110 names and field values, none the gateway sets
+    itself, no name twice, at most MAX_HEADERS and MAX_HEADER_BYTES in all."""
+    if len(headers) > MAX_HEADERS:
+        raise bad_request(f"headers: at most {MAX_HEADERS} headers")
+    seen: set[str] = set()
+    size = 0
     for name, value in headers.items():
-        if not HEADER_NAME.match(name):
-            raise bad_request(f"headers.{name}: not a valid HTTP header name")
-        if name.lower() in RESERVED_HEADERS:
+        if not HEADER_NAME.fullmatch(name):
+            raise bad_request(f"headers.{name!r}: not a valid HTTP header name")
+        lowered = name.lower()
+        if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIX):
             raise bad_request(f"headers.{name}: set by the gateway itself; choose another header")
-        if "\r" in value or "\n" in value:
-            raise bad_request(f"headers.{name}: value may not contain line breaks")
+        if lowered in seen:
+            raise bad_request(f"headers.{name}: given twice (header names ignore case)")
+        seen.add(lowered)
+        if CONTROL_CHARS.search(value):
+            raise bad_request(
+                f"headers.{name}: value may not contain line breaks or other control characters"
+            )
+        try:
+            size += len(name) + len(value.encode("utf-8")) + 4  # "name: value\r\n"
+        except UnicodeEncodeError:
+            raise bad_request(f"headers.{name}: value is not valid Unicode") from None
+    if size > MAX_HEADER_BYTES:
+        raise bad_request(f"headers: more than {MAX_HEADER_BYTES} bytes in all")
 
 
 async def check_delivery(request: web.Request, subscription: Subscription) -> None:
