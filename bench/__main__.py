@@ -10,6 +10,8 @@ Phases, in order (each gateway phase on a fresh ``python -m gateway serve`` chil
 3. e2e: an open-loop sender at 200 pushes/s with 1, 10 and 100 subscribers; latency from the
    push's scheduled send time to its arrival at the receiver process, and losses;
 4. delivery: a released backlog against a bare aiohttp client posting to the same receiver;
+   burst: one Channex ARI push of 1,800 rows to 5 availability subscribers (9,000 deliveries)
+   against a bare aiohttp client POSTing as many bodies;
 5. history: ingest again on a database holding 1,000,000 delivered messages; peak RSS.
 
 ``--quick`` is the smoke-test size (a couple of seconds per phase, 1,000 stored deliveries,
@@ -38,7 +40,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import phases, report
+from bench import phases, profile, report
 from bench.load import wrk_available
 from bench.phases import Context, Plan
 from bench.receiver import Receiver
@@ -50,12 +52,33 @@ PHASES: dict[str, Callable[[Context], Awaitable[Any]]] = {
     "ingest": phases.ingest,
     "e2e": phases.e2e,
     "delivery": phases.delivery,
+    "burst": phases.burst,
     "history": phases.history,
 }
 
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def machine_load() -> dict[str, Any]:
+    """How busy the machine is (other engineers' test suites share it): the load averages and
+    the CPU time of all processes, read from /proc (compare a start and an end reading)."""
+    try:
+        loadavg = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return {}
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return {"loadavg": loadavg, "cpu_ticks": sum(fields), "idle_ticks": idle, "at": time.time()}
+
+
+def busy_share(start: dict[str, Any], end: dict[str, Any]) -> float | None:
+    """The share of all CPUs that was busy between two readings (ours and everyone else's)."""
+    if not start or not end or end["cpu_ticks"] <= start["cpu_ticks"]:
+        return None
+    total = end["cpu_ticks"] - start["cpu_ticks"]
+    return float(1 - (end["idle_ticks"] - start["idle_ticks"]) / total)
 
 
 def meta(plan: Plan, started: datetime) -> dict[str, Any]:
@@ -72,14 +95,19 @@ def meta(plan: Plan, started: datetime) -> dict[str, Any]:
     }
 
 
-async def run(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Any]:
+async def run(
+    plan: Plan, workdir: Path, only: list[str], profile_dir: Path | None = None
+) -> dict[str, Any]:
     started = datetime.now().astimezone()
     results: dict[str, Any] = {"meta": meta(plan, started)}
+    load_start = machine_load()
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         receiver = Receiver(workdir)
         await receiver.start()
-        ctx = Context(plan=plan, workdir=workdir, session=session, receiver=receiver)
+        ctx = Context(
+            plan=plan, workdir=workdir, session=session, receiver=receiver, profile_dir=profile_dir
+        )
         try:
             for name in only:
                 log(f"{name} ...")
@@ -93,6 +121,12 @@ async def run(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Any]:
     results["losses"] = report.total_losses(results)
     results["targets"] = report.targets(results)
     results["meta"]["seconds"] = (datetime.now().astimezone() - started).total_seconds()
+    load_end = machine_load()
+    results["meta"]["load"] = {
+        "loadavg_start": load_start.get("loadavg"),
+        "loadavg_end": load_end.get("loadavg"),
+        "busy_share": busy_share(load_start, load_end),
+    }
     return results
 
 
@@ -131,6 +165,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the scratch folder")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, dbs)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="attach py-spy to each gateway and write its stacks here (figures then skewed)",
+    )
     return parser.parse_args(argv)
 
 
@@ -158,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"scratch folder {workdir}")
     ok = False
     try:
-        results = asyncio.run(run(plan, workdir, only))
+        if args.profile is not None and not profile.available():
+            print("--profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+            return 2
+        results = asyncio.run(run(plan, workdir, only, args.profile))
         ok = True
     finally:
         if ok and not args.keep:

@@ -73,6 +73,31 @@ def channex_template() -> str:
     return _template(doc, {"__DAY__": '"@@DAY@@"', "__TS__": '"@@TS@@"'})
 
 
+BURST_ROOMS = 5  # room types in an availability burst; the rows spread over days for each
+
+
+def ari_burst(rows: int, n: int) -> bytes:
+    """One Channex ARI push of ``rows`` rows, each a different room type and day (so each row is
+    one OCTO availability event): what a channel manager sends when a property's inventory is
+    loaded or re-synced. ``n`` shifts the days, so two bursts touch different days."""
+    doc = copy.deepcopy(_fixture("channex-ari-1.json"))
+    sample = doc["payload"][0]
+    first = datetime.fromtimestamp(DAY_EPOCH, UTC)
+    doc["payload"] = [
+        {
+            **sample,
+            "room_type_id": f"{sample['room_type_id'][:-2]}{i % BURST_ROOMS:02d}",
+            "date": (first + timedelta(days=(n + i // BURST_ROOMS) % DAY_CYCLE)).strftime(
+                "%Y-%m-%d"
+            ),
+            "availability": 1 + (n + i) % 9,
+        }
+        for i in range(rows)
+    ]
+    doc["timestamp"] = datetime.fromtimestamp(TS_EPOCH + n, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
 def template(source: str) -> str:
     if source == "beds24":
         return beds24_template()

@@ -175,12 +175,3 @@ class Gateway(ServerProcess):
             }
 
         return await asyncio.to_thread(read)
-
-    async def a_delivered_body(self) -> bytes | None:
-        def read() -> bytes | None:
-            rows = self._query(
-                "select body from deliveries where state = 'delivered' and body is not null limit 1"
-            )
-            return bytes(rows[0][0]) if rows else None
-
-        return await asyncio.to_thread(read)

@@ -19,6 +19,7 @@ from bench.gateway_proc import Gateway, source_tokens
 from bench.history import prefill
 from bench.load import run_bare, run_closed, run_open
 from bench.procs import PYTHON, ServerProcess, free_port
+from bench.profile import Profiler
 from bench.receiver import Receiver
 
 # Replay everything: the delivery phase's database holds only that phase's messages.
@@ -41,6 +42,10 @@ class Plan:
     e2e_max_deliveries: int = 30_000
     peak_pushes: int = 2_000
     peak_subscribers: int = 10
+    # The availability burst: one Channex ARI push of this many rows (one event each) to this
+    # many availability subscribers.
+    burst_rows: int = 1_800
+    burst_subscribers: int = 5
     history_deliveries: int = 1_000_000
     drain_timeout: float = 300.0
 
@@ -55,6 +60,8 @@ class Plan:
             e2e_subscribers=(1, 2),
             peak_pushes=100,
             peak_subscribers=2,
+            burst_rows=100,
+            burst_subscribers=2,
             history_deliveries=1_000,
             drain_timeout=30.0,
         )
@@ -67,6 +74,8 @@ class Context:
     session: aiohttp.ClientSession
     receiver: Receiver
     templates: dict[str, Path] = field(default_factory=dict)
+    profile_dir: Path | None = None  # py-spy each gateway into this folder
+    profilers: dict[str, Profiler] = field(default_factory=dict)
     rss_mb: dict[str, float | None] = field(default_factory=dict)
     _next_base: int = 0
 
@@ -90,9 +99,26 @@ class Context:
     async def gateway(self, name: str, db_path: Path | None = None) -> Gateway:
         gateway = Gateway(self.workdir, name, db_path)
         await gateway.start()
+        if self.profile_dir is not None:
+            profiler = Profiler(gateway.pid, self.profile_dir / f"{name}.txt")
+            await profiler.start()
+            self.profilers[name] = profiler
         return gateway
 
+    async def idle_cpu(self, gateway: Gateway) -> float:
+        """The gateway's CPU seconds once it has nothing left to do (no push waiting to be
+        processed, no delivery waiting to be sent): the work of everything it accepted is in it."""
+        deadline = time.monotonic() + self.plan.drain_timeout
+        while (await gateway.backlog()) != (0, 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        cpu = gateway.cpu_seconds()
+        assert cpu is not None
+        return cpu
+
     async def stop(self, gateway: Gateway) -> dict[str, Any]:
+        profiler = self.profilers.pop(gateway.name, None)
+        if profiler is not None:
+            await profiler.stop()
         await gateway.stop()
         self.rss_mb[gateway.name] = gateway.final_rss_mb
         return {"peak_rss_mb": gateway.final_rss_mb, "cpu_s": gateway.final_cpu_s}
@@ -127,7 +153,8 @@ async def _bare_server(ctx: Context, name: str, options: list[str]) -> dict[str,
     try:
         results = {}
         for source in bodies.SOURCES:
-            results[source] = await run_closed(
+            cpu = server.cpu_seconds()
+            result = await run_closed(
                 generator=ctx.plan.generator,
                 url=f"{server.url}/ingest/{source}",
                 template_file=ctx.template_file(source),
@@ -136,6 +163,8 @@ async def _bare_server(ctx: Context, name: str, options: list[str]) -> dict[str,
                 duration=ctx.plan.throughput_seconds,
                 connections=ctx.plan.connections,
             )
+            result["cpu_us_per_push"] = _per_unit(cpu, server.cpu_seconds(), result["ok"])
+            results[source] = result
     finally:
         await server.stop()
     return results
@@ -148,6 +177,7 @@ async def _ingest_once(ctx: Context, gateway: Gateway, source: str) -> dict[str,
     started = time.perf_counter()
     await gateway.push(ctx.session, source, bodies.expand(bodies.template(source), base))
     first_push_ms = (time.perf_counter() - started) * 1000
+    cpu = await ctx.idle_cpu(gateway)
     before = await gateway.states()
     result = await run_closed(
         generator=ctx.plan.generator,
@@ -159,6 +189,8 @@ async def _ingest_once(ctx: Context, gateway: Gateway, source: str) -> dict[str,
         connections=ctx.plan.connections,
     )
     after = await gateway.states()
+    # Everything accepted is processed before the clock stops: translation and storage included.
+    result["cpu_us_per_push"] = _per_unit(cpu, await ctx.idle_cpu(gateway), result["ok"])
     processed = after["pushes"].get("processed", 0) - before["pushes"].get("processed", 0)
     result["first_push_ms"] = first_push_ms
     result["processed_per_s"] = processed / result["duration_s"] if result["duration_s"] else 0.0
@@ -235,6 +267,7 @@ async def e2e(ctx: Context) -> list[dict[str, Any]]:
         try:
             await _subscribe(ctx, gateway, subscribers, "e2e-")
             await _warm_up(ctx, gateway, subscribers)
+            cpu = await ctx.idle_cpu(gateway)
             sender = await run_open(
                 url=f"{gateway.url}/ingest/beds24",
                 template_file=ctx.template_file("beds24", with_note=True),
@@ -245,6 +278,7 @@ async def e2e(ctx: Context) -> list[dict[str, Any]]:
             )
             expected = sender["ok"] * subscribers
             stats = await _drain(ctx, gateway, expected)
+            cpu_us = _per_unit(cpu, await ctx.idle_cpu(gateway), stats["received"])
             states = await gateway.states()
         finally:
             stopped = await ctx.stop(gateway)
@@ -273,6 +307,7 @@ async def e2e(ctx: Context) -> list[dict[str, Any]]:
                 "max_ms": latency["max"],
                 "deliveries_per_s": stats["received"] / stats["span_s"] if stats["span_s"] else 0.0,
                 "drain_s": stats["drain_s"],
+                "cpu_us_per_delivery": cpu_us,
                 "delivery_states": states["deliveries"],
                 **stopped,
             }
@@ -304,15 +339,18 @@ async def delivery(ctx: Context) -> dict[str, Any]:
         while (await gateway.backlog())[0]:
             await asyncio.sleep(0.2)
         await ctx.receiver.reset(ctx.session)
+        cpu = await ctx.idle_cpu(gateway)
         replayed = 0
         for sub_id in sub_ids:
             await gateway.set_active(ctx.session, sub_id, True)
             replayed += await gateway.replay(ctx.session, sub_id, EPOCH)
         stats = await _drain(ctx, gateway, replayed)
-        body = await gateway.a_delivered_body()
+        cpu_us = _per_unit(cpu, await ctx.idle_cpu(gateway), stats["received"])
+        body = await ctx.receiver.sample(ctx.session)
     finally:
         stopped = await ctx.stop(gateway)
     gateway_result = {
+        "cpu_us_per_delivery": cpu_us,
         "messages": replayed,
         "received": stats["received"],
         "span_s": stats["span_s"],
@@ -339,8 +377,83 @@ async def delivery(ctx: Context) -> dict[str, Any]:
         "rate_by_quarter": bare_stats["rate_by_quarter"],
         "client_errors": client["errors"],
         "client_cpu_s": client["cpu_s"],
+        "cpu_us_per_delivery": _per_unit(0.0, client["sending_cpu_s"], bare_stats["received"]),
     }
     return {"gateway": gateway_result, "bare_client": bare, "body_bytes": len(body)}
+
+
+async def burst(ctx: Context) -> dict[str, Any]:
+    """An availability burst: one Channex ARI push of ``burst_rows`` rows to
+    ``burst_subscribers`` availability subscriptions (thousands of deliveries from one request),
+    against a bare aiohttp client POSTing as many bodies like the delivered ones. The gateway's
+    CPU is counted from the push until it is idle again, so translation, fan-out, rendering,
+    signing, sending and settling are all in the per-delivery figure."""
+    plan = ctx.plan
+    gateway = await ctx.gateway("burst")
+    try:
+        for i in range(plan.burst_subscribers):
+            url = ctx.receiver.hook_url(f"burst-{i}")
+            await gateway.subscribe(ctx.session, url, "availability_update")
+        # Warm up (connections, caches) on days the burst does not touch.
+        await ctx.receiver.reset(ctx.session)
+        await gateway.push(ctx.session, "channex", bodies.ari_burst(1, ctx.base() + 400))
+        await _drain(ctx, gateway, plan.burst_subscribers)
+        await ctx.receiver.reset(ctx.session)
+        expected = plan.burst_rows * plan.burst_subscribers
+        cpu = await ctx.idle_cpu(gateway)
+        started = time.perf_counter()
+        await gateway.push(ctx.session, "channex", bodies.ari_burst(plan.burst_rows, 0))
+        stats = await _drain(ctx, gateway, expected)
+        cpu_us = _per_unit(cpu, await ctx.idle_cpu(gateway), stats["received"])
+        elapsed = time.perf_counter() - started
+        body = await ctx.receiver.sample(ctx.session)
+    finally:
+        stopped = await ctx.stop(gateway)
+    if body is None:
+        raise RuntimeError("the burst phase delivered nothing; see the gateway log")
+    gateway_result = {
+        "messages": expected,
+        "received": stats["received"],
+        "duplicates": stats["duplicates"],
+        # From the push to the last arrival: processing the push is part of the burst.
+        "per_s": stats["received"] / elapsed if elapsed else 0.0,
+        "span_s": stats["span_s"],
+        "push_to_last_s": elapsed,
+        "losses": max(expected - stats["received"] - stats["waiting_deliveries"], 0),
+        "cpu_us_per_delivery": cpu_us,
+        **stopped,
+    }
+    body_file = ctx.workdir / "burst-body.json"
+    body_file.write_bytes(body)
+    await ctx.receiver.reset(ctx.session)
+    # As many requests in flight as the gateway may have (16 per subscriber at the defaults).
+    concurrency = min(128, 16 * plan.burst_subscribers)
+    client = await run_bare(
+        url=f"{ctx.receiver.url}/bare", body_file=body_file, count=expected, concurrency=concurrency
+    )
+    bare_stats = await ctx.receiver.stats(ctx.session)
+    await ctx.receiver.reset(ctx.session)
+    bare = {
+        "messages": expected,
+        "received": bare_stats["received"],
+        "per_s": bare_stats["received"] / client["duration_s"] if client["duration_s"] else 0.0,
+        "client_errors": client["errors"],
+        "cpu_us_per_delivery": _per_unit(0.0, client["sending_cpu_s"], bare_stats["received"]),
+    }
+    return {
+        "rows": plan.burst_rows,
+        "subscribers": plan.burst_subscribers,
+        "gateway": gateway_result,
+        "bare_client": bare,
+        "body_bytes": len(body),
+    }
+
+
+def _per_unit(before: float | None, after: float | None, units: int) -> float | None:
+    """CPU microseconds per unit of work between two readings."""
+    if before is None or after is None or units <= 0:
+        return None
+    return (after - before) * 1e6 / units
 
 
 async def history(ctx: Context) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class Tally:
         self.arrivals: list[float] = []
         self.first: float | None = None
         self.last: float | None = None
+        self.sample: bytes | None = None  # one body as it arrived, for the bare client to send
 
     def record(self, target: str, webhook_id: str, body: bytes) -> None:
         now = time.time()
@@ -65,6 +66,8 @@ class Tally:
             self.duplicates += 1
             return
         self.seen.add(key)
+        if self.sample is None:
+            self.sample = body
         self.per_target[target] += 1
         if self.first is None:
             self.first = now
@@ -125,6 +128,12 @@ def make_app() -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(state["tally"].stats())
 
+    async def sample(request: web.Request) -> web.Response:
+        body = state["tally"].sample
+        if body is None:
+            return web.Response(status=404)
+        return web.Response(body=body, content_type="application/json")
+
     async def reset(request: web.Request) -> web.Response:
         state["tally"] = Tally()
         return web.json_response({"ok": True})
@@ -136,6 +145,7 @@ def make_app() -> web.Application:
     app.router.add_post("/hook/{name}", hook)
     app.router.add_post("/bare", hook)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/sample", sample)
     app.router.add_post("/reset", reset)
     app.router.add_get("/healthz", healthz)
     return app
@@ -170,6 +180,11 @@ class Receiver(ServerProcess):
     async def reset(self, session: aiohttp.ClientSession) -> None:
         async with session.post(f"{self.url}/reset") as answer:
             answer.raise_for_status()
+
+    async def sample(self, session: aiohttp.ClientSession) -> bytes | None:
+        """The first body that arrived since the last reset, as the subscriber got it."""
+        async with session.get(f"{self.url}/sample") as answer:
+            return await answer.read() if answer.status == 200 else None
 
     async def stats(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         async with session.get(f"{self.url}/stats") as answer:

@@ -25,6 +25,7 @@ TOP_KEYS = {
     "ingest",
     "e2e",
     "delivery",
+    "burst",
     "history",
     "rss",
     "losses",
@@ -75,6 +76,14 @@ def test_quick_run_has_every_phase_and_loses_nothing(tmp_path: Path) -> None:
     assert {"gateway", "bare_client"} <= set(delivery)
     assert delivery["gateway"]["losses"] == 0
     assert delivery["gateway"]["received"] == delivery["gateway"]["messages"] > 0
+    burst = results["burst"]
+    assert burst["gateway"]["losses"] == 0
+    assert burst["gateway"]["received"] == burst["gateway"]["messages"] == 100 * 2
+    assert burst["gateway"]["cpu_us_per_delivery"] > 0
+    assert burst["bare_client"]["cpu_us_per_delivery"] > 0
+    for section in ("floor", "durable_floor", "ingest"):
+        for source in ("beds24", "channex"):
+            assert results[section][source]["cpu_us_per_push"] > 0
     assert results["history"]["stored_deliveries"] == 1_000
     assert results["history"]["ok"] > 0
     assert results["rss"]["peak_mb"] > 0
