@@ -4,8 +4,8 @@ Pushing a million bookings through the gateway would take longer than the whole 
 history is bulk-inserted into the tables the gateway's own migrations create (the schema comes
 from ``SQLiteStore.open``, never from a copy of it). Its shape is what a week of traffic leaves
 behind: every push processed into one booking event, fanned out to ``fanout`` subscriptions,
-each delivery delivered on its first attempt with its rendered body kept (as the gateway keeps
-it until ``retention_days`` prune it), plus the booking state and the attempt log. Times lie
+each delivery delivered on its first attempt (a small row: storage v2 keeps no body for a delivered
+message), plus the booking state and the attempt log. Times lie
 within the retention window, so the gateway's start-up prune finds nothing to delete (it still
 has to look). The subscriptions are deleted ones, so ingest measured on top of this history fans
 out to nobody, exactly like the empty-database figure it is compared with.
@@ -63,8 +63,6 @@ def prefill(path: Path, deliveries: int, fanout: int = 10) -> dict[str, Any]:
     booking = json.loads(sample_path("beds24-v2-booking-1.json").read_text())[0]["booking"]
     data = sample_data("booking_update")
     subs = [f"sub_history_{i:02d}" for i in range(fanout)]
-    body_doc = {"webhook": {"id": subs[0], "event": "booking_update"}, **data, "supplier": {}}
-    body = json.dumps(body_doc).encode()
     event_data = json.dumps(data)
     booking_json = json.dumps(data["booking"])
 
@@ -127,22 +125,20 @@ def prefill(path: Path, deliveries: int, fanout: int = 10) -> dict[str, Any]:
                 i, sub = n // fanout, subs[n % fanout]
                 moment = at(min(i, events - 1))
                 order_key = f"{sub}|beds24:{FIRST_BOOKING + i}"
-                yield (f"msg_history_{n}", min(i, events - 1) + 1, sub, order_key, body, moment)
+                yield (n + 1, f"msg_history_{n}", min(i, events - 1) + 1, sub, order_key, moment)
 
         for batch in _batched(delivery_rows()):
             db.executemany(
-                "insert into deliveries (id, event_seq, subscription_id, event, order_key, state,"
-                " attempts, next_attempt_at, body, last_status, created_at, updated_at,"
-                " delivered_at) values (?, ?, ?, 'booking_update', ?, 'delivered', 1, ?6, ?5,"
-                " 200, ?6, ?6, ?6)",
+                "insert into deliveries (seq, id, event_seq, subscription_id, order_key, state,"
+                " attempts, next_attempt_at, last_status, created_at, updated_at,"
+                " delivered_at) values (?, ?, ?, ?, ?, 'delivered', 1, ?6, 200, ?6, ?6, ?6)",
                 batch,
             )
         for batch in _batched(
-            (f"msg_history_{n}", subs[n % fanout], at(min(n // fanout, events - 1)))
-            for n in range(deliveries)
+            (n + 1, subs[n % fanout], at(min(n // fanout, events - 1))) for n in range(deliveries)
         ):
             db.executemany(
-                "insert into attempts (delivery_id, subscription_id, attempt, attempted_at,"
+                "insert into attempts (delivery_seq, subscription_id, attempt, attempted_at,"
                 " outcome, status, latency_ms, response) values"
                 " (?, ?, 1, ?, 'delivered', 200, 3.0, 'ok')",
                 batch,

@@ -17,7 +17,7 @@ import pytest
 from gateway.delivery.slots import DeliverySlots
 from gateway.models import AttemptRecord, DeliveryRecord, Subscription
 from gateway.store import SQLiteStore, utcnow
-from gateway.store.interface import ClaimRoom
+from gateway.store.interface import ClaimRoom, Settlement
 from tests.receivers import booking_event, emit
 
 LEASE_SECONDS = 60.0
@@ -67,7 +67,7 @@ async def deliver(store: SQLiteStore, record: DeliveryRecord, slots: DeliverySlo
         outcome="delivered",
         status=200,
     )
-    assert await store.settle_delivery(record, attempt, state="delivered")
+    assert await store.settle_deliveries([Settlement(record, attempt, "delivered")]) == [True]
     slots.release(record.seq)
 
 

@@ -27,7 +27,8 @@ from gateway.config import DeliveryConfig, GatewayConfig
 from gateway.delivery.netguard import check_url, guarded_connector
 from gateway.delivery.signing import webhook_headers
 from gateway.delivery.slots import DeliverySlots
-from gateway.delivery.templates import TemplateProblem, Templates
+from gateway.delivery.splice import Spliced
+from gateway.delivery.templates import TemplateProblem, Templates, is_url_template, to_json
 from gateway.hooks import Hooks
 from gateway.metrics import Metrics
 from gateway.models import (
@@ -39,12 +40,13 @@ from gateway.models import (
 )
 from gateway.store import utcnow
 from gateway.store.errors import StorageUnavailable
-from gateway.store.interface import Store
+from gateway.store.interface import Settlement, Store
 
 log = logging.getLogger(__name__)
 
 RESPONSE_EXCERPT = 2048
 Verdict = Literal["delivered", "retry", "dead", "gone"]
+Outcome = Literal["delivered", "retry", "dead", "disabled"]
 
 
 @dataclass(frozen=True)
@@ -210,13 +212,42 @@ class Sender:
         self.hooks = hooks
         self.session = session
         self.supplier = supplier_object(config)
+        per_subscription_hooks = bool(hooks.pm.hook.render_payload.get_hookimpls())
+        self.spliced = Spliced(templates, per_subscription_hooks)
+        self._webhooks: dict[str, tuple[Subscription, str]] = {}
 
     def render(self, event: str, data: dict[str, Any], subscription: Subscription) -> bytes:
         context = body_context(event, data, subscription, self.supplier)
         context = self.hooks.render_payload(event, context, subscription)
         return self.templates.render_body(event, subscription.template, context)
 
+    def render_message(self, record: DeliveryRecord, subscription: Subscription) -> bytes:
+        """A message's body: the event rendered once per template and the subscription's webhook
+        spliced in where the template allows it (``gateway.delivery.splice``), else in full."""
+        event, data, name = record.event, record.data, subscription.template
+        if not self.spliced.spliceable(event, name):
+            return self.render(event, data, subscription)
+
+        def render_once(webhook: Any) -> bytes:
+            context = {"event": event, "webhook": webhook, "supplier": self.supplier, **data}
+            return self.templates.render_body(event, name, context)
+
+        return self.spliced.render(
+            record.event_seq, name, self._webhook_json(subscription), render_once
+        )
+
+    def _webhook_json(self, subscription: Subscription) -> str:
+        """The subscription's webhook object as JSON, built once per cached subscription."""
+        cached = self._webhooks.get(subscription.id)
+        if cached is not None and cached[0] is subscription:
+            return cached[1]
+        text = to_json(webhook_object(subscription))
+        self._webhooks[subscription.id] = (subscription, text)
+        return text
+
     def target(self, event: str, data: dict[str, Any], subscription: Subscription) -> str:
+        if not is_url_template(subscription.url):
+            return subscription.url
         context = body_context(event, data, subscription, self.supplier)
         return self.templates.render_url(subscription.url, context)
 
@@ -320,6 +351,9 @@ class Deliverer:
         self._stopping = False
         self._loop_started = False
         self._loop_exited = asyncio.Event()
+        # Settlements wait here while one batch is being written, then go as the next batch.
+        self._settlements: list[tuple[Settlement, asyncio.Future[bool]]] = []
+        self._settler: asyncio.Task[None] | None = None
         # An attempt lasts at most timeout + 1 s (Sender.post); the lease covers that twice over
         # plus time to render and settle, and a crashed worker's messages are re-sent soon after.
         self.lease_seconds = self.delivery.timeout * 2 + 5
@@ -445,7 +479,7 @@ class Deliverer:
             return
         attempt_number = record.attempts + 1
         try:
-            body = record.body or self.sender.render(record.event, record.data, subscription)
+            body = record.body or self.sender.render_message(record, subscription)
             url = self.sender.target(record.event, record.data, subscription)
         except Exception as exc:
             # A broken template or a plugin's render_payload: a failed attempt like any other,
@@ -461,6 +495,33 @@ class Deliverer:
         self._free_slot(record)
         await self._settle(record, subscription, attempt_number, response, body, url)
 
+    async def _record(self, settlement: Settlement) -> bool:
+        """Settle in batches: every settlement that arrives while a batch is being written goes
+        into the next one (one transaction, a few statements, whatever its size)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._settlements.append((settlement, future))
+        if self._settler is None:
+            self._settler = asyncio.create_task(self._write_settlements())
+        return await future
+
+    async def _write_settlements(self) -> None:
+        try:
+            while self._settlements:
+                await asyncio.sleep(0)  # requests ending in this same turn join the batch
+                batch, self._settlements = self._settlements, []
+                try:
+                    results = await self.store.settle_deliveries([s for s, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), settled in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(settled)
+        finally:
+            self._settler = None
+
     async def _settle(
         self,
         record: DeliveryRecord,
@@ -470,6 +531,7 @@ class Deliverer:
         body: bytes | None,
         url: str,
     ) -> None:
+        outcome: Outcome
         verdict = classify(response.status, subscription.retry_on_error)
         state: DeliveryState
         next_at: float | None = None
@@ -493,7 +555,7 @@ class Deliverer:
                 state, outcome = "dead", "dead"
             else:
                 state, outcome, next_at = "pending", "retry", time.time() + delay
-        attempt = AttemptRecord(
+        attempt = AttemptRecord.model_construct(  # our own values: no validation needed
             delivery_id=record.id,
             subscription_id=record.subscription_id,
             attempt=attempt_number,
@@ -504,14 +566,16 @@ class Deliverer:
             error=response.error,
             response=response.excerpt,
         )
-        settled = await self.store.settle_delivery(
-            record,
-            attempt,
-            state=state,
-            next_attempt_at=next_at,
-            body=body,
-            disable_reason=disable_reason,
-            disable_after=self.delivery.disable_after_hours * 3600,
+        settled = await self._record(
+            Settlement(
+                record,
+                attempt,
+                state,
+                next_attempt_at=next_at,
+                body=body,
+                disable_reason=disable_reason,
+                disable_after=self.delivery.disable_after_hours * 3600,
+            )
         )
         if not settled:
             log.warning("lost the lease on delivery %s before settling it", record.id)

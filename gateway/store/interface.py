@@ -84,6 +84,23 @@ class ClaimTally:
             self.by_tenant[tenant] += count
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """One attempt's outcome for a leased delivery: the attempt to log and the message's new
+    state. ``body`` is what was sent; a store keeps it while the message waits for another
+    attempt (state ``pending``), so the retry sends the same bytes. A ``disable_reason`` (410
+    Gone) disables the subscription; a dead message starts its failing streak, which disables it
+    once it has lasted ``disable_after`` seconds; a delivered one ends the streak."""
+
+    delivery: DeliveryRecord
+    attempt: AttemptRecord
+    state: DeliveryState
+    next_attempt_at: float | None = None
+    body: bytes | None = None
+    disable_reason: str | None = None
+    disable_after: float | None = None
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -181,17 +198,9 @@ class Store(Protocol):
 
     async def next_delivery_due(self) -> float | None: ...
 
-    async def settle_delivery(
-        self,
-        delivery: DeliveryRecord,
-        attempt: AttemptRecord,
-        *,
-        state: DeliveryState,
-        next_attempt_at: float | None = None,
-        body: bytes | None = None,
-        disable_reason: str | None = None,
-        disable_after: float | None = None,
-    ) -> bool: ...
+    async def settle_deliveries(self, settlements: list[Settlement]) -> list[bool]:
+        """Record each attempt and its delivery's new state, fenced by the delivery's lease token
+        (False for one whose lease was lost: nothing of it is recorded)."""
 
     async def skip_delivery(self, delivery: DeliveryRecord, reason: str) -> None: ...
 

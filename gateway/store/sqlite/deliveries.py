@@ -1,4 +1,9 @@
-"""Deliveries in SQLite: claims, settlements, the attempt log, replay and pruning."""
+"""Deliveries in SQLite: claims, settlements, the attempt log, replay and pruning.
+
+A delivery row holds its event, subscription, state, attempts and times (storage v2, m008); its body
+is rendered from the event when it is sent, and kept in ``delivery_bodies`` only for a message that
+must be tried again, so every attempt of one message sends the same bytes.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,11 @@ from sqlite_utils import Database
 from gateway.models import (
     AttemptRecord,
     DeliveryRecord,
-    DeliveryState,
+    EventName,
 )
-from gateway.store.interface import ClaimRoom
+from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.sqlite.base import (
     SQLiteBase,
-    _insert,
     _ts,
     new_id,
     utcnow,
@@ -38,8 +42,9 @@ class DeliveryStore(SQLiteBase):
             now = time.time()
             with self._immediate() as db:
                 rows = _claim_due(db, room, token, now, now + lease_seconds, ordering_max_wait)
-                data = _event_data(db, [row["event_seq"] for row in rows])
-            return [_delivery(row, data.get(row["event_seq"], {})) for row in rows]
+                events = _events(db, [row["event_seq"] for row in rows])
+                bodies = _bodies(db, [row["seq"] for row in rows if row["attempts"]])
+            return [_delivery(row, events, bodies.get(row["seq"])) for row in rows]
 
         return await self._write(claim)
 
@@ -50,49 +55,16 @@ class DeliveryStore(SQLiteBase):
 
         return await self._read(due)
 
-    async def settle_delivery(
-        self,
-        delivery: DeliveryRecord,
-        attempt: AttemptRecord,
-        *,
-        state: DeliveryState,
-        next_attempt_at: float | None = None,
-        body: bytes | None = None,
-        disable_reason: str | None = None,
-        disable_after: float | None = None,
-    ) -> bool:
-        """Record an attempt and the delivery's new state, fenced by its lease; track how long the
-        subscription has been failing and disable it (410 Gone at once, or failing too long)."""
+    async def settle_deliveries(self, settlements: list[Settlement]) -> list[bool]:
+        """Record attempts and the deliveries' new states in one transaction, each fenced by its
+        lease (False for one whose lease was lost); track how long a subscription has been failing
+        and disable it (410 Gone at once, or failing too long). The common case, a batch of
+        first attempts delivered, is three statements whatever the batch's size."""
 
-        def settle() -> bool:
+        def settle() -> list[bool]:
             now = time.time()
             with self._immediate() as db:
-                changed = db.execute(
-                    "update deliveries set state = ?, attempts = attempts + 1, next_attempt_at ="
-                    " coalesce(?, next_attempt_at), lease_token = null, lease_expires_at = null,"
-                    " body = coalesce(body, ?), last_status = ?, last_error = ?, updated_at = ?,"
-                    " delivered_at = case when ? = 'delivered' then ? else delivered_at end"
-                    " where id = ? and lease_token = ?",
-                    [
-                        state,
-                        next_attempt_at,
-                        body,
-                        attempt.status,
-                        attempt.error,
-                        now,
-                        state,
-                        now,
-                        delivery.id,
-                        delivery.lease_token,
-                    ],
-                ).rowcount
-                if changed != 1:
-                    return False
-                _insert(db, "attempts", attempt.model_dump())
-                _track_health(
-                    db, delivery.subscription_id, state, now, disable_reason, disable_after
-                )
-            return True
+                return _settle(db, settlements, now)
 
         return await self._write(settle)
 
@@ -101,9 +73,10 @@ class DeliveryStore(SQLiteBase):
             with self._immediate() as db:
                 db.execute(
                     "update deliveries set state = 'skipped', last_error = ?, lease_token = null,"
-                    " lease_expires_at = null, updated_at = ? where id = ? and lease_token = ?",
-                    [reason, time.time(), delivery.id, delivery.lease_token],
+                    " lease_expires_at = null, updated_at = ? where seq = ? and lease_token = ?",
+                    [reason, time.time(), delivery.seq, delivery.lease_token],
                 )
+                db.execute("delete from delivery_bodies where delivery_seq = ?", [delivery.seq])
 
         await self._write(skip)
 
@@ -112,13 +85,13 @@ class DeliveryStore(SQLiteBase):
 
         def release() -> None:
             with self._immediate() as db:
-                for delivery in deliveries:
-                    db.execute(
-                        "update deliveries set state = 'pending', lease_token = null,"
-                        " lease_expires_at = null, next_attempt_at = ?"
-                        " where id = ? and lease_token = ?",
-                        [time.time(), delivery.id, delivery.lease_token],
-                    )
+                now = time.time()
+                db.conn.executemany(
+                    "update deliveries set state = 'pending', lease_token = null,"
+                    " lease_expires_at = null, next_attempt_at = ?"
+                    " where seq = ? and lease_token = ?",
+                    [(now, delivery.seq, delivery.lease_token) for delivery in deliveries],
+                )
 
         await self._write(release)
 
@@ -132,8 +105,8 @@ class DeliveryStore(SQLiteBase):
     ) -> list[tuple[int, AttemptRecord, str]]:
         """Attempts for one subscription, newest first, each with its delivery's current state."""
         sql = (
-            "select a.*, d.state as delivery_state from attempts a"
-            " join deliveries d on d.id = a.delivery_id where a.subscription_id = ?"
+            "select a.*, d.id as delivery_id, d.state as delivery_state from attempts a"
+            " join deliveries d on d.seq = a.delivery_seq where a.subscription_id = ?"
         )
         params: list[Any] = [subscription_id]
         if state is not None:
@@ -150,7 +123,8 @@ class DeliveryStore(SQLiteBase):
             for row in db.query(sql, params):
                 state_now = row.pop("delivery_state")
                 attempt_id = row.pop("id")
-                out.append((attempt_id, AttemptRecord.model_validate(row), state_now))
+                del row["delivery_seq"]
+                out.append((attempt_id, AttemptRecord.model_construct(**row), state_now))
             return out
 
         return await self._read(list_)
@@ -158,14 +132,17 @@ class DeliveryStore(SQLiteBase):
     async def list_deliveries(
         self, subscription_id: str, *, state: str | None = None, limit: int = 50
     ) -> list[DeliveryRecord]:
-        sql = "select * from deliveries where subscription_id = ?"
+        sql = (
+            "select d.*, e.event from deliveries d join events e on e.seq = d.event_seq"
+            " where d.subscription_id = ?"
+        )
         params: list[Any] = [subscription_id]
         if state is not None:
-            sql += " and state = ?"
+            sql += " and d.state = ?"
             params.append(state)
-        sql += " order by seq desc limit ?"
+        sql += " order by d.seq desc limit ?"
         params.append(limit)
-        return await self._read(lambda db: [_delivery(r, {}) for r in db.query(sql, params)])
+        return await self._read(lambda db: [_listed(r) for r in db.query(sql, params)])
 
     async def replay_deliveries(self, subscription_id: str, since: float) -> int:
         """Send again every message of a subscription created since ``since`` that is not waiting
@@ -175,12 +152,18 @@ class DeliveryStore(SQLiteBase):
         def replay() -> int:
             now = time.time()
             with self._immediate() as db:
+                # A replay renders the message afresh (the subscription may have changed since).
+                db.execute(
+                    "delete from delivery_bodies where delivery_seq in (select seq from deliveries"
+                    " where subscription_id = ? and created_at >= ?"
+                    " and state in ('delivered', 'dead', 'skipped'))",
+                    [subscription_id, since],
+                )
                 return int(
                     db.execute(
                         "update deliveries set state = 'pending', replayed_after = attempts,"
-                        " next_attempt_at = ?,"
-                        " updated_at = ?, body = null where subscription_id = ? and created_at >= ?"
-                        " and state in ('delivered', 'dead', 'skipped')",
+                        " next_attempt_at = ?, updated_at = ? where subscription_id = ?"
+                        " and created_at >= ? and state in ('delivered', 'dead', 'skipped')",
                         [now, now, subscription_id, since],
                     ).rowcount
                 )
@@ -190,8 +173,11 @@ class DeliveryStore(SQLiteBase):
     async def prune_delivered(self, older_than: float) -> int:
         def prune() -> int:
             with self._immediate() as db:
-                ids = "select id from deliveries where state = 'delivered' and delivered_at < ?"
-                db.execute(f"delete from attempts where delivery_id in ({ids})", [older_than])
+                seqs = "select seq from deliveries where state = 'delivered' and delivered_at < ?"
+                db.execute(f"delete from attempts where delivery_seq in ({seqs})", [older_than])
+                db.execute(
+                    f"delete from delivery_bodies where delivery_seq in ({seqs})", [older_than]
+                )
                 pruned = int(
                     db.execute(
                         "delete from deliveries where state = 'delivered' and delivered_at < ?",
@@ -334,20 +320,148 @@ def _claim_due(
     return rows
 
 
-def _event_data(db: Database, seqs: list[int]) -> dict[int, dict[str, Any]]:
-    data: dict[int, dict[str, Any]] = {}
+def _events(db: Database, seqs: list[int]) -> dict[int, tuple[EventName, dict[str, Any]]]:
+    """Each event's name and data, read and parsed once however many messages share it."""
+    found: dict[int, tuple[EventName, dict[str, Any]]] = {}
     unique = sorted(set(seqs))
     for start in range(0, len(unique), 500):
         chunk = unique[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        for seq, text in db.execute(f"select seq, data from events where seq in ({marks})", chunk):
-            data[seq] = orjson.loads(text)
-    return data
+        for seq, name, text in db.execute(
+            f"select seq, event, data from events where seq in ({marks})", chunk
+        ):
+            found[seq] = (name, orjson.loads(text))
+    return found
 
 
-def _delivery(row: dict[str, Any], data: dict[str, Any]) -> DeliveryRecord:
+def _bodies(db: Database, seqs: list[int]) -> dict[int, bytes]:
+    """The bodies kept for messages tried before (a retry sends the same bytes)."""
+    found: dict[int, bytes] = {}
+    for start in range(0, len(seqs), 500):
+        chunk = seqs[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for seq, body in db.execute(
+            f"select delivery_seq, body from delivery_bodies where delivery_seq in ({marks})",
+            chunk,
+        ):
+            found[seq] = bytes(body)
+    return found
+
+
+def _delivery(
+    row: dict[str, Any], events: dict[int, tuple[EventName, dict[str, Any]]], body: bytes | None
+) -> DeliveryRecord:
+    """A claimed row as the worker gets it (our own row: built without validation)."""
+    name, data = events[row["event_seq"]]
+    return DeliveryRecord.model_construct(
+        seq=row["seq"],
+        id=row["id"],
+        event_seq=row["event_seq"],
+        subscription_id=row["subscription_id"],
+        event=name,
+        order_key=row["order_key"],
+        state=row["state"],
+        attempts=row["attempts"],
+        replayed_after=row["replayed_after"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_token=row["lease_token"],
+        body=body,
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        delivered_at=row["delivered_at"],
+        data=data,
+    )
+
+
+def _listed(row: dict[str, Any]) -> DeliveryRecord:
     fields = {k: row[k] for k in DeliveryRecord.model_fields if k in row and k != "data"}
-    return DeliveryRecord(**fields, data=data)
+    return DeliveryRecord(**fields)
+
+
+SETTLE = (
+    "update deliveries set state = ?, attempts = attempts + 1,"
+    " next_attempt_at = coalesce(?, next_attempt_at), lease_token = null, lease_expires_at = null,"
+    " last_status = ?, last_error = ?, updated_at = ?, delivered_at = ? where seq = ?"
+)
+INSERT_ATTEMPT = (
+    "insert into attempts (delivery_seq, subscription_id, attempt, attempted_at, outcome, status,"
+    " latency_ms, error, response) values (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _settle(db: Database, settlements: list[Settlement], now: float) -> list[bool]:
+    conn = db.conn
+    held: set[int] = set()
+    for start in range(0, len(settlements), 500):
+        chunk = settlements[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"select seq, lease_token from deliveries where seq in ({marks})",
+            [s.delivery.seq for s in chunk],
+        )
+        tokens = dict(rows.fetchall())
+        held.update(
+            s.delivery.seq
+            for s in chunk
+            if s.delivery.lease_token is not None
+            and tokens.get(s.delivery.seq) == s.delivery.lease_token
+        )
+    settled = [s for s in settlements if s.delivery.seq in held]
+    conn.executemany(
+        SETTLE,
+        [
+            (
+                s.state,
+                s.next_attempt_at,
+                s.attempt.status,
+                s.attempt.error,
+                now,
+                now if s.state == "delivered" else s.delivery.delivered_at,
+                s.delivery.seq,
+            )
+            for s in settled
+        ],
+    )
+    conn.executemany(
+        INSERT_ATTEMPT,
+        [
+            (
+                s.delivery.seq,
+                s.delivery.subscription_id,
+                s.attempt.attempt,
+                s.attempt.attempted_at,
+                s.attempt.outcome,
+                s.attempt.status,
+                s.attempt.latency_ms,
+                s.attempt.error,
+                s.attempt.response,
+            )
+            for s in settled
+        ],
+    )
+    # A body is kept only while its message waits for another attempt.
+    conn.executemany(
+        "insert or ignore into delivery_bodies (delivery_seq, body) values (?, ?)",
+        [(s.delivery.seq, s.body) for s in settled if s.state == "pending" and s.body is not None],
+    )
+    finished = [(s.delivery.seq,) for s in settled if s.state != "pending" and s.delivery.attempts]
+    if finished:
+        conn.executemany("delete from delivery_bodies where delivery_seq = ?", finished)
+    delivered = sorted({s.delivery.subscription_id for s in settled if s.state == "delivered"})
+    if delivered:
+        marks = ",".join("?" * len(delivered))
+        conn.execute(
+            "update subscriptions set failing_since = null"
+            f" where id in ({marks}) and failing_since is not null",
+            delivered,
+        )
+    for s in settled:
+        if s.state == "dead" or s.disable_reason is not None:
+            _track_health(
+                db, s.delivery.subscription_id, s.state, now, s.disable_reason, s.disable_after
+            )
+    return [s.delivery.seq in held for s in settlements]
 
 
 def _track_health(

@@ -230,3 +230,98 @@ def m007_write_probe(db: Database) -> None:
     db.execute(
         "create table write_probe (id integer primary key check (id = 1), probed_at real not null)"
     )
+
+
+@migrations()
+def m008_storage_v2(db: Database) -> None:
+    """Storage v2: a delivery row holds only its event, subscription, state, attempts and times.
+
+    - The rendered body leaves the row: bodies are rendered from the event when sent, and kept
+      (in ``delivery_bodies``) only for a message that must be tried again, so a retry sends the
+      same bytes. Messages waiting to be retried keep the body they had.
+    - The event name leaves the row (it is the event's).
+    - The per-booking order index holds only queued rows, so a settled message leaves it once
+      instead of moving inside it on every state change.
+    - Attempts point at their message by its integer ``seq`` and number themselves by rowid
+      (no AUTOINCREMENT bookkeeping per insert).
+    """
+    db.execute(
+        """
+        create table deliveries_v2 (
+            seq integer primary key autoincrement,
+            id text not null unique,
+            event_seq integer not null references events (seq),
+            subscription_id text not null,
+            order_key text not null,
+            state text not null,
+            attempts integer not null default 0,
+            replayed_after integer not null default 0,
+            next_attempt_at real not null,
+            lease_token text,
+            lease_expires_at real,
+            last_status integer,
+            last_error text,
+            created_at real not null,
+            updated_at real not null,
+            delivered_at real
+        )
+        """
+    )
+    columns = (
+        "seq, id, event_seq, subscription_id, order_key, state, attempts, replayed_after,"
+        " next_attempt_at, lease_token, lease_expires_at, last_status, last_error, created_at,"
+        " updated_at, delivered_at"
+    )
+    db.execute(f"insert into deliveries_v2 ({columns}) select {columns} from deliveries")
+    db.execute(
+        """
+        create table delivery_bodies (
+            delivery_seq integer primary key,
+            body blob not null
+        )
+        """
+    )
+    db.execute(
+        "insert into delivery_bodies (delivery_seq, body) select seq, body from deliveries"
+        " where body is not null and state in ('pending', 'leased')"
+    )
+    db.execute(
+        """
+        create table attempts_v2 (
+            id integer primary key,
+            delivery_seq integer not null,
+            subscription_id text not null,
+            attempt integer not null,
+            attempted_at real not null,
+            outcome text not null,
+            status integer,
+            latency_ms real,
+            error text,
+            response text
+        )
+        """
+    )
+    db.execute(
+        "insert into attempts_v2 (id, delivery_seq, subscription_id, attempt, attempted_at,"
+        " outcome, status, latency_ms, error, response)"
+        " select a.id, d.seq, a.subscription_id, a.attempt, a.attempted_at, a.outcome, a.status,"
+        " a.latency_ms, a.error, a.response from attempts a join deliveries d on d.id = a.delivery_id"
+    )
+    db.execute("drop table attempts")
+    db.execute("drop table deliveries")
+    db.execute("alter table deliveries_v2 rename to deliveries")
+    db.execute("alter table attempts_v2 rename to attempts")
+    db.execute(
+        "create index deliveries_due_by_subscription on deliveries"
+        " (subscription_id, next_attempt_at, seq) where state in ('pending', 'leased')"
+    )
+    db.execute(
+        "create index deliveries_waiting on deliveries (order_key, seq)"
+        " where state in ('pending', 'leased')"
+    )
+    db.execute(
+        "create index deliveries_delivered on deliveries (delivered_at) where state = 'delivered'"
+    )
+    db.execute("create index deliveries_subscription on deliveries (subscription_id, seq)")
+    db.execute("create index attempts_subscription on attempts (subscription_id, id)")
+    db.execute("create index attempts_delivery on attempts (delivery_seq, id)")

@@ -372,6 +372,16 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
     }
 
 
+SUPERSEDE = (
+    "update deliveries set state = 'superseded', updated_at = ?"
+    " where order_key = ? and state = 'pending'"
+)
+INSERT_DELIVERY = (
+    "insert into deliveries (id, event_seq, subscription_id, order_key, state, next_attempt_at,"
+    " created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _fan_out(
     db: Database,
     event: NewEvent,
@@ -381,9 +391,9 @@ def _fan_out(
     subscribers: _Subscribers,
     now: float,
 ) -> int:
-    """Store the event and one delivery per subscription whose event and products match; a newer
-    availability for the same subject supersedes one still waiting. Returns the number of
-    deliveries to send."""
+    """Store the event once and one small delivery row per subscription whose event and products
+    match; a newer availability for the same subject supersedes one still waiting. Returns the
+    number of deliveries to send."""
     cursor = db.execute(
         "insert into events (id, push_id, source, event, subject, product_id, option_id, data,"
         " created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -401,31 +411,14 @@ def _fan_out(
     )
     event_seq = cursor.lastrowid
     assert event_seq is not None
-    to_send = 0
+    rows = []
     for subscription_id, products, active in subscribers.for_event(event.event):
         if "*" not in products and event.product_id not in products:
             continue
         order_key = f"{subscription_id}|{event.subject}"
-        if event.event == "availability_update":
-            db.execute(
-                "update deliveries set state = 'superseded', updated_at = ?"
-                " where order_key = ? and state = 'pending'",
-                [now, order_key],
-            )
-        to_send += active
-        _insert(
-            db,
-            "deliveries",
-            {
-                "id": new_id("msg"),
-                "event_seq": event_seq,
-                "subscription_id": subscription_id,
-                "event": event.event,
-                "order_key": order_key,
-                "state": "pending" if active else "skipped",
-                "next_attempt_at": now,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-    return to_send
+        state = "pending" if active else "skipped"
+        rows.append((new_id("msg"), event_seq, subscription_id, order_key, state, now, now, now))
+    if event.event == "availability_update":
+        db.conn.executemany(SUPERSEDE, [(now, row[3]) for row in rows if row[4] == "pending"])
+    db.conn.executemany(INSERT_DELIVERY, rows)
+    return sum(row[4] == "pending" for row in rows)
