@@ -61,6 +61,52 @@ def _frame_name(frame: str) -> str:
 IDLE_LEAVES = ("_worker (thread.py)", "Condition.wait (threading.py)", "Event.wait (threading.py)")
 
 
+# Where a sample's time goes, by the first of these functions found on its stack (innermost
+# first): the per-unit work docs/performance.md tabulates.
+STAGES = (
+    ("render (Jinja2)", ("Sender.render", "Spliced.render")),
+    ("sign (HMAC)", ("webhook_headers",)),
+    ("POST (aiohttp client)", ("Sender._post", "Sender.post")),
+    ("settle (store)", ("settle_deliveries.<locals>.settle", "settle_delivery.<locals>.settle")),
+    ("claim (store)", ("claim_deliveries.<locals>.claim",)),
+    ("fan-out and history (store)", ("complete_push.<locals>.complete",)),
+    ("insert push (store)", ("insert_push.<locals>.insert",)),
+    ("other store writes", ("SQLiteBase._flush",)),
+    ("store reads", ("SQLiteBase._read", "_reader_db")),
+    ("WAL checkpoints", ("_checkpoint_forever",)),
+    ("translation (source plugin)", ("Processor._process",)),
+    ("ingest request (aiohttp server)", ("RequestHandler._handle_request", "RequestHandler.start")),
+    ("delivery task (other)", ("Deliverer.deliver",)),
+)
+
+
+def _ends_with_any(function: str, keys: tuple[str, ...]) -> bool:
+    return any(function == key or function.endswith("." + key) for key in keys)
+
+
+def stages(path: Path) -> list[tuple[str, float]]:
+    """The share of non-idle samples per stage (``STAGES``); the rest is the event loop's own
+    work: uvloop's C code (socket reads and writes, the poll), callbacks and task switches."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        names = [_frame_name(f) for f in stack.split(";")[1:] if "(" in f]
+        if names and names[-1] in IDLE_LEAVES:
+            continue
+        count = int(count_text)
+        total += count
+        for stage, keys in STAGES:
+            if any(_ends_with_any(name.split(" (")[0], keys) for name in names):
+                counts[stage] += count
+                break
+        else:
+            counts["event loop and the rest"] += count
+    return [(stage, n / total) for stage, n in counts.most_common()] if total else []
+
+
 def summarise(path: Path, top: int = 25) -> str:
     """Self and inclusive sample shares per function, and the share of samples per thread, with
     samples of threads waiting for work left out. ``Runner.run`` on its own is uvloop's C code:
@@ -91,6 +137,8 @@ def summarise(path: Path, top: int = 25) -> str:
         return f"{path}: no samples"
     out = [f"{path.name}: {total:,} samples"]
     out.append("threads: " + ", ".join(f"{t} {n / total:.0%}" for t, n in threads.most_common()))
+    out.append("\n| stage | share of samples |\n| --- | ---: |")
+    out += [f"| {stage} | {share:.1%} |" for stage, share in stages(path)]
     out.append("\n| self % | function |\n| ---: | --- |")
     out += [f"| {n / total:.1%} | `{name}` |" for name, n in selfs.most_common(top)]
     out.append("\n| inclusive % | function |\n| ---: | --- |")

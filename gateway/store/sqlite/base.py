@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -369,8 +369,29 @@ def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseExceptio
         future.set_result(result)
 
 
+class _RandomPool(threading.local):
+    """Random bytes fetched 4 KiB at a time: one getrandom call per 256 ids instead of one per
+    id (uuid4 was 5 % of the ingest profile). Per thread, and refilled after a fork, so no two
+    threads or processes ever hand out the same bytes."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.bytes = b""
+        self.at = 0
+
+    def take(self) -> bytes:
+        if self.at + 16 > len(self.bytes) or self.pid != os.getpid():
+            self.pid, self.bytes, self.at = os.getpid(), os.urandom(4096), 0
+        self.at += 16
+        return self.bytes[self.at - 16 : self.at]
+
+
+_random = _RandomPool()
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """``prefix_`` + 128 random bits in hex, as uuid4().hex was."""
+    return f"{prefix}_{_random.take().hex()}"
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
