@@ -34,6 +34,7 @@ from gateway.hooks import Hooks
 from gateway.metrics import Metrics, metrics_middleware
 from gateway.pipeline.processing import Processor
 from gateway.plugins import make_plugin_manager
+from gateway.redact import install_redaction
 from gateway.samples import sample_data
 from gateway.sources import Source
 from gateway.store import SQLiteStore
@@ -65,6 +66,7 @@ def create_app(
 ) -> web.Application:
     """Build the app. ``workers=False`` leaves out the background processor and delivery workers
     (for tests that drive them by hand)."""
+    install_redaction()  # secrets out of every log line, aiohttp's own included
     hooks = Hooks(pm if pm is not None else make_plugin_manager(config.plugins.dir))
     metrics = Metrics()
     app = web.Application(

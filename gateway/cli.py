@@ -30,6 +30,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.hooks import Hooks
 from gateway.models import DeliveryState
 from gateway.plugins import PluginError, make_plugin_manager
+from gateway.redact import install_redaction
 from gateway.sources import SamplePush
 from gateway.starter import starter_config
 from gateway.store import SQLiteStore
@@ -126,6 +127,7 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_redaction()
 
 
 @click.group()
