@@ -372,9 +372,11 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
     }
 
 
+# ``state in (...)`` repeats the partial index's condition: SQLite uses a partial index only
+# when the query names its WHERE term, and ``state = 'pending'`` alone scans the whole table.
 SUPERSEDE = (
     "update deliveries set state = 'superseded', updated_at = ?"
-    " where order_key = ? and state = 'pending'"
+    " where order_key = ? and state in ('pending', 'leased') and state = 'pending'"
 )
 INSERT_DELIVERY = (
     "insert into deliveries (id, event_seq, subscription_id, order_key, state, next_attempt_at,"
