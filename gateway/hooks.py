@@ -34,6 +34,12 @@ class Hooks:
         # Source name -> the plugin that registered it, filled by sources().
         self.source_owners: dict[str, str] = {}
 
+    def implemented(self, hook_name: str) -> bool:
+        """Whether any plugin implements ``hook_name`` (the delivery path skips building what an
+        unimplemented hook would be handed)."""
+        caller: Any = getattr(self.pm.hook, hook_name)
+        return bool(caller.get_hookimpls())
+
     def _impls(self, hook_name: str) -> list[Any]:
         caller: Any = getattr(self.pm.hook, hook_name)
         return list(reversed(caller.get_hookimpls()))

@@ -4,6 +4,7 @@ cross-check against the independent reference library (``standardwebhooks`` on P
 from __future__ import annotations
 
 import base64
+import hmac
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -308,3 +309,14 @@ def test_we_verify_reference_library_signatures() -> None:
         "webhook-signature": signature,
     }
     verify(b"{}", headers, secret)
+
+
+@pytest.mark.parametrize("key_bytes", [1, 32, 63, 64, 65, 200])
+def test_sign_is_rfc_2104_hmac_sha256_for_keys_of_any_length(key_bytes: int) -> None:
+    """The precomputed key blocks give what the standard library's HMAC gives, for keys shorter
+    than, as long as and longer than SHA-256's 64-byte block (a longer key is hashed first)."""
+    key = bytes(range(256))[:key_bytes] if key_bytes <= 256 else b"k" * key_bytes
+    secret = "whsec_" + base64.b64encode(key).decode()
+    body = '{"caf\u00e9": 1}'.encode()
+    expected = hmac.digest(key, b"msg_1.1700000000." + body, "sha256")
+    assert sign("msg_1", 1700000000, body, secret) == "v1," + base64.b64encode(expected).decode()

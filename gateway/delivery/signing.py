@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import re
 import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from secrets import token_bytes
+from typing import Any
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -58,8 +60,22 @@ def secret_key(secret: str) -> bytes:
 
 
 @lru_cache(maxsize=1024)
-def _cached_key(secret: str) -> bytes:
-    return secret_key(secret)
+def _hmac_states(secret: str) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) of ``secret`` with its key blocks hashed once: the inner and outer
+    SHA-256 states after ``K ^ ipad`` and ``K ^ opad``. Copying them per message costs about half
+    of ``hmac.digest``, which looks the digest up in OpenSSL and hashes both key blocks each time."""
+    key = secret_key(secret)
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(key.translate(_IPAD))
+    outer = hashlib.sha256(key.translate(_OPAD))
+    return inner, outer
+
+
+_BLOCK = 64  # SHA-256's block size
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 def sign(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
@@ -69,10 +85,13 @@ def sign(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
         raise ValueError(f"invalid webhook id {msg_id!r}: must be non-empty, without '.'")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
         raise ValueError(f"invalid webhook timestamp {timestamp!r}: must be a non-negative int")
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    # hmac.digest is OpenSSL's one-shot HMAC: several times cheaper than hmac.new per message.
-    digest = hmac.digest(_cached_key(secret), content, "sha256")
-    return "v1," + base64.b64encode(digest).decode("ascii")
+    inner_state, outer_state = _hmac_states(secret)
+    inner = inner_state.copy()
+    inner.update(f"{msg_id}.{timestamp}.".encode())
+    inner.update(body)
+    outer = outer_state.copy()
+    outer.update(inner.digest())
+    return "v1," + binascii.b2a_base64(outer.digest(), newline=False).decode("ascii")
 
 
 def signature_header(msg_id: str, timestamp: int, body: bytes, secrets: Sequence[str]) -> str:

@@ -171,6 +171,18 @@ def split_credentials(url: str) -> tuple[str, str | None]:
     return str(parsed.with_user(None)), f"Basic {token}"
 
 
+def request_headers(
+    subscription_headers: dict[str, str], extra: dict[str, str], authorization: str | None
+) -> dict[str, str]:
+    """A message's headers before its signature: the subscription's, a plugin's, and the URL's
+    credentials as ``Authorization`` (replacing any other)."""
+    headers = {**subscription_headers, **extra}
+    if authorization is not None:
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        headers["Authorization"] = authorization
+    return headers
+
+
 def make_session(config: DeliveryConfig) -> aiohttp.ClientSession:
     """The one outbound session: guarded against private addresses at connect time, no proxies
     from the environment, bounded timeouts."""
@@ -215,6 +227,7 @@ class Sender:
         per_subscription_hooks = bool(hooks.pm.hook.render_payload.get_hookimpls())
         self.spliced = Spliced(templates, per_subscription_hooks)
         self._webhooks: dict[str, tuple[Subscription, str]] = {}
+        self._requests: dict[str, tuple[Subscription, str, dict[str, str]]] = {}
 
     def render(self, event: str, data: dict[str, Any], subscription: Subscription) -> bytes:
         context = body_context(event, data, subscription, self.supplier)
@@ -244,6 +257,17 @@ class Sender:
         text = to_json(webhook_object(subscription))
         self._webhooks[subscription.id] = (subscription, text)
         return text
+
+    def _prepared(self, subscription: Subscription) -> tuple[str, dict[str, str]]:
+        """The target without credentials and the headers every message to a subscription (with
+        a plain URL and no plugin headers) starts from, built once per cached subscription."""
+        cached = self._requests.get(subscription.id)
+        if cached is not None and cached[0] is subscription:
+            return cached[1], cached[2]
+        target, authorization = split_credentials(subscription.url)
+        headers = request_headers(subscription.headers, {}, authorization)
+        self._requests[subscription.id] = (subscription, target, headers)
+        return target, headers
 
     def target(self, event: str, data: dict[str, Any], subscription: Subscription) -> str:
         if not is_url_template(subscription.url):
@@ -280,14 +304,13 @@ class Sender:
     ) -> Response:
         if url != subscription.url:  # a URL template: check what it rendered to
             await check_url(url, allow_private=self.config.delivery.allow_private_targets)
-        target, authorization = split_credentials(url)
-        headers = {
-            **subscription.headers,
-            **self.hooks.delivery_headers(event, subscription, body),
-        }
-        if authorization is not None:
-            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            headers["Authorization"] = authorization
+        if url == subscription.url and not self.hooks.implemented("delivery_headers"):
+            target, headers = self._prepared(subscription)
+            headers = headers.copy()
+        else:
+            target, authorization = split_credentials(url)
+            extra = self.hooks.delivery_headers(event, subscription, body)
+            headers = request_headers(subscription.headers, extra, authorization)
         headers.update(webhook_headers(msg_id, body, subscription.signing_secrets(utcnow())))
         headers["Content-Type"] = "application/json"
         async with self.session.post(
@@ -357,9 +380,17 @@ class Deliverer:
         # An attempt lasts at most timeout + 1 s (Sender.post); the lease covers that twice over
         # plus time to render and settle, and a crashed worker's messages are re-sent soon after.
         self.lease_seconds = self.delivery.timeout * 2 + 5
+        self._outcome_counters: dict[str, Any] = {}
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _counted(self, outcome: str) -> Any:
+        """The deliveries counter of one outcome (``labels()`` looks its child up each call)."""
+        child = self._outcome_counters.get(outcome)
+        if child is None:
+            child = self._outcome_counters[outcome] = self.metrics.deliveries.labels(outcome)
+        return child
 
     async def learn_tenants(self) -> None:
         """Tell the slots whose subscriptions there are, so per-tenant limits hold from the first
@@ -475,7 +506,7 @@ class Deliverer:
         subscription = await self.subscriptions.get(record.subscription_id)
         if subscription is None or not subscription.active:
             await self.store.skip_delivery(record, "subscription disabled or deleted")
-            self.metrics.deliveries.labels("skipped").inc()
+            self._counted("skipped").inc()
             return
         attempt_number = record.attempts + 1
         try:
@@ -583,7 +614,7 @@ class Deliverer:
         if state == "dead":
             # A dead message may have disabled the subscription (410, or failing too long).
             self.subscriptions.forget(record.subscription_id)
-        self.metrics.deliveries.labels(outcome).inc()
+        self._counted(outcome).inc()
         self.metrics.attempt_latency.observe(response.latency_ms / 1000)
         if outcome != "delivered":
             log.info(
@@ -594,6 +625,8 @@ class Deliverer:
                 outcome,
                 response.status or response.error,
             )
+        if not self.sender.hooks.implemented("delivery_attempted"):
+            return
         self.sender.hooks.delivery_attempted(
             Attempt(
                 delivery_id=record.id,
