@@ -40,7 +40,7 @@ from gateway.sources import Source
 from gateway.store import SQLiteStore
 from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import Store
-from gateway.web import admin, apidocs, ingest, ops, webhook_actions, webhooks
+from gateway.web import admin, apidocs, ingest, octo_reads, ops, webhook_actions, webhooks
 from gateway.web.errors import octo_errors
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def create_app(
     app.router.add_get("/metrics", ops.metrics)
     webhooks.add_routes(app)
     webhook_actions.add_routes(app)
+    octo_reads.add_routes(app)
     admin.add_routes(app)
     ingest.add_routes(app)
     for route in hooks.routes():

@@ -258,3 +258,25 @@ class RoomMapUpdate(BaseModel):
     rooms: RoomMap
     # The generation read (0: nothing was stored); the store bumps it on every write.
     generation: int = Field(ge=0)
+
+
+class BookingFilter(BaseModel):
+    """Which latest bookings a reconciliation read wants (GET /octo/bookings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    products: list[str] | None = None  # the caller's productIds; None: every product
+    supplier_reference: str | None = None
+    reseller_reference: str | None = None
+    updated_since: float | None = None  # Unix seconds: recorded by the gateway at or after it
+    after: tuple[float, str] | None = None  # the page after this (updated_at, key) position
+    limit: int = Field(50, ge=1)
+
+
+class LatestBooking(BaseModel):
+    """The last OCTO booking the gateway sent for one PMS booking (room), and its position in
+    newest-first order (``updated_at``: when the gateway recorded it; ``key``: the tie-break)."""
+
+    booking: dict[str, Any]
+    updated_at: float
+    key: str

@@ -6,11 +6,12 @@
 from gateway.store.sqlite.base import connect, new_id, utcnow
 from gateway.store.sqlite.deliveries import DeliveryStore
 from gateway.store.sqlite.pushes import PushStore
+from gateway.store.sqlite.reads import ReadStore
 from gateway.store.sqlite.room_maps import RoomMapStore
 from gateway.store.sqlite.subscriptions import SubscriptionStore
 
 
-class SQLiteStore(SubscriptionStore, PushStore, DeliveryStore, RoomMapStore):
+class SQLiteStore(SubscriptionStore, PushStore, DeliveryStore, RoomMapStore, ReadStore):
     """The embedded default: one SQLite file in WAL mode."""
 
 

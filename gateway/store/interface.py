@@ -21,8 +21,10 @@ from typing import Any, Protocol
 
 from gateway.models import (
     AttemptRecord,
+    BookingFilter,
     DeliveryRecord,
     DeliveryState,
+    LatestBooking,
     NewEvent,
     PushRecord,
     PushState,
@@ -185,6 +187,24 @@ class Store(Protocol):
         atomically; returns the number of deliveries to send, or None if the lease was lost.
         Raises ``RoomMapConflict``, storing nothing, when a room map's generation moved on since
         it was read."""
+
+    # -- reconciliation reads (what was last sent; the caller scopes them to its products) -------
+
+    async def latest_booking(
+        self, uuid: str, products: Sequence[str] | None = None
+    ) -> LatestBooking | None:
+        """The last booking sent with this uuid, if its productId is in ``products`` (None or
+        ``"*"``: any)."""
+
+    async def latest_bookings(self, where: BookingFilter) -> list[LatestBooking]:
+        """The last booking sent per PMS booking (room) matching ``where``, newest first by when
+        the gateway recorded it, at most ``where.limit``, after the ``where.after`` position."""
+
+    async def latest_availability(
+        self, product_id: str, option_id: str, first_day: str, last_day: str
+    ) -> list[dict[str, Any]]:
+        """The last OCTO Availability sent per day of one product and option, days
+        ``first_day``..``last_day`` (``YYYY-MM-DD``, both included), in day order."""
 
     # -- deliveries ----------------------------------------------------------------------------
 
