@@ -20,10 +20,9 @@ from typing import Any, Protocol
 import aiohttp
 
 from gateway.config import SourceConfig
-from gateway.models import MappedRoom, RoomMap
+from gateway.models import MappedRoom as MappedRoom  # re-exported: what room maps hold
+from gateway.models import RoomMap as RoomMap
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
-
-__all__ = ["MappedRoom", "RoomMap"]  # re-exported: what room_map and keep_room_map exchange
 
 
 class PushRejected(Exception):
