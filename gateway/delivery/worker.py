@@ -12,6 +12,7 @@ import asyncio
 import base64
 import codecs
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -40,7 +41,7 @@ from gateway.models import (
 )
 from gateway.store import utcnow
 from gateway.store.errors import StorageUnavailable
-from gateway.store.interface import Settlement, Store
+from gateway.store.interface import ClaimRoom, Settlement, Store
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +199,26 @@ def make_session(config: DeliveryConfig) -> aiohttp.ClientSession:
 
 async def read_excerpt(content: aiohttp.StreamReader, limit: int = RESPONSE_EXCERPT) -> str:
     """The first ``limit`` bytes of an answer as text (however it is chunked); a character cut in
-    half at the end is dropped, other undecodable bytes are replaced."""
+    half at the end is dropped, other undecodable bytes are replaced.
+
+    The status line is the subscriber's answer; the body is only kept for people to read. So a
+    body cut off by a reset, or trickled past the attempt's timeout, ends the excerpt (saying so)
+    instead of turning a 200 that was sent into a failed attempt sent again."""
     data = bytearray()
-    while len(data) < limit:
-        chunk = await content.read(limit - len(data))
-        if not chunk:
-            break
-        data += chunk
+    cut: str | None = None
+    try:
+        while len(data) < limit:
+            chunk = await content.read(limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:  # aiohttp's own total timeout (ours, a second later, cancels instead)
+        cut = "answer body too slow; not read further"
+    except aiohttp.ClientError as exc:
+        cut = f"answer body cut off: {type(exc).__name__}"
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    return decoder.decode(bytes(data), final=len(data) < limit)
+    text = decoder.decode(bytes(data), final=cut is None and len(data) < limit)
+    return text if cut is None else f"{text} [{cut}]"
 
 
 class Sender:
@@ -371,6 +383,10 @@ class Deliverer:
             self.delivery.per_tenant_concurrency,
         )
         self.subscriptions = SubscriptionCache(store, slots=self.slots)
+        # Subscriptions that asked us to wait (429 or 503 with Retry-After), until time.time():
+        # none of their messages is claimed meanwhile, so a rate-limited subscriber gets what
+        # was in flight, not its whole backlog once per Retry-After.
+        self._held_back: dict[str, float] = {}
         self._stopping = False
         self._loop_started = False
         self._loop_exited = asyncio.Event()
@@ -424,7 +440,7 @@ class Deliverer:
 
     async def _claim(self) -> bool:
         """Claim what there is room for; True when the batch was full."""
-        room = self.slots.room()
+        room = self._without_held_back(self.slots.room())
         if room.total <= 0:
             return False
         claimed = await self.store.claim_deliveries(
@@ -435,6 +451,17 @@ class Deliverer:
             return False
         self._start(claimed)
         return len(claimed) == room.total
+
+    def _without_held_back(self, room: ClaimRoom) -> ClaimRoom:
+        """``room`` with no room for the subscriptions that asked us to wait."""
+        now = time.time()
+        for subscription_id, until in list(self._held_back.items()):
+            if until <= now:
+                del self._held_back[subscription_id]
+        if not self._held_back:
+            return room
+        full = dict.fromkeys(self._held_back, room.per_subscription)
+        return dataclasses.replace(room, in_flight={**room.in_flight, **full})
 
     def _start(self, leased: list[DeliveryRecord]) -> None:
         # Claims run one at a time and slots are only freed meanwhile, so these fit the room.
@@ -460,6 +487,8 @@ class Deliverer:
         due = await self.store.next_delivery_due()
         if due is not None and due > claimed_at:
             timeout = min(timeout, max(due - time.time(), 0.005))
+        if self._held_back:  # messages due but held back go when their subscription may take them
+            timeout = min(timeout, max(min(self._held_back.values()) - time.time(), 0.005))
         await self._pause(timeout)
 
     async def _pause(self, timeout: float) -> None:
@@ -586,6 +615,10 @@ class Deliverer:
                 state, outcome = "dead", "dead"
             else:
                 state, outcome, next_at = "pending", "retry", time.time() + delay
+                if response.status in (429, 503) and response.retry_after is not None:
+                    # The subscriber asked for a pause: none of its messages until then.
+                    held = self._held_back.get(record.subscription_id, 0.0)
+                    self._held_back[record.subscription_id] = max(held, next_at)
         attempt = AttemptRecord.model_construct(  # our own values: no validation needed
             delivery_id=record.id,
             subscription_id=record.subscription_id,
