@@ -31,8 +31,11 @@ from gateway.appkeys import store_key, workers_key
 from gateway.ratelog import RateLimitedLog
 from gateway.store import SQLiteStore
 from gateway.store.errors import StorageUnavailable
+from tests.conftest import AUTH_A
 from tests.fake_pms import Gateways, Harness, beds24_booking, eventually
 from tests.octo_schema import load_fixture
+from tests.receivers import Receiver, wait_until_async
+from tests.test_delivery_crash import Gateway, beds24_push, write_config
 
 # Far above write_timeout (1 s here), far below the 30 s a locked database used to cost a push.
 ANSWER_WITHIN = aiohttp.ClientTimeout(total=10)
@@ -384,3 +387,110 @@ def test_a_fault_that_comes_and_goes_still_gives_one_line_per_interval(
     now[0] = 61
     faults.fault("write", "disk full")  # a minute after the first line
     assert caplog.records[-1].getMessage() == "disk full (49 more failures since the last report)"
+
+
+# -- a real disk filling up under a real `gateway serve` ---------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MB tmpfs of our own (needs CAP_SYS_ADMIN; skipped where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of ``disk``."""
+    ballast = disk / "ballast"
+    with ballast.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(120)
+async def test_a_real_full_disk_under_gateway_serve(
+    small_disk: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    config = write_config(small_disk)
+    config.write_text(
+        config.read_text().replace("[storage]\n", "[storage]\nwrite_timeout = 1\n", 1)
+    )
+    log = tmp_path / "gateway.log"
+    gateway = Gateway(config, log)
+    acknowledged: set[int] = set()
+    try:
+        async with aiohttp.ClientSession(timeout=ANSWER_WITHIN) as http:
+            await gateway.ready(http)
+            async with http.post(
+                gateway.url + "/octo/webhooks",
+                json={"url": receiver.url(), "event": "booking_update"},
+                headers=AUTH_A,
+            ) as response:
+                assert response.status == 200
+
+            async def send(n: int) -> int:
+                body = beds24_push(n)
+                body[0]["booking"]["comments"] = "x" * 20_000
+                async with http.post(
+                    gateway.url + "/ingest/beds24", json=body, headers={"X-Gateway-Token": "t"}
+                ) as response:
+                    answer = await response.json()
+                    if response.status == 503:
+                        assert int(response.headers["Retry-After"]) > 0
+                        assert answer["error"] == "SERVICE_UNAVAILABLE"
+                    else:
+                        assert response.status == 200, answer
+                        acknowledged.add(n)
+                    return response.status
+
+            assert await send(0) == 200
+            ballast = fill(small_disk)
+            statuses = [await send(n) for n in range(1, 80)]
+            assert (
+                503 in statuses
+            )  # 80 x 20 kB (and their events) can't fit in the WAL's spare room
+            first_refused = statuses.index(503) + 1
+            assert set(statuses[first_refused:]) == {503}
+            async with http.get(gateway.url + "/readyz") as response:
+                assert response.status == 503
+                assert "full" in (await response.json())["checks"]["storage"]
+
+            ballast.unlink()  # the operator frees space
+            for n in range(first_refused, 80):  # the senders try again
+                assert await send(n) == 200
+
+            def delivered() -> set[int]:
+                return {
+                    int(r.json()["booking"]["supplierReference"]) - 82279106
+                    for r in receiver.requests
+                    if r.status == 200
+                }
+
+            await wait_until_async(
+                lambda: _true(acknowledged <= delivered()), "every push answered 200 delivered"
+            )
+            assert gateway.interrupt() == 0
+    finally:
+        gateway.close()
+    text = log.read_text("utf-8", "replace")
+    assert "Traceback" not in text
+    assert text.count("storage fault: cannot write") == 1
+
+
+async def _true(value: bool) -> bool:
+    return value
