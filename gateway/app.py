@@ -40,7 +40,7 @@ from gateway.sources import Source
 from gateway.store import SQLiteStore
 from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import Store
-from gateway.web import admin, apidocs, ingest, octo_reads, ops, webhook_actions, webhooks
+from gateway.web import admin, apidocs, console, ingest, octo_reads, ops, webhook_actions, webhooks
 from gateway.web.errors import octo_errors
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def create_app(
     for route in hooks.routes():
         app.router.add_route(route.method, route.path, route.handler)
     apidocs.add_routes(app)
+    console.add_routes(app)
     return app
 
 

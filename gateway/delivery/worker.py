@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
@@ -286,6 +286,25 @@ class Sender:
             return subscription.url
         context = body_context(event, data, subscription, self.supplier)
         return self.templates.render_url(subscription.url, context)
+
+    def request(
+        self,
+        msg_id: str,
+        event: str,
+        url: str,
+        body: bytes,
+        subscription: Subscription,
+        now: int | None = None,
+    ) -> tuple[str, dict[str, str]]:
+        """The URL to POST to (credentials taken out) and the headers of an attempt at ``now``
+        (Unix seconds), built as ``_post`` builds them: the console shows these, secrets masked."""
+        target, authorization = split_credentials(url)
+        extra = self.hooks.delivery_headers(event, subscription, body)
+        headers = request_headers(subscription.headers, extra, authorization)
+        at = utcnow() if now is None else datetime.fromtimestamp(now, UTC)
+        headers.update(webhook_headers(msg_id, body, subscription.signing_secrets(at), now))
+        headers["Content-Type"] = "application/json"
+        return target, headers
 
     async def post(
         self, msg_id: str, event: str, url: str, body: bytes, subscription: Subscription

@@ -32,6 +32,7 @@ from gateway.models import (
     RoomMapUpdate,
     Subscription,
 )
+from gateway.store.observations import Activity, SubscriptionHealth
 
 
 class RoomMapConflict(Exception):
@@ -246,3 +247,25 @@ class Store(Protocol):
     async def prune_delivered(self, older_than: float) -> int: ...
 
     async def queue_stats(self) -> dict[str, float]: ...
+
+    # -- for operators (the console): figures and single messages ------------------------------
+
+    async def subscription_health(
+        self, subscription_ids: list[str], since: float
+    ) -> dict[str, SubscriptionHealth]:
+        """Each subscription's last attempt, and its attempts and deliveries since ``since``."""
+
+    async def get_delivery(self, subscription_id: str, id: str) -> DeliveryRecord | None:
+        """One message of that subscription, with its event's data; None if not its own."""
+
+    async def message_attempts(self, subscription_id: str, id: str) -> list[AttemptRecord]:
+        """Every attempt at one message of that subscription, oldest first."""
+
+    async def replay_delivery(self, subscription_id: str, id: str) -> bool:
+        """Send one finished message again (as ``replay_deliveries``); False if none was."""
+
+    async def push_counts(self) -> dict[str, int]:
+        """How many stored pushes are in each state."""
+
+    async def delivery_activity(self, since: float, *, max_rows: int = 50_000) -> Activity:
+        """Attempts per minute by outcome and push-to-delivery latency since ``since``."""

@@ -20,11 +20,17 @@ def find_api_key(header: str | None, keys: list[ApiKey]) -> ApiKey:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise OctoError(401, "Authorization header must be: Bearer <api key>")
+    match = key_for_token(token, keys)
+    if match is None:
+        raise OctoError(401, "invalid api key")
+    return match
+
+
+def key_for_token(token: str, keys: list[ApiKey]) -> ApiKey | None:
+    """The key whose secret is ``token``, or None (the API's header and the console's sign-in)."""
     match: ApiKey | None = None
     # Compare against every key, without stopping early, so timing tells nothing.
     for key in keys:
         if tokens_equal(token, key.key):
             match = key
-    if match is None:
-        raise OctoError(401, "invalid api key")
     return match

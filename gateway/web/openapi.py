@@ -34,6 +34,7 @@ ERRORS = {
     404: "no such resource (another tenant's is a 404 too)",
     409: "it changed meanwhile: read it again and retry",
     413: "the request body is over the size limit",
+    429: "too many deliveries in flight: retry after Retry-After seconds",
     503: "cannot be stored right now: retry after Retry-After seconds",
 }
 
@@ -298,7 +299,7 @@ def build_document(app: web.Application, *, needs_api_key: Callable[[str], bool]
                 "description": ERRORS.get(status, "error"),
                 "headers": dict(CAPABILITIES_HEADER),
             }
-            if status == 503:
+            if status in (429, 503):
                 answer["headers"]["Retry-After"] = {
                     "description": "seconds to wait before sending again",
                     "schema": {"type": "string"},

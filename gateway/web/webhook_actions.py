@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -11,10 +12,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from gateway.appkeys import deliverer_key, sender_key, store_key
 from gateway.delivery.signing import generate_secret
 from gateway.delivery.templates import TemplateProblem
-from gateway.models import DeliveryState, iso
+from gateway.models import DeliveryState, Subscription, iso
 from gateway.samples import sample_data
 from gateway.store import utcnow
-from gateway.web.errors import bad_request, error_response
+from gateway.web.errors import OctoError, bad_request, error_response
 from gateway.web.openapi import describe
 from gateway.web.schemas import Attempt, Replayed, RotatedWebhook, TestOutcome
 from gateway.web.webhooks import own_subscription, parse_body, read_json_object, save
@@ -51,7 +52,20 @@ class DeliveriesQuery(BaseModel):
 @describe("Send a sample event now", tag="webhook actions", ok=TestOutcome, errors=[400, 404, 429])
 async def send_test(request: web.Request) -> web.Response:
     """Send a sample of the subscription's event now; nothing is queued or retried."""
-    subscription = await own_subscription(request)
+    try:
+        return web.json_response(await send_sample(request, await own_subscription(request)))
+    except Busy as exc:
+        busy = error_response(exc.status, exc.message)
+        busy.headers["Retry-After"] = "1"
+        return busy
+
+
+class Busy(OctoError):
+    """No delivery slot free for a test send now (429)."""
+
+
+async def send_sample(request: web.Request, subscription: Subscription) -> dict[str, Any]:
+    """POST a sample event to the subscriber now (the API and the console both)."""
     sender = request.app[sender_key]
     data = sample_data(subscription.event)
     try:
@@ -65,26 +79,22 @@ async def send_test(request: web.Request) -> web.Response:
     if slots is not None and slot is None:
         # A /test counts against the same limits as deliveries, so a burst of them to a slow
         # receiver can't take the connections another tenant's deliveries need.
-        busy = error_response(
+        raise Busy(
             429, "too many deliveries in flight for this subscription or tenant; try again soon"
         )
-        busy.headers["Retry-After"] = "1"
-        return busy
     try:
         response = await sender.post(msg_id, subscription.event, url, body, subscription)
     finally:
         if slots is not None and slot is not None and slots.release(slot):
             request.app[deliverer_key].wake()
-    return web.json_response(
-        {
-            "messageId": msg_id,
-            "delivered": response.status is not None and 200 <= response.status < 300,
-            "status": response.status,
-            "latencyMs": response.latency_ms,
-            "response": response.excerpt,
-            "error": response.error,
-        }
-    )
+    return {
+        "messageId": msg_id,
+        "delivered": response.status is not None and 200 <= response.status < 300,
+        "status": response.status,
+        "latencyMs": response.latency_ms,
+        "response": response.excerpt,
+        "error": response.error,
+    }
 
 
 @describe(
@@ -143,14 +153,23 @@ def _int_query(request: web.Request, name: str, low: int, high: int | None) -> i
 async def replay(request: web.Request) -> web.Response:
     subscription = await own_subscription(request)
     body: ReplayBody = parse_body(ReplayBody, await read_json_object(request))
+    replayed = await replay_since(request, subscription, body.since.timestamp())
+    return web.json_response({"replayed": replayed})
+
+
+async def replay_since(request: web.Request, subscription: Subscription, since: float) -> int:
+    """Queue again every finished message since ``since`` (the API and the console both)."""
     if not subscription.active:
         raise bad_request('subscription is disabled; PATCH {"active": true} first')
-    replayed = await request.app[store_key].replay_deliveries(
-        subscription.id, body.since.timestamp()
-    )
-    if replayed and deliverer_key in request.app:
+    replayed = await request.app[store_key].replay_deliveries(subscription.id, since)
+    if replayed:
+        wake_deliverer(request)
+    return replayed
+
+
+def wake_deliverer(request: web.Request) -> None:
+    if deliverer_key in request.app:
         request.app[deliverer_key].wake()
-    return web.json_response({"replayed": replayed})
 
 
 @describe(
@@ -161,7 +180,15 @@ async def replay(request: web.Request) -> web.Response:
 )
 async def rotate_secret(request: web.Request) -> web.Response:
     """A new secret at once; the old one keeps signing too for 24 hours (both signatures sent)."""
-    subscription = await own_subscription(request)
+    rotated = await rotate(request, await own_subscription(request))
+    view = rotated.webhook()
+    assert rotated.previous_secret_until is not None
+    view["previousSecretExpiresAt"] = iso(rotated.previous_secret_until)
+    return web.json_response(view)
+
+
+async def rotate(request: web.Request, subscription: Subscription) -> Subscription:
+    """Give a subscription a new secret (the API and the console both)."""
     now = utcnow()
     rotated = subscription.model_copy(
         update={
@@ -172,9 +199,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
         }
     )
     await save(request, rotated, subscription)
-    view = rotated.webhook()
-    view["previousSecretExpiresAt"] = iso(now + ROTATION_GRACE)
-    return web.json_response(view)
+    return rotated
 
 
 def add_routes(app: web.Application) -> None:

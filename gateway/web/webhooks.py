@@ -178,8 +178,14 @@ async def check_target(request: web.Request, url: str) -> None:
     ok=Webhook,
 )
 async def create_webhook(request: web.Request) -> web.Response:
-    key = caller(request)
     body: CreateWebhookBody = parse_body(CreateWebhookBody, await read_json_object(request))
+    subscription = await create_subscription(request, body)
+    return web.json_response(subscription.webhook(reveal_password=True))
+
+
+async def create_subscription(request: web.Request, body: CreateWebhookBody) -> Subscription:
+    """Check and store a new subscription of the caller's (the API and the console both)."""
+    key = caller(request)
     headers = body.headers or {}
     check_headers(headers)
     now = utcnow()
@@ -215,7 +221,7 @@ async def create_webhook(request: web.Request) -> web.Response:
         subscription.event,
         mask_password(subscription.url),
     )
-    return web.json_response(subscription.webhook(reveal_password=True))
+    return subscription
 
 
 @describe("List the caller's subscriptions", tag="webhooks", ok=list[Webhook])
@@ -248,6 +254,14 @@ async def get_webhook(request: web.Request) -> web.Response:
 async def patch_webhook(request: web.Request) -> web.Response:
     subscription = await own_subscription(request)
     body: PatchWebhookBody = parse_body(PatchWebhookBody, await read_json_object(request))
+    updated = await change_subscription(request, subscription, body)
+    return web.json_response(updated.webhook())
+
+
+async def change_subscription(
+    request: web.Request, subscription: Subscription, body: PatchWebhookBody
+) -> Subscription:
+    """Apply a change to one of the caller's subscriptions (the API and the console both)."""
     changes = body.model_dump(exclude_unset=True)
     for field in ("url", "event", "active"):
         if field in changes and changes[field] is None:
@@ -283,7 +297,7 @@ async def patch_webhook(request: web.Request) -> web.Response:
         await check_delivery(request, updated)
     await save(request, updated, subscription)
     log.info("tenant %s updated subscription %s", updated.tenant, updated.id)
-    return web.json_response(updated.webhook())
+    return updated
 
 
 async def save(request: web.Request, updated: Subscription, read: Subscription) -> None:
@@ -308,13 +322,17 @@ def _pick(new: bool | None, old: bool) -> bool:
 
 @describe("Delete a subscription", tag="webhooks", ok=Webhook, errors=[404])
 async def delete_webhook(request: web.Request) -> web.Response:
-    subscription = await own_subscription(request)
+    deleted = await remove_subscription(request, await own_subscription(request))
+    return web.json_response(deleted.webhook())
+
+
+async def remove_subscription(request: web.Request, subscription: Subscription) -> Subscription:
     deleted = await request.app[store_key].delete_subscription(subscription.tenant, subscription.id)
     if deleted is None:
         raise not_found(f"webhook {subscription.id}")
     forget(request, deleted.id)
     log.info("tenant %s deleted subscription %s", deleted.tenant, deleted.id)
-    return web.json_response(deleted.webhook())
+    return deleted
 
 
 def require_admin(request: web.Request) -> ApiKey:
