@@ -42,6 +42,7 @@ from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import Store
 from gateway.web import admin, apidocs, console, ingest, octo_reads, ops, webhook_actions, webhooks
 from gateway.web.errors import octo_errors
+from gateway.web.server import body_deadline
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def create_app(
             octo_capabilities,
             metrics_middleware(metrics),
             octo_errors,
+            body_deadline(config.server.body_timeout),
             webhooks.require_api_key,
         ],
     )

@@ -36,6 +36,7 @@ from gateway.starter import starter_config
 from gateway.store import SQLiteStore
 from gateway.store.errors import StorageUnavailable
 from gateway.store.sqlite.files import backup_database, check_database
+from gateway.web.server import GuardedSite, make_runner
 
 T = TypeVar("T")
 
@@ -169,10 +170,11 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
 
 async def _serve(config: GatewayConfig) -> None:
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = make_runner(app, config.server)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
+        server = config.server
+        site = GuardedSite(runner, server.host, server.port, server.max_connections)
         try:
             await site.start()
         except OSError as exc:

@@ -31,6 +31,11 @@ class ServerConfig(Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, gt=0, description="larger request bodies answer 413")
     public_url: str | None = None
+    # Slow clients: seconds to send a request's line and headers (also how long an idle keep-alive
+    # connection stays open), seconds to send its body, and connections open at once.
+    header_timeout: float = Field(15.0, gt=0)
+    body_timeout: float = Field(60.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
 
 
 class StorageConfig(Section):

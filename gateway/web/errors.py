@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from gateway.appkeys import config_key
 from gateway.store.errors import StorageUnavailable
+from gateway.web.server import BodyTimeout
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,17 @@ CODES = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     409: "CONFLICT",
+    408: "REQUEST_TIMEOUT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     429: "TOO_MANY_REQUESTS",
     500: "INTERNAL_SERVER_ERROR",
     503: "SERVICE_UNAVAILABLE",
 }
+
+
+# What the metrics count for a request whose client left before its answer (nginx's 499).
+CLIENT_GONE = 499
 
 
 class OctoError(Exception):
@@ -98,6 +104,17 @@ async def octo_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.reason)
+    except BodyTimeout as exc:
+        timed_out = error_response(408, str(exc))
+        timed_out.force_close()
+        return timed_out
+    except ConnectionResetError:
+        if request.transport is None or request.transport.is_closing():
+            # The client went away mid-request (mid-body, say): nobody to answer, nothing broken.
+            log.info("client of %s %s went away before the answer", request.method, request.path)
+            return web.Response(status=CLIENT_GONE, reason="Client Closed Request")
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal error; it has been logged")
     except Exception:
         # Last resort: the handler has a bug. Log it, never leak a traceback to the caller.
         log.exception("unhandled error in %s %s", request.method, request.path)

@@ -1,0 +1,138 @@
+"""Serving the app to clients that may be slow or hostile: bounded time to send a request, a
+connection cap.
+
+- Headers: aiohttp closes a connection still waiting for a request's headers when its keep-alive
+  timer fires (armed when the connection opens and after each answer), so that timer is set to
+  ``server.header_timeout``: a client has that long to finish a request's line and headers, and an
+  idle keep-alive connection is closed after it too.
+- Body: ``body_deadline`` gives a request's body ``server.body_timeout`` seconds from when its
+  headers arrived; a body still incomplete then fails its reader with ``BodyTimeout`` (a 408 that
+  closes the connection).
+- Connections: ``GuardedSite`` counts open connections and answers one over
+  ``server.max_connections`` with a 503 and closes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from gateway.config import ServerConfig
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OVER_CAPACITY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: 79\r\n\r\n"
+    b'{"error": "SERVICE_UNAVAILABLE", "errorMessage": "too many connections; retry"}'
+)
+assert len(OVER_CAPACITY.split(b"\r\n\r\n", 1)[1]) == 79
+
+
+class BodyTimeout(TimeoutError):
+    """A request body did not arrive in time. A TimeoutError, so aiohttp's reading of what is left
+    after the answer stops quietly instead of logging it."""
+
+
+def make_runner(app: web.Application, server: ServerConfig) -> web.AppRunner:
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=server.header_timeout,
+        # What is left of a body the handler did not read is drained at most this long.
+        lingering_time=min(10.0, server.body_timeout),
+    )
+
+
+def body_deadline(timeout: float) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        content = request.content
+        if content.is_eof():
+            return await handler(request)
+
+        def expire() -> None:
+            if not content.is_eof():
+                content.set_exception(BodyTimeout(f"request body not received in {timeout:g} s"))
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+        try:
+            return await handler(request)
+        finally:
+            timer.cancel()
+
+    return middleware
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site that keeps at most ``max_connections`` connections open."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self.max_connections = max_connections
+        self.open_connections = 0
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+
+        def connection() -> asyncio.Protocol:
+            if self.open_connections >= self.max_connections:
+                return _Refused()
+            self.open_connections += 1
+            return _Counted(server(), self)
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            connection, self._host, self._port, backlog=self._backlog, reuse_address=True
+        )
+
+
+class _Counted(asyncio.Protocol):
+    """Passes everything to aiohttp's protocol; counts the connection closed when it is."""
+
+    def __init__(self, inner: asyncio.Protocol, site: GuardedSite) -> None:
+        self.inner = inner
+        self.site = site
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.site.open_connections -= 1
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: answered 503 and closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(OVER_CAPACITY)
+        transport.close()
