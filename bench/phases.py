@@ -21,6 +21,7 @@ from bench.load import run_bare, run_closed, run_open
 from bench.procs import PYTHON, ServerProcess, free_port
 from bench.profile import Profiler
 from bench.receiver import Receiver
+from gateway.config import DeliveryConfig
 
 # Replay everything: the delivery phase's database holds only that phase's messages.
 EPOCH = "2000-01-01T00:00:00Z"
@@ -426,8 +427,14 @@ async def burst(ctx: Context) -> dict[str, Any]:
     body_file = ctx.workdir / "burst-body.json"
     body_file.write_bytes(body)
     await ctx.receiver.reset(ctx.session)
-    # As many requests in flight as the gateway may have (16 per subscriber at the defaults).
-    concurrency = min(128, 16 * plan.burst_subscribers)
+    # As many requests in flight as the gateway may have at its defaults: 16 per subscriber, 64
+    # per tenant (the burst's subscriptions share one api key), 128 in all.
+    limits = DeliveryConfig()
+    concurrency = min(
+        limits.concurrency,
+        limits.per_subscriber_concurrency * plan.burst_subscribers,
+        limits.per_tenant_concurrency,
+    )
     client = await run_bare(
         url=f"{ctx.receiver.url}/bare", body_file=body_file, count=expected, concurrency=concurrency
     )
