@@ -46,6 +46,8 @@ from gateway.store.interface import ClaimRoom, Settlement, Store
 log = logging.getLogger(__name__)
 
 RESPONSE_EXCERPT = 2048
+CLAIM_BATCH = 8  # at most this many messages finish between two claims while many are in flight
+DUE_READ_EVERY = 0.1  # seconds between reads of the next due time while messages are in flight
 Verdict = Literal["delivered", "retry", "dead", "gone"]
 Outcome = Literal["delivered", "retry", "dead", "disabled"]
 
@@ -207,7 +209,7 @@ async def read_excerpt(content: aiohttp.StreamReader, limit: int = RESPONSE_EXCE
     data = bytearray()
     cut: str | None = None
     try:
-        while len(data) < limit:
+        while len(data) < limit and not content.at_eof():
             chunk = await content.read(limit - len(data))
             if not chunk:
                 break
@@ -216,8 +218,10 @@ async def read_excerpt(content: aiohttp.StreamReader, limit: int = RESPONSE_EXCE
         cut = "answer body too slow; not read further"
     except aiohttp.ClientError as exc:
         cut = f"answer body cut off: {type(exc).__name__}"
+    if cut is None and len(data) < limit:  # the whole answer: nothing was cut
+        return data.decode("utf-8", "replace")
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    text = decoder.decode(bytes(data), final=cut is None and len(data) < limit)
+    text = decoder.decode(bytes(data), final=False)
     return text if cut is None else f"{text} [{cut}]"
 
 
@@ -313,6 +317,10 @@ class Sender:
         failure is an answer with an ``error``, never an exception."""
         started = time.perf_counter()
         try:
+            if url == subscription.url and not self.hooks.implemented("delivery_headers"):
+                # Nothing but the request itself, which the session's total timeout bounds
+                # (connecting, sending and reading the answer): no second timer needed.
+                return await self._post(msg_id, event, url, body, subscription, started)
             async with asyncio.timeout(self.config.delivery.timeout + 1):
                 return await self._post(msg_id, event, url, body, subscription, started)
         except TimeoutError:
@@ -416,8 +424,14 @@ class Deliverer:
         # plus time to render and settle, and a crashed worker's messages are re-sent soon after.
         self.lease_seconds = self.delivery.timeout * 2 + 5
         self._outcome_counters: dict[str, Any] = {}
+        self._new_work = False
+        self._finished = 0  # messages finished since the last claim
+        self._due: float | None = None
+        self._due_read_at = -DUE_READ_EVERY
 
     def wake(self) -> None:
+        """New messages are stored: claim at once."""
+        self._new_work = True
         self._wake.set()
 
     def _counted(self, outcome: str) -> Any:
@@ -443,6 +457,8 @@ class Deliverer:
                 log.exception("delivery worker: reading subscriptions failed; limits catch up")
             while not self._stopping:
                 self._wake.clear()
+                self._new_work = False
+                self._finished = 0
                 started = time.time()
                 try:
                     if await self._claim():
@@ -492,6 +508,7 @@ class Deliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         record = self._running.pop(task)
+        self._finished += 1
         self._wake.set()
         if task.cancelled():
             return
@@ -503,16 +520,47 @@ class Deliverer:
         were due when the last claim ran but were not taken wait for something else (an earlier
         message of their booking, or room at their subscription), which wakes the loop itself."""
         timeout = self.delivery.poll_interval
-        due = await self.store.next_delivery_due()
+        due = await self._next_due()
         if due is not None and due > claimed_at:
             timeout = min(timeout, max(due - time.time(), 0.005))
         if self._held_back:  # messages due but held back go when their subscription may take them
             timeout = min(timeout, max(min(self._held_back.values()) - time.time(), 0.005))
-        await self._pause(timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        # Messages finishing one by one wake the loop; while others are in flight, claim once a
+        # few have finished instead of once per message (a claim is a round trip to the store).
+        while await self._pause_until(deadline):
+            if self._new_work or self._stopping or self._finished >= self._claim_batch():
+                return
+            self._wake.clear()
+
+    def _claim_batch(self) -> int:
+        """How many messages must finish before the next claim: 1 with few in flight, up to
+        ``CLAIM_BATCH`` with many (a quarter of those in flight)."""
+        return max(1, min(CLAIM_BATCH, len(self._running) // 4))
+
+    async def _next_due(self) -> float | None:
+        """When the next queued message falls due. While messages are in flight their endings
+        wake the loop anyway, so the answer is read again at most every ``DUE_READ_EVERY``
+        seconds (a retry being scheduled reads it afresh)."""
+        now = time.monotonic()
+        if not self._running or now - self._due_read_at >= DUE_READ_EVERY:
+            self._due = await self.store.next_delivery_due()
+            self._due_read_at = now
+        return self._due
 
     async def _pause(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await self._pause_until(asyncio.get_running_loop().time() + timeout)
+
+    async def _pause_until(self, deadline: float) -> bool:
+        """Wait for a wake-up until ``deadline`` (loop time); False when it passed first."""
+        if self._wake.is_set():
+            return True
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, let in-flight requests finish within ``grace``, release the rest."""
@@ -663,6 +711,8 @@ class Deliverer:
         if not settled:
             log.warning("lost the lease on delivery %s before settling it", record.id)
             return
+        if state == "pending":
+            self._due_read_at = -DUE_READ_EVERY  # a new due time: read it afresh
         if state == "dead":
             # A dead message may have disabled the subscription (410, or failing too long).
             self.subscriptions.forget(record.subscription_id)

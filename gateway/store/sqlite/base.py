@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,7 +200,9 @@ class SQLiteBase:
             start = not self._flushing
             self._flushing = True
         if start:
-            loop.run_in_executor(self._writer, self._flush, loop)
+            # submit, not run_in_executor: nobody awaits the flush itself, so its completion
+            # needn't wake the loop (each batch's results do, once).
+            self._writer.submit(self._flush, loop).add_done_callback(_flush_ended)
         return await future
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -211,8 +213,12 @@ class SQLiteBase:
                     self._flushing = False
                     return
             outcomes = self._storage_outcomes(self._run_batch(batch))
-            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
-                loop.call_soon_threadsafe(_settle_future, future, result, error)
+            # One wake-up of the loop per batch, not one per write.
+            answers = [
+                (future, result, error)
+                for (_, future), (result, error) in zip(batch, outcomes, strict=True)
+            ]
+            loop.call_soon_threadsafe(_settle_futures, answers)
 
     def _run_batch(
         self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
@@ -360,13 +366,20 @@ def _insert(db: Database, table: str, row: dict[str, Any]) -> int:
     return cursor.lastrowid
 
 
-def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _settle_futures(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in answers:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _flush_ended(flush: Future[None]) -> None:
+    """A flush that failed outside any write (the loop closed under it, say) is logged."""
+    if not flush.cancelled() and flush.exception() is not None:
+        log.error("store writer: flushing writes failed", exc_info=flush.exception())
 
 
 class _RandomPool(threading.local):
