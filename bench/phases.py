@@ -78,6 +78,7 @@ class Context:
     profile_dir: Path | None = None  # py-spy each gateway into this folder
     profilers: dict[str, Profiler] = field(default_factory=dict)
     rss_mb: dict[str, float | None] = field(default_factory=dict)
+    loop_cpu: dict[str, float | None] = field(default_factory=dict)  # at the last idle_cpu
     _next_base: int = 0
 
     def base(self) -> int:
@@ -114,7 +115,14 @@ class Context:
             await asyncio.sleep(0.05)
         cpu = gateway.cpu_seconds()
         assert cpu is not None
+        self.loop_cpu[gateway.name] = gateway.main_thread_cpu_seconds()
         return cpu
+
+    def loop_share(self, gateway: Gateway, before: float | None, units: int) -> float | None:
+        """CPU µs per unit of the gateway's event-loop thread since ``before`` (a ``loop_cpu``
+        reading); the rest of the gateway's figure is its store threads (writer, readers,
+        checkpoints)."""
+        return _per_unit(before, self.loop_cpu.get(gateway.name), units)
 
     async def stop(self, gateway: Gateway) -> dict[str, Any]:
         profiler = self.profilers.pop(gateway.name, None)
@@ -179,6 +187,7 @@ async def _ingest_once(ctx: Context, gateway: Gateway, source: str) -> dict[str,
     await gateway.push(ctx.session, source, bodies.expand(bodies.template(source), base))
     first_push_ms = (time.perf_counter() - started) * 1000
     cpu = await ctx.idle_cpu(gateway)
+    loop_cpu = ctx.loop_cpu.get(gateway.name)
     before = await gateway.states()
     result = await run_closed(
         generator=ctx.plan.generator,
@@ -192,6 +201,7 @@ async def _ingest_once(ctx: Context, gateway: Gateway, source: str) -> dict[str,
     after = await gateway.states()
     # Everything accepted is processed before the clock stops: translation and storage included.
     result["cpu_us_per_push"] = _per_unit(cpu, await ctx.idle_cpu(gateway), result["ok"])
+    result["loop_cpu_us_per_push"] = ctx.loop_share(gateway, loop_cpu, result["ok"])
     processed = after["pushes"].get("processed", 0) - before["pushes"].get("processed", 0)
     result["first_push_ms"] = first_push_ms
     result["processed_per_s"] = processed / result["duration_s"] if result["duration_s"] else 0.0
@@ -402,10 +412,12 @@ async def burst(ctx: Context) -> dict[str, Any]:
         await ctx.receiver.reset(ctx.session)
         expected = plan.burst_rows * plan.burst_subscribers
         cpu = await ctx.idle_cpu(gateway)
+        loop_cpu = ctx.loop_cpu.get(gateway.name)
         started = time.perf_counter()
         await gateway.push(ctx.session, "channex", bodies.ari_burst(plan.burst_rows, 0))
         stats = await _drain(ctx, gateway, expected)
         cpu_us = _per_unit(cpu, await ctx.idle_cpu(gateway), stats["received"])
+        loop_us = ctx.loop_share(gateway, loop_cpu, stats["received"])
         elapsed = time.perf_counter() - started
         body = await ctx.receiver.sample(ctx.session)
     finally:
@@ -422,6 +434,7 @@ async def burst(ctx: Context) -> dict[str, Any]:
         "push_to_last_s": elapsed,
         "losses": max(expected - stats["received"] - stats["waiting_deliveries"], 0),
         "cpu_us_per_delivery": cpu_us,
+        "loop_cpu_us_per_delivery": loop_us,
         **stopped,
     }
     body_file = ctx.workdir / "burst-body.json"

@@ -52,10 +52,11 @@ def vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time a live process has used so far."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float | None:
+    """User + system CPU time a live process (or one of its threads) has used so far."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
@@ -118,6 +119,10 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float | None:
         return cpu_seconds(self.pid) if self.proc is not None else None
+
+    def main_thread_cpu_seconds(self) -> float | None:
+        """The main thread's share (the gateway's event loop; the rest is its store threads)."""
+        return cpu_seconds(self.pid, self.pid) if self.proc is not None else None
 
     async def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (the gateway's graceful stop), then SIGKILL if it takes too long."""

@@ -106,7 +106,8 @@ def table(results: dict[str, Any]) -> str:
     for source, run in results.get("ingest", {}).items():
         detail = (
             f"{_num(run['rps'])} req/s, {_num(run.get('cpu_us_per_push'))} µs CPU/push"
-            f" (processing included), p99 answer {_num(run['latency_ms']['p99'], 1)} ms,"
+            f" (processing included; event loop {_num(run.get('loop_cpu_us_per_push'))}),"
+            f" p99 answer {_num(run['latency_ms']['p99'], 1)} ms,"
             f" processed {_num(run['processed_per_s'])}/s, RSS {_num(run['peak_rss_mb'])} MB"
         )
         of_durable = _ratio(run["rps"], results.get("durable_floor", {}).get(source, {}).get("rps"))
@@ -146,7 +147,8 @@ def table(results: dict[str, Any]) -> str:
                 "availability burst",
                 f"{burst['rows']:,} rows x {burst['subscribers']} subs",
                 f"gateway {_num(gw['per_s'])}/s, {_num(gw.get('cpu_us_per_delivery'))} µs"
-                f" CPU/delivery vs bare client {_num(bare['per_s'])}/s,"
+                f" CPU/delivery (event loop {_num(gw.get('loop_cpu_us_per_delivery'))})"
+                f" vs bare client {_num(bare['per_s'])}/s,"
                 f" {_num(bare.get('cpu_us_per_delivery'))} µs CPU/POST"
                 f" ({burst['body_bytes']:,} B bodies), losses {gw['losses']}",
             )

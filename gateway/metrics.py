@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_CACHED_LABELS = 1024
 
 
 class Metrics:
@@ -85,7 +87,23 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             raise
         finally:
             route = route_label(request)
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+            counter, histogram = children(request.method, route, status)
+            counter.inc()
+            histogram.observe(time.perf_counter() - started)
+
+    # labels() looks the child up (and checks the values) on every call: keep them.
+    cached: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def children(method: str, route: str, status: int) -> tuple[Any, Any]:
+        key = (method, route, status)
+        found = cached.get(key)
+        if found is None:
+            found = (
+                metrics.requests.labels(method, route, str(status)),
+                metrics.latency.labels(method, route),
+            )
+            if len(cached) < MAX_CACHED_LABELS:  # routes are patterns, but methods are free
+                cached[key] = found
+        return found
 
     return middleware
