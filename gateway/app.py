@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from gateway.config import ConfigError, GatewayConfig, describe_errors
 from gateway.delivery.templates import DEFAULT_TEMPLATES, TemplateProblem, Templates
 from gateway.delivery.worker import Deliverer, Sender, make_session
 from gateway.hooks import Hooks
+from gateway.maintenance import maintain_forever
 from gateway.metrics import Metrics, metrics_middleware
 from gateway.pipeline.processing import Processor
 from gateway.plugins import make_plugin_manager
@@ -38,7 +38,6 @@ from gateway.redact import install_redaction
 from gateway.samples import sample_data
 from gateway.sources import Source
 from gateway.store import SQLiteStore
-from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import Store
 from gateway.web import admin, apidocs, console, ingest, octo_reads, ops, webhook_actions, webhooks
 from gateway.web.errors import octo_errors
@@ -197,7 +196,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         for name, work in (
             ("push-processor", processor.run()),
             ("delivery-worker", deliverer.run()),
-            ("pruner", _prune_forever(app)),
+            ("maintenance", maintain_forever(store, config)),
         )
     }
     tasks = list(app[workers_key].values())
@@ -208,21 +207,3 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _prune_forever(app: web.Application) -> None:
-    config = app[config_key]
-    store = app[store_key]
-    retention = config.delivery.retention_days * 86400
-    while True:
-        try:
-            pruned = await store.prune_delivered(time.time() - retention)
-            if pruned:
-                log.info(
-                    "pruned %d delivered messages older than %g days", pruned, retention / 86400
-                )
-        except StorageUnavailable:
-            pass  # the store logged it; the next round catches up
-        except Exception:
-            log.exception("pruning delivered messages failed; trying again later")
-        await asyncio.sleep(3600)

@@ -20,5 +20,5 @@ hooks_key = web.AppKey("hooks", Hooks)
 templates_key = web.AppKey("templates", Templates)
 sender_key = web.AppKey("sender", Sender)
 deliverer_key = web.AppKey("deliverer", Deliverer)
-# The background tasks (push processor, delivery worker, pruner) by name, for /readyz.
+# The background tasks (push processor, delivery worker, maintenance) by name, for /readyz.
 workers_key = web.AppKey("workers", dict[str, asyncio.Task[None]])

@@ -43,7 +43,7 @@ path = "gateway.db"             # the embedded SQLite database file (WAL mode; c
 allow_private_targets = false   # true: subscribers may point at loopback/private addresses
 retry_schedule = [5, 300, 1800, 7200, 18000, 36000, 36000]  # seconds between attempts
 timeout = 15.0                  # seconds for one delivery attempt
-retention_days = 7              # delivered messages are kept this long, then pruned
+retention_days = 7              # finished messages (delivered, dead, ...) are kept this long, then pruned
 
 [logging]
 level = "INFO"                  # DEBUG, INFO, WARNING or ERROR; logs go to stderr

@@ -301,7 +301,7 @@ async def test_readyz_names_a_worker_that_stopped(gateways: Gateways) -> None:
             "storage": "ok",
             "push-processor": "ok",
             "delivery-worker": "ok",
-            "pruner": "ok",
+            "maintenance": "ok",
         },
     }
     processor = gw.client.app[workers_key]["push-processor"]

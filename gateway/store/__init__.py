@@ -8,12 +8,19 @@ from gateway.store.sqlite.deliveries import DeliveryStore
 from gateway.store.sqlite.operations import OperationsStore
 from gateway.store.sqlite.pushes import PushStore
 from gateway.store.sqlite.reads import ReadStore
+from gateway.store.sqlite.retention import RetentionStore
 from gateway.store.sqlite.room_maps import RoomMapStore
 from gateway.store.sqlite.subscriptions import SubscriptionStore
 
 
 class SQLiteStore(
-    SubscriptionStore, PushStore, DeliveryStore, RoomMapStore, ReadStore, OperationsStore
+    SubscriptionStore,
+    PushStore,
+    DeliveryStore,
+    RoomMapStore,
+    ReadStore,
+    OperationsStore,
+    RetentionStore,
 ):
     """The embedded default: one SQLite file in WAL mode."""
 

@@ -104,6 +104,17 @@ class Settlement:
     disable_after: float | None = None
 
 
+@dataclass(frozen=True)
+class Retention:
+    """What maintenance deletes, as cutoffs in Unix seconds.
+
+    ``messages_before``: finished messages (delivered, dead, skipped, superseded) that finished
+    before it, with their attempts and kept bodies; then events created before it that no
+    message refers to any more."""
+
+    messages_before: float
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -244,7 +255,9 @@ class Store(Protocol):
 
     async def replay_progress(self, subscription_id: str, since: float) -> tuple[int, int]: ...
 
-    async def prune_delivered(self, older_than: float) -> int: ...
+    async def apply_retention(self, retention: Retention) -> dict[str, int]:
+        """Delete what ``retention`` says has been kept long enough, a little at a time (other
+        writes go in between); returns how many rows went, per table."""
 
     async def queue_stats(self) -> dict[str, float]: ...
 

@@ -142,7 +142,7 @@ class Health(Answer):
 class Readiness(Answer):
     status: Literal["ready"]
     checks: dict[str, str] = Field(
-        description='"ok" for each: storage (a test write), push-processor, delivery-worker, pruner'
+        description='"ok" for each: storage (a test write), push-processor, delivery-worker, maintenance'
     )
 
 

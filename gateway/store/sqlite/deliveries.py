@@ -147,7 +147,10 @@ class DeliveryStore(SQLiteBase):
     async def replay_deliveries(self, subscription_id: str, since: float) -> int:
         """Send again every message of a subscription created since ``since`` that is not waiting
         already (delivered, dead or skipped); each keeps its webhook-id and its attempt numbers,
-        and gets the whole retry schedule again."""
+        and gets the whole retry schedule again. Events since then that the subscription got no
+        message for (it was disabled: it gets none meanwhile) get one now, unless a later update
+        of the same booking or day was sent since (sending the older one after it would undo it).
+        Returns how many messages will be sent."""
 
         def replay() -> int:
             now = time.time()
@@ -159,7 +162,7 @@ class DeliveryStore(SQLiteBase):
                     " and state in ('delivered', 'dead', 'skipped'))",
                     [subscription_id, since],
                 )
-                return int(
+                requeued = int(
                     db.execute(
                         "update deliveries set state = 'pending', replayed_after = attempts,"
                         " next_attempt_at = ?, updated_at = ? where subscription_id = ?"
@@ -167,32 +170,9 @@ class DeliveryStore(SQLiteBase):
                         [now, now, subscription_id, since],
                     ).rowcount
                 )
+                return requeued + _missed_messages(db, subscription_id, since, now)
 
         return await self._write(replay)
-
-    async def prune_delivered(self, older_than: float) -> int:
-        def prune() -> int:
-            with self._immediate() as db:
-                seqs = "select seq from deliveries where state = 'delivered' and delivered_at < ?"
-                db.execute(f"delete from attempts where delivery_seq in ({seqs})", [older_than])
-                db.execute(
-                    f"delete from delivery_bodies where delivery_seq in ({seqs})", [older_than]
-                )
-                pruned = int(
-                    db.execute(
-                        "delete from deliveries where state = 'delivered' and delivered_at < ?",
-                        [older_than],
-                    ).rowcount
-                )
-                # Events no message refers to any more are history nobody can replay.
-                db.execute(
-                    "delete from events where created_at < ? and not exists"
-                    " (select 1 from deliveries d where d.event_seq = events.seq)",
-                    [older_than],
-                )
-                return pruned
-
-        return await self._write(prune)
 
     async def queue_stats(self) -> dict[str, float]:
         def stats(db: Database) -> dict[str, float]:
@@ -218,6 +198,52 @@ class DeliveryStore(SQLiteBase):
             return int(waiting or 0), int(finished or 0)
 
         return await self._read(progress)
+
+
+def _missed_messages(db: Database, subscription_id: str, since: float, now: float) -> int:
+    """Queue a message for each event since ``since`` the subscription matches but got none
+    (it was disabled), in event order; for availability only each day's latest. An event is left
+    out when the subscription has a message for it or for a later event of its subject."""
+    found = db.execute(
+        "select event, products from subscriptions where id = ? and deleted_at is null",
+        [subscription_id],
+    ).fetchone()
+    if found is None:
+        return 0
+    event, products = found[0], set(orjson.loads(found[1]))
+    prefix = len(subscription_id) + 1  # order_key is "<subscription id>|<subject>"
+    latest: dict[str, int] = {}
+    for order_key, event_seq in db.execute(
+        "select order_key, event_seq from deliveries where subscription_id = ?", [subscription_id]
+    ):
+        subject = order_key[prefix:]
+        latest[subject] = max(latest.get(subject, 0), event_seq)
+    missed: dict[str, list[int]] = {}
+    for seq, subject, product_id in db.execute(
+        "select seq, subject, product_id from events where event = ? and created_at >= ?"
+        " order by seq",
+        [event, since],
+    ):
+        if "*" not in products and product_id not in products:
+            continue
+        if latest.get(subject, 0) >= seq:
+            continue
+        if event == "availability_update":
+            missed[subject] = [seq]  # what the subscriber must end up holding: the last
+        else:
+            missed.setdefault(subject, []).append(seq)
+    rows = [
+        (new_id("msg"), seq, subscription_id, f"{subscription_id}|{subject}", now, now, now)
+        for subject, seqs in missed.items()
+        for seq in seqs
+    ]
+    rows.sort(key=lambda row: row[1])  # seq order is delivery order within a subject
+    db.conn.executemany(
+        "insert into deliveries (id, event_seq, subscription_id, order_key, state,"
+        " next_attempt_at, created_at, updated_at) values (?, ?, ?, ?, 'pending', ?, ?, ?)",
+        rows,
+    )
+    return len(rows)
 
 
 # The subscriptions with messages queued or in flight: a loose index scan (one seek per

@@ -325,3 +325,17 @@ def m008_storage_v2(db: Database) -> None:
     db.execute("create index deliveries_subscription on deliveries (subscription_id, seq)")
     db.execute("create index attempts_subscription on attempts (subscription_id, id)")
     db.execute("create index attempts_delivery on attempts (delivery_seq, id)")
+
+
+# Issue 12's migrations are named m007_*; they run after m008 (migrations run in the order they
+# are defined here, whatever their names).
+
+
+@migrations()
+def m007_prune_finished_messages(db: Database) -> None:
+    # Maintenance prunes dead, skipped and superseded messages by when they finished, as it does
+    # delivered ones (by delivered_at, deliveries_delivered).
+    db.execute(
+        "create index deliveries_ended on deliveries (updated_at)"
+        " where state in ('dead', 'skipped', 'superseded')"
+    )

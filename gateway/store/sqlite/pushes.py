@@ -309,22 +309,21 @@ def _push(row: dict[str, Any]) -> PushRecord:
 
 
 class _Subscribers:
-    """The live subscriptions, read once per transaction and grouped by event."""
+    """The active subscriptions, read once per transaction and grouped by event. A disabled one
+    gets no messages (a replay once it is back on sends what it missed)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._by_event: dict[str, list[tuple[str, list[str], bool]]] | None = None
+        self._by_event: dict[str, list[tuple[str, list[str]]]] | None = None
 
-    def for_event(self, event: str) -> list[tuple[str, list[str], bool]]:
+    def for_event(self, event: str) -> list[tuple[str, list[str]]]:
         if self._by_event is None:
             self._by_event = {}
-            for id, name, products, active in self._db.execute(
-                "select id, event, products, active from subscriptions where deleted_at is null"
-                " order by created_at, id"
+            for id, name, products in self._db.execute(
+                "select id, event, products from subscriptions where deleted_at is null"
+                " and active = 1 order by created_at, id"
             ).fetchall():
-                self._by_event.setdefault(name, []).append(
-                    (id, orjson.loads(products), bool(active))
-                )
+                self._by_event.setdefault(name, []).append((id, orjson.loads(products)))
         return self._by_event.get(event, [])
 
 
@@ -393,8 +392,8 @@ def _fan_out(
     subscribers: _Subscribers,
     now: float,
 ) -> int:
-    """Store the event once and one small delivery row per subscription whose event and products
-    match; a newer availability for the same subject supersedes one still waiting. Returns the
+    """Store the event once and one small delivery row per active subscription whose event and
+    products match; a newer availability for the same subject supersedes one still waiting. Returns the
     number of deliveries to send."""
     cursor = db.execute(
         "insert into events (id, push_id, source, event, subject, product_id, option_id, data,"
@@ -414,13 +413,14 @@ def _fan_out(
     event_seq = cursor.lastrowid
     assert event_seq is not None
     rows = []
-    for subscription_id, products, active in subscribers.for_event(event.event):
+    for subscription_id, products in subscribers.for_event(event.event):
         if "*" not in products and event.product_id not in products:
             continue
         order_key = f"{subscription_id}|{event.subject}"
-        state = "pending" if active else "skipped"
-        rows.append((new_id("msg"), event_seq, subscription_id, order_key, state, now, now, now))
+        rows.append(
+            (new_id("msg"), event_seq, subscription_id, order_key, "pending", now, now, now)
+        )
     if event.event == "availability_update":
-        db.conn.executemany(SUPERSEDE, [(now, row[3]) for row in rows if row[4] == "pending"])
+        db.conn.executemany(SUPERSEDE, [(now, row[3]) for row in rows])
     db.conn.executemany(INSERT_DELIVERY, rows)
-    return sum(row[4] == "pending" for row in rows)
+    return len(rows)

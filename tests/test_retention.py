@@ -1,0 +1,164 @@
+"""Bounded rows (issue 12, finding 3): a disabled subscription gets no messages (a replay once it is
+back on sends what it missed), and maintenance prunes finished messages of every kind (delivered,
+dead, skipped, superseded) with their attempts, and the events nothing refers to any more."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.models import AttemptRecord, DeliveryRecord, EventName, Subscription
+from gateway.store import SQLiteStore, utcnow
+from gateway.store.interface import ClaimRoom, Retention, Settlement
+from tests.receivers import availability_event, booking_event, emit
+
+ROOM = ClaimRoom(total=1000, per_subscription=1000)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "retention.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def subscription(id: str, event: EventName = "booking_update", active: bool = True) -> Subscription:
+    now = utcnow()
+    return Subscription(
+        id=id,
+        tenant="t",
+        event=event,
+        url="https://example.com/hook",
+        secret="whsec_abc",
+        products=["*"],
+        active=active,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def count(store: SQLiteStore, sql: str, *params: Any) -> int:
+    conn = sqlite3.connect(store.path)
+    try:
+        return int(conn.execute(sql, params).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def states(store: SQLiteStore, subscription_id: str) -> list[str]:
+    conn = sqlite3.connect(store.path)
+    try:
+        rows = conn.execute(
+            "select state from deliveries where subscription_id = ? order by seq",
+            [subscription_id],
+        ).fetchall()
+    finally:
+        conn.close()
+    return [row[0] for row in rows]
+
+
+async def settle(store: SQLiteStore, record: DeliveryRecord, state: str, status: int) -> None:
+    attempt = AttemptRecord(
+        delivery_id=record.id,
+        subscription_id=record.subscription_id,
+        attempt=1,
+        attempted_at=time.time(),
+        outcome="delivered" if state == "delivered" else "dead",
+        status=status,
+    )
+    assert await store.settle_deliveries([Settlement(record, attempt, state)]) == [True]  # type: ignore[arg-type]
+
+
+async def claim(store: SQLiteStore) -> list[DeliveryRecord]:
+    return await store.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+
+
+# -- disabled subscriptions ------------------------------------------------------------------
+
+
+async def test_a_disabled_subscription_gets_no_rows(store: SQLiteStore) -> None:
+    await store.insert_subscription(subscription("on"))
+    await store.insert_subscription(subscription("off", active=False))
+    for n in range(30):
+        assert await emit(store, [booking_event(f"test:b{n}")]) == 1
+    assert count(store, "select count(*) from deliveries where subscription_id = 'on'") == 30
+    assert count(store, "select count(*) from deliveries where subscription_id = 'off'") == 0
+
+
+async def test_replay_sends_what_a_disabled_subscription_missed_in_order(
+    store: SQLiteStore,
+) -> None:
+    await store.insert_subscription(subscription("s", active=False))
+    await store.insert_subscription(subscription("a", "availability_update", active=False))
+    since = time.time() - 1
+    # While off: three updates of booking b, one of c, three availabilities of one day.
+    await emit(store, [booking_event("test:b", n) for n in range(3)] + [booking_event("test:c")])
+    for n in range(3):
+        await emit(store, [availability_event("test:room|rate|2030-01-01", n)])
+    assert count(store, "select count(*) from deliveries") == 0
+
+    for id in ("s", "a"):
+        found = await store.get_subscription(None, id)
+        assert found is not None
+        assert await store.update_subscription(found.model_copy(update={"active": True}))
+    # Back on: a later update of c is sent before anyone replays.
+    await emit(store, [booking_event("test:c", 1)])
+
+    assert await store.replay_deliveries("s", since) == 3  # b 0, 1, 2; not c 0 (c 1 is newer)
+    assert await store.replay_deliveries("a", since) == 1  # only the day's last availability
+    sent: dict[str, list[Any]] = {}
+    while claimed := await claim(store):  # claims keep each subject's order, as sending does
+        for record in claimed:
+            data = record.data
+            what = data["booking"]["notes"] if "booking" in data else data["availability"]
+            sent.setdefault(record.order_key.split("|", 1)[1], []).append(
+                what if isinstance(what, str) else what["vacancies"]
+            )
+            await settle(store, record, "delivered", 200)
+    assert sent == {
+        "test:b": ["update 0", "update 1", "update 2"],
+        "test:c": ["update 1"],
+        "test:room|rate|2030-01-01": [2],
+    }
+
+
+# -- pruning finished messages ---------------------------------------------------------------
+
+
+async def test_retention_prunes_finished_messages_of_every_kind(store: SQLiteStore) -> None:
+    await store.insert_subscription(subscription("s"))
+    await store.insert_subscription(subscription("a", "availability_update"))
+    before = time.time() - 1
+    await emit(store, [booking_event(f"test:b{n}") for n in range(4)])
+    day = "test:room|rate|2030-01-01"
+    await emit(store, [availability_event(day, 0)])
+    await emit(store, [availability_event(day, 1)])  # supersedes the first, still waiting
+    claimed = await claim(store)
+    records = sorted((r for r in claimed if r.subscription_id == "s"), key=lambda r: r.order_key)
+    await settle(store, records[0], "delivered", 200)
+    await settle(store, records[1], "dead", 400)
+    await store.skip_delivery(records[2], "subscription disabled or deleted")
+    await store.release_deliveries([records[3]])  # back to pending: still waiting
+    [availability] = [r for r in claimed if r.subscription_id == "a"]
+    await store.release_deliveries([availability])
+    assert sorted(states(store, "s")) == ["dead", "delivered", "pending", "skipped"]
+    assert states(store, "a") == ["superseded", "pending"]
+    events_before = count(store, "select count(*) from events")
+
+    assert await store.apply_retention(Retention(messages_before=before)) == {}
+    assert count(store, "select count(*) from deliveries") == 6
+
+    removed = await store.apply_retention(Retention(messages_before=time.time() + 1))
+    assert removed == {"deliveries": 4, "attempts": 2, "events": 4}
+    assert states(store, "s") == ["pending"]
+    assert states(store, "a") == ["pending"]
+    assert count(store, "select count(*) from attempts") == 0
+    # The events of the two waiting messages stay; the others went with their messages.
+    assert count(store, "select count(*) from events") == events_before - 4 == 2
+    assert await store.apply_retention(Retention(messages_before=time.time() + 1)) == {}
