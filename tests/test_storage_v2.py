@@ -210,3 +210,38 @@ def test_the_hot_statements_seek_by_index_and_never_scan_the_deliveries(tmp_path
         plan = [row[3] for row in db.execute("explain query plan " + sql, params).fetchall()]
         scans = [step for step in plan if re.match(r"SCAN (deliveries|pushes|events)\b", step)]
         assert not scans, f"{name}: {plan}"
+
+
+def test_trusted_builds_the_model_model_construct_would_and_falls_back_when_unsure() -> None:
+    """``trusted`` skips ``model_construct``'s per-field work for our own rows: the model is the
+    same (equal, same fields set, copies and dumps alike); with a field missing it is
+    ``model_construct`` again (defaults filled in), never a model without the attribute."""
+    from gateway.models import DeliveryRecord, trusted
+
+    values: dict[str, Any] = {
+        "seq": 1,
+        "id": "msg_1",
+        "event_seq": 2,
+        "subscription_id": "s",
+        "event": "availability_update",
+        "order_key": "s|x",
+        "state": "leased",
+        "attempts": 0,
+        "replayed_after": 0,
+        "next_attempt_at": 1.0,
+        "lease_token": "lease_1",
+        "body": None,
+        "last_status": None,
+        "last_error": None,
+        "created_at": 1.0,
+        "delivered_at": None,
+        "data": {"availability": {"id": "2026-01-01"}},
+    }
+    fast = trusted(DeliveryRecord, dict(values))
+    slow = DeliveryRecord.model_construct(**values)
+    assert fast == slow and fast.model_dump() == slow.model_dump()
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_copy(update={"state": "delivered"}).state == "delivered"
+    partial = {k: v for k, v in values.items() if k not in ("replayed_after", "data")}
+    filled = trusted(DeliveryRecord, partial)
+    assert (filled.replayed_after, filled.data) == (0, {})

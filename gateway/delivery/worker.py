@@ -38,6 +38,7 @@ from gateway.models import (
     DeliveryState,
     Subscription,
     mask_password,
+    trusted,
 )
 from gateway.store import utcnow
 from gateway.store.errors import StorageUnavailable
@@ -686,16 +687,19 @@ class Deliverer:
                     # The subscriber asked for a pause: none of its messages until then.
                     held = self._held_back.get(record.subscription_id, 0.0)
                     self._held_back[record.subscription_id] = max(held, next_at)
-        attempt = AttemptRecord.model_construct(  # our own values: no validation needed
-            delivery_id=record.id,
-            subscription_id=record.subscription_id,
-            attempt=attempt_number,
-            attempted_at=time.time(),
-            outcome=outcome,
-            status=response.status,
-            latency_ms=response.latency_ms,
-            error=response.error,
-            response=response.excerpt,
+        attempt = trusted(  # our own values: no validation needed
+            AttemptRecord,
+            {
+                "delivery_id": record.id,
+                "subscription_id": record.subscription_id,
+                "attempt": attempt_number,
+                "attempted_at": time.time(),
+                "outcome": outcome,
+                "status": response.status,
+                "latency_ms": response.latency_ms,
+                "error": response.error,
+                "response": response.excerpt,
+            },
         )
         settled = await self._record(
             Settlement(

@@ -19,7 +19,7 @@ from typing import Protocol
 import aiohttp
 
 from gateway.config import IngestConfig, ServerConfig, SourceConfig
-from gateway.models import NewEvent, PushRecord, RoomMap, RoomMapUpdate
+from gateway.models import NewEvent, PushRecord, RoomMap, RoomMapUpdate, trusted
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.pipeline.versions import version_micros
 from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
@@ -43,28 +43,38 @@ def availability_subject(source: str, product_id: str, option_id: str, day: str)
 def booking_event(source: str, event: BookingEvent) -> NewEvent:
     booking = event.booking
     subject = event.booking_key  # already names the source
-    return NewEvent(
-        event="booking_update",
-        subject=subject,
-        product_id=booking.product_id,
-        option_id=booking.option_id,
-        data={"booking": booking.model_dump(mode="json", by_alias=True)},
-        state_key=subject,
-        revision=event.revision,
-        version=None if event.version is None else version_micros(event.version),
+    # Built from the OCTO models the plugin's output was validated into: no second validation.
+    return trusted(
+        NewEvent,
+        {
+            "event": "booking_update",
+            "subject": subject,
+            "product_id": booking.product_id,
+            "option_id": booking.option_id,
+            "data": {"booking": booking.model_dump(mode="json", by_alias=True)},
+            "state_key": subject,
+            "revision": event.revision,
+            "version": None if event.version is None else version_micros(event.version),
+            "only_if_changed": False,
+        },
     )
 
 
 def availability_event(source: str, event: AvailabilityEvent, only_if_changed: bool) -> NewEvent:
     subject = availability_subject(source, *event.key)
-    return NewEvent(
-        event="availability_update",
-        subject=subject,
-        product_id=event.product_id,
-        option_id=event.option_id,
-        data={"availability": event.availability.model_dump(mode="json", by_alias=True)},
-        state_key=subject,
-        only_if_changed=only_if_changed,
+    return trusted(
+        NewEvent,
+        {
+            "event": "availability_update",
+            "subject": subject,
+            "product_id": event.product_id,
+            "option_id": event.option_id,
+            "data": {"availability": event.availability.model_dump(mode="json", by_alias=True)},
+            "state_key": subject,
+            "revision": None,
+            "version": None,
+            "only_if_changed": only_if_changed,
+        },
     )
 
 

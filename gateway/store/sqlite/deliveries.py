@@ -17,6 +17,7 @@ from gateway.models import (
     AttemptRecord,
     DeliveryRecord,
     EventName,
+    trusted,
 )
 from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.sqlite.base import (
@@ -379,24 +380,27 @@ def _delivery(
 ) -> DeliveryRecord:
     """A claimed row as the worker gets it (our own row: built without validation)."""
     name, data = events[row["event_seq"]]
-    return DeliveryRecord.model_construct(
-        seq=row["seq"],
-        id=row["id"],
-        event_seq=row["event_seq"],
-        subscription_id=row["subscription_id"],
-        event=name,
-        order_key=row["order_key"],
-        state=row["state"],
-        attempts=row["attempts"],
-        replayed_after=row["replayed_after"],
-        next_attempt_at=row["next_attempt_at"],
-        lease_token=row["lease_token"],
-        body=body,
-        last_status=row["last_status"],
-        last_error=row["last_error"],
-        created_at=row["created_at"],
-        delivered_at=row["delivered_at"],
-        data=data,
+    return trusted(
+        DeliveryRecord,
+        {
+            "seq": row["seq"],
+            "id": row["id"],
+            "event_seq": row["event_seq"],
+            "subscription_id": row["subscription_id"],
+            "event": name,
+            "order_key": row["order_key"],
+            "state": row["state"],
+            "attempts": row["attempts"],
+            "replayed_after": row["replayed_after"],
+            "next_attempt_at": row["next_attempt_at"],
+            "lease_token": row["lease_token"],
+            "body": body,
+            "last_status": row["last_status"],
+            "last_error": row["last_error"],
+            "created_at": row["created_at"],
+            "delivered_at": row["delivered_at"],
+            "data": data,
+        },
     )
 
 
