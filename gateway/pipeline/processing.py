@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 def push_retry_delay(attempts: int, config: IngestConfig) -> float:
     """Exponential backoff with full jitter on the upper half, capped."""
-    delay: float = min(config.retry_base * 2.0 ** max(attempts - 1, 0), config.retry_max)
+    # The exponent is capped: 2.0 ** 1024 overflows, and max_attempts may be set that high.
+    delay: float = min(config.retry_base * 2.0 ** min(max(attempts - 1, 0), 64), config.retry_max)
     return delay * random.uniform(0.5, 1.0)
 
 

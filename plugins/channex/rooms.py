@@ -44,7 +44,8 @@ def room_details(
     """A room as the map keeps it: what recognises it next time and what sends it again (Channex
     field names, the stay resolved against the revision's dates). No card data, no meta."""
     occupancy = room.get("occupancy") or revision.get("occupancy") or {}
-    guests = room.get("guests") or []
+    guests = room.get("guests")
+    guests = guests if isinstance(guests, list) else []
     return {
         "booking_room_id": text(room.get("booking_room_id")),
         "room_type_id": text(room.get("room_type_id")),

@@ -234,7 +234,7 @@ def _room_event(
         ),
         availability_id=stay.id,
         availability=stay,
-        contact=_contact(revision.get("customer") or {}),
+        contact=_contact(_object(revision.get("customer"))),
         notes=text(revision.get("notes")),
         unit_items=unit_items(
             counts,
@@ -261,7 +261,7 @@ def _times(revision: Mapping[str, Any], received_at: datetime | None) -> tuple[s
 def _refund(revision: Mapping[str, Any]) -> Refund:
     fees = [
         _money(service.get("total_price"))
-        for service in revision.get("services") or []
+        for service in _objects(revision.get("services"))
         if str(service.get("type") or "").lower() == "cancellation fee"
     ]
     if not fees:
@@ -274,9 +274,22 @@ def _refund(revision: Mapping[str, Any]) -> Refund:
 
 def _money(value: Any) -> Decimal:
     try:
-        return Decimal(str(value or 0))
+        amount = Decimal(str(value or 0))
     except InvalidOperation:
         raise TranslationError(f"not an amount: {value!r}") from None
+    if not amount.is_finite():  # NaN can't even be compared
+        raise TranslationError(f"not an amount: {value!r}")
+    return amount
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    """A field that should hold an object; anything else counts as missing."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _objects(value: Any) -> list[Mapping[str, Any]]:
+    """The objects in a field that should hold a list of them; anything else is left out."""
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 
 def _contact(person: Mapping[str, Any]) -> Contact:
