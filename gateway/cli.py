@@ -415,6 +415,33 @@ def replay_pushes(push_ids: tuple[str, ...], config_path: Path | None) -> None:
     click.echo(f"{len(replayed)} failed push(es) queued again", err=True)
 
 
+@cli.command()
+@click.option(
+    "--booking",
+    "booking",
+    required=True,
+    metavar="SOURCE:ID",
+    help="The PMS booking, e.g. beds24:82279106 or channex:<booking id>.",
+)
+@config_option
+def erase(booking: str, config_path: Path | None) -> None:
+    """Remove one guest's personal data everywhere: the pushes that carry the booking, its events
+    with their messages, attempts and kept bodies, its state and room map.
+
+    Deleted rows are overwritten, the space is given back and the write-ahead log emptied, so no
+    copy is left in the database files. Prints how many rows went from each table. A running
+    gateway may stay up; a message for the booking still waiting is not sent. A push that names
+    several bookings goes whole."""
+    source, _, booking_id = booking.partition(":")
+    if not source or not booking_id:
+        fail(f"--booking: {booking!r} is not SOURCE:ID (e.g. beds24:82279106)", 2)
+    config = load_or_exit(config_path)
+    removed = run_with_store(config, lambda store: store.erase_booking(source, booking_id))
+    for table, count in removed.items():
+        click.echo(f"{table:<16} {count}")
+    click.echo(f"erased {sum(removed.values())} row(s) of {source}:{booking_id}", err=True)
+
+
 DELIVERY_STATES: tuple[str, ...] = get_args(DeliveryState)
 
 

@@ -81,6 +81,21 @@ class DeliveryConfig(Section):
         return value
 
 
+class RetentionConfig(Section):
+    """How long what the gateway keeps is kept (docs/data.md). Messages, their attempts and the
+    events they were rendered from follow ``delivery.retention_days``."""
+
+    # Processed pushes, raw bodies and all, are deleted this long after they were processed.
+    pushes_days: float = Field(7.0, gt=0)
+    # A failed push is kept this long for a replay (``gateway replay-pushes``).
+    failed_pushes_days: float = Field(30.0, gt=0)
+    # A booking's last state (for uuids, diffs, order and reconciliation reads) and room map, and
+    # a day's availability, are kept this long after the stay (the day) ended.
+    state_days_after_stay: float = Field(30.0, ge=0)
+    # Seconds between maintenance rounds.
+    interval: float = Field(3600.0, gt=0)
+
+
 class IngestConfig(Section):
     concurrency: int = Field(32, ge=1, description="pushes processed at once")
     lease_seconds: float = Field(120.0, gt=0, description="a push held longer is taken over")
@@ -134,6 +149,7 @@ class GatewayConfig(Section):
     templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     api_keys: list[ApiKey] = Field(default_factory=list)
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     supplier: SupplierConfig = Field(default_factory=SupplierConfig)

@@ -45,6 +45,14 @@ retry_schedule = [5, 300, 1800, 7200, 18000, 36000, 36000]  # seconds between at
 timeout = 15.0                  # seconds for one delivery attempt
 retention_days = 7              # finished messages (delivered, dead, ...) are kept this long, then pruned
 
+[retention]                     # how long what the gateway keeps is kept (docs/data.md); messages, their
+                                # attempts and events follow delivery.retention_days
+pushes_days = 7                 # processed pushes, raw bodies (guest data) and all, are deleted this long after
+failed_pushes_days = 30         # a failed push is kept this long for a replay (gateway replay-pushes)
+state_days_after_stay = 30      # a booking's last state and room map, a day's availability: kept this long
+                                # after the stay (the day) ended
+interval = 3600.0               # seconds between maintenance rounds (deletes, then gives the space back)
+
 [logging]
 level = "INFO"                  # DEBUG, INFO, WARNING or ERROR; logs go to stderr
 

@@ -1,6 +1,8 @@
-"""Bounded rows (issue 12, finding 3): a disabled subscription gets no messages (a replay once it is
-back on sends what it missed), and maintenance prunes finished messages of every kind (delivered,
-dead, skipped, superseded) with their attempts, and the events nothing refers to any more."""
+"""Retention (issue 12). Finding 3, bounded rows: a disabled subscription gets no messages (a replay
+once it is back on sends what it missed), and maintenance prunes finished messages of every kind
+(delivered, dead, skipped, superseded) with their attempts, and the events nothing refers to any
+more. Finding 10, data that grows forever: pushes go after a window (failed ones after a longer
+one), a booking's state some days after its stay, and the space goes back to the file system."""
 
 from __future__ import annotations
 
@@ -12,9 +14,18 @@ from typing import Any
 
 import pytest
 
-from gateway.models import AttemptRecord, DeliveryRecord, EventName, Subscription
-from gateway.store import SQLiteStore, utcnow
+from gateway.maintenance import maintain
+from gateway.models import (
+    AttemptRecord,
+    DeliveryRecord,
+    EventName,
+    RoomMap,
+    RoomMapUpdate,
+    Subscription,
+)
+from gateway.store import SQLiteStore, connect, utcnow
 from gateway.store.interface import ClaimRoom, Retention, Settlement
+from gateway.store.sqlite.migrations import migrations
 from tests.receivers import availability_event, booking_event, emit
 
 ROOM = ClaimRoom(total=1000, per_subscription=1000)
@@ -162,3 +173,142 @@ async def test_retention_prunes_finished_messages_of_every_kind(store: SQLiteSto
     # The events of the two waiting messages stay; the others went with their messages.
     assert count(store, "select count(*) from events") == events_before - 4 == 2
     assert await store.apply_retention(Retention(messages_before=time.time() + 1)) == {}
+
+
+async def test_a_deleted_subscription_goes_with_its_last_message(store: SQLiteStore) -> None:
+    await store.insert_subscription(subscription("gone"))
+    await emit(store, [booking_event("test:b")])
+    [record] = await claim(store)
+    await settle(store, record, "delivered", 200)
+    assert await store.delete_subscription("t", "gone") is not None
+    assert count(store, "select count(*) from subscriptions") == 1  # its history names it
+
+    removed = await store.apply_retention(Retention(messages_before=time.time() + 1))
+    assert removed == {"deliveries": 1, "attempts": 1, "events": 1, "subscriptions": 1}
+    assert count(store, "select count(*) from subscriptions") == 0
+
+
+# -- data that grows forever (issue 12, finding 10) ------------------------------------------
+
+
+async def stored_push(store: SQLiteStore, n: int, state: str = "processed", size: int = 10) -> str:
+    push, _ = await store.insert_push(
+        source="test",
+        kind="k",
+        payload={"n": n, "guest": "x" * size},
+        dedupe_key=None,
+        order_key=None,
+        lease_seconds=60 if state == "processed" else None,
+        state="failed" if state == "failed" else "accepted",
+        error="broken" if state == "failed" else None,
+    )
+    if state == "processed":
+        assert push.lease_token is not None
+        assert await store.complete_push(push.id, push.lease_token, []) == 0
+    return push.id
+
+
+async def test_pushes_go_after_their_windows_failed_ones_later(store: SQLiteStore) -> None:
+    processed = await stored_push(store, 1)
+    failed = await stored_push(store, 2, "failed")
+    replayed = await stored_push(store, 3, "failed")
+    waiting = await stored_push(store, 4, "accepted")
+    assert await store.replay_failed_pushes([replayed]) == [replayed]
+    now = time.time()
+
+    kept_failed = Retention(pushes_before=now + 1, failed_pushes_before=now - 3600)
+    assert await store.apply_retention(kept_failed) == {"pushes": 1}
+    assert await store.get_push(processed) is None
+    assert await store.get_push(failed) is not None
+
+    everything = Retention(pushes_before=now + 1, failed_pushes_before=now + 1)
+    assert await store.apply_retention(everything) == {"pushes": 1}
+    assert await store.get_push(failed) is None
+    # Waiting to be processed (a replayed one too): never deleted.
+    assert await store.get_push(replayed) is not None
+    assert await store.get_push(waiting) is not None
+
+
+def stay(subject: str, ends: str, n: int = 0) -> Any:
+    event = booking_event(subject, n)
+    event.data["booking"]["availability"]["localDateTimeEnd"] = f"{ends}T00:00:00+00:00"
+    return event
+
+
+async def test_state_goes_some_days_after_the_stay(store: SQLiteStore) -> None:
+    push, _ = await store.insert_push(
+        source="test", kind="k", payload={}, dedupe_key=None, order_key=None, lease_seconds=60
+    )
+    assert push.lease_token is not None
+    events = [
+        stay("test:past", "2020-01-05"),
+        stay("test:past:0", "2020-01-05"),  # a room of a booking that lists several
+        stay("test:future", "2099-01-05"),
+        availability_event("test:room|rate|2020-01-04"),
+        availability_event("test:room|rate|2099-01-04"),
+    ]
+    maps = [
+        RoomMapUpdate(source="test", booking=booking, rooms=RoomMap(), generation=0)
+        for booking in ("past", "future")
+    ]
+    await store.complete_push(push.id, push.lease_token, events, room_maps=maps)
+
+    removed = await store.apply_retention(Retention(stays_before="2025-01-01"))
+    assert removed == {"booking_state": 2, "room_maps": 1, "availability_state": 1}
+    assert await store.get_room_map("test", "past") is None
+    assert await store.get_room_map("test", "future") is not None
+    assert count(store, "select count(*) from booking_state where key = 'test:future'") == 1
+    assert count(store, "select count(*) from availability_state") == 1
+    assert await store.apply_retention(Retention(stays_before="2025-01-01")) == {}
+
+
+async def test_a_maintenance_round_applies_the_config_and_gives_the_space_back(
+    store: SQLiteStore, make_config: Any
+) -> None:
+    config = make_config(retention={"pushes_days": 2, "failed_pushes_days": 10})
+    for n in range(100):
+        await stored_push(store, n, size=20_000)  # two 4 KiB pages and more each
+    assert "pushes" not in await maintain(store, config, now=time.time() + 86400)  # too soon
+    conn = sqlite3.connect(store.path)
+    try:
+        [pages] = conn.execute("PRAGMA page_count").fetchone()
+    finally:
+        conn.close()
+
+    removed = await maintain(store, config, now=time.time() + 3 * 86400)
+    assert removed["pushes"] == 100
+    assert removed["pages"] > 400
+    conn = sqlite3.connect(store.path)
+    try:
+        assert conn.execute("PRAGMA freelist_count").fetchone() == (0,)
+        assert conn.execute("PRAGMA page_count").fetchone()[0] <= pages - removed["pages"]
+    finally:
+        conn.close()
+
+
+async def test_a_database_from_before_m007_is_turned_to_incremental_vacuum(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    db = connect(path)
+    db.enable_wal()
+    migrations.apply(db, stop_before="m007_prune_finished_messages")
+    db.execute(
+        "insert into pushes (id, source, kind, dedupe_key, state, next_attempt_at, received_at)"
+        " values ('psh_old', 'test', 'k', 'd', 'failed', 0, 0)"
+    )
+    db.conn.commit()
+    assert db.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+    db.close()
+
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.get_push("psh_old") is not None
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # INCREMENTAL
+    finally:
+        conn.close()

@@ -5,10 +5,10 @@
 
 from gateway.store.sqlite.base import connect, new_id, utcnow
 from gateway.store.sqlite.deliveries import DeliveryStore
+from gateway.store.sqlite.erase import EraseStore
 from gateway.store.sqlite.operations import OperationsStore
 from gateway.store.sqlite.pushes import PushStore
 from gateway.store.sqlite.reads import ReadStore
-from gateway.store.sqlite.retention import RetentionStore
 from gateway.store.sqlite.room_maps import RoomMapStore
 from gateway.store.sqlite.subscriptions import SubscriptionStore
 
@@ -20,7 +20,7 @@ class SQLiteStore(
     RoomMapStore,
     ReadStore,
     OperationsStore,
-    RetentionStore,
+    EraseStore,  # and the RetentionStore it builds on
 ):
     """The embedded default: one SQLite file in WAL mode."""
 

@@ -106,13 +106,21 @@ class Settlement:
 
 @dataclass(frozen=True)
 class Retention:
-    """What maintenance deletes, as cutoffs in Unix seconds.
+    """What maintenance deletes, as cutoffs; None keeps that kind of data.
 
-    ``messages_before``: finished messages (delivered, dead, skipped, superseded) that finished
-    before it, with their attempts and kept bodies; then events created before it that no
-    message refers to any more."""
+    - ``messages_before`` (Unix seconds): finished messages (delivered, dead, skipped, superseded)
+      that finished before it, with their attempts and kept bodies; then events created before
+      it that no message refers to any more.
+    - ``pushes_before`` / ``failed_pushes_before``: pushes processed / failed before it, raw
+      bodies and all (a failed push replayed meanwhile is waiting again, not failed).
+    - ``stays_before`` ("YYYY-MM-DD"): the state kept per booking whose stay ended before that
+      day (its last Booking, version, room map), and the availability of days before it.
+    """
 
-    messages_before: float
+    messages_before: float | None = None
+    pushes_before: float | None = None
+    failed_pushes_before: float | None = None
+    stays_before: str | None = None
 
 
 class Store(Protocol):
@@ -258,6 +266,16 @@ class Store(Protocol):
     async def apply_retention(self, retention: Retention) -> dict[str, int]:
         """Delete what ``retention`` says has been kept long enough, a little at a time (other
         writes go in between); returns how many rows went, per table."""
+
+    async def release_free_pages(self) -> int:
+        """Give the space of deleted rows back to the file system, a little at a time; returns
+        how many pages (of the store's page size) were given back."""
+
+    async def erase_booking(self, source: str, booking_id: str) -> dict[str, int]:
+        """Remove one PMS booking's personal data everywhere: the pushes that carry it, its
+        events with their messages, attempts and kept bodies, its state and room map. Deleted
+        content is overwritten, the space given back and the write-ahead log emptied. Returns how
+        many rows went, per table."""
 
     async def queue_stats(self) -> dict[str, float]: ...
 

@@ -339,3 +339,23 @@ def m007_prune_finished_messages(db: Database) -> None:
         "create index deliveries_ended on deliveries (updated_at)"
         " where state in ('dead', 'skipped', 'superseded')"
     )
+
+
+@migrations()
+def m007_stay_end_index(db: Database) -> None:
+    # Maintenance drops a booking's state some days after its stay ended; the expression is the
+    # one gateway/store/sqlite/retention.py uses (SQLite uses an expression index only for it).
+    db.execute(
+        "create index booking_state_stay_end on booking_state"
+        " (substr(json_extract(booking, '$.availability.localDateTimeEnd'), 1, 10))"
+    )
+
+
+@migrations(transactional=False)
+def m007_incremental_vacuum(db: Database) -> None:
+    # Free pages go back to the file system after maintenance deletes (PRAGMA incremental_vacuum).
+    # An existing file takes the setting only when rebuilt: VACUUM, once, at the first start after
+    # the upgrade (it needs free disk space the size of the database while it runs), which also
+    # drops whatever deleted data lingered in free space.
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    db.execute("VACUUM")
