@@ -37,8 +37,8 @@ from gateway.plugins import make_plugin_manager
 from gateway.redact import install_redaction
 from gateway.samples import sample_data
 from gateway.sources import Source
-from gateway.store import SQLiteStore
-from gateway.store.interface import Store
+from gateway.store.factory import make_store
+from gateway.store.interface import Notifying, Store
 from gateway.web import admin, apidocs, console, ingest, octo_reads, ops, webhook_actions, webhooks
 from gateway.web.errors import octo_errors
 from gateway.web.server import body_deadline
@@ -88,7 +88,7 @@ def create_app(
     app[ingest.sources_key] = check_sources(config, hooks.sources())
     app[ingest.intake_key] = ingest.NoProcessor()
 
-    app.cleanup_ctx.append(_store_ctx(store or sqlite_store(config)))
+    app.cleanup_ctx.append(_store_ctx(store or make_store(config)))
     app.cleanup_ctx.append(_sessions_ctx)
     app.cleanup_ctx.append(_startup_ctx)
     if workers:
@@ -110,12 +110,6 @@ def create_app(
 
 
 pms_session_key = web.AppKey("pms_session", aiohttp.ClientSession)
-
-
-def sqlite_store(config: GatewayConfig) -> SQLiteStore:
-    """The embedded store, waiting for another process's lock no longer than a push may wait."""
-    timeout = config.storage.write_timeout
-    return SQLiteStore(config.storage.path, busy_timeout=timeout, fault_memory=max(2 * timeout, 1))
 
 
 def check_sources(config: GatewayConfig, sources: dict[str, Source]) -> dict[str, Source]:
@@ -199,6 +193,9 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             ("maintenance", maintain_forever(store, config)),
         )
     }
+    if isinstance(store, Notifying):  # other processes' work wakes this one's workers
+        store.on_pushes_waiting(processor.wake)
+        store.on_deliveries_waiting(deliverer.wake)
     tasks = list(app[workers_key].values())
     yield
     # Workers first: stop claiming, let in-flight work finish within the grace period.

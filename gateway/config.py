@@ -12,8 +12,16 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -38,11 +46,49 @@ class ServerConfig(Section):
     max_connections: int = Field(1000, ge=1)
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 class StorageConfig(Section):
+    """``path``: the embedded SQLite file (the default). ``url``: a PostgreSQL database shared by
+    any number of gateway processes. Only one of the two may be given."""
+
     path: Path = Path("gateway.db")
     # A push that can't be stored within this many seconds (disk full, database locked by another
     # process, read-only) answers 503 with Retry-After; also how long a write waits for a lock.
     write_timeout: float = Field(5.0, gt=0, le=60)
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(POSTGRES_SCHEMES):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_store(self) -> StorageConfig:
+        if self.url is not None and "path" in self.model_fields_set:
+            raise ValueError("give either path (SQLite) or url (PostgreSQL), not both")
+        return self
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url is not None
+
+    def describe(self) -> str:
+        """Where the store is, safe to log: a URL's password is masked."""
+        return redact_url(self.url) if self.url is not None else str(self.path)
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class PluginsConfig(Section):
@@ -243,6 +289,8 @@ def describe_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) ->
             message = "field required"
         elif error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         problems.append(f"{key_path((*prefix, *error['loc']))}: {message}")
     return "; ".join(problems)
 

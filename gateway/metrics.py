@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -59,6 +61,14 @@ class Metrics:
             ["source", "result"],
             registry=self.registry,
         )
+        # Each process keeps its own counters; this says which process answered the scrape.
+        self.process = process_name()
+        Gauge(
+            "gateway_process_info",
+            "The gateway process these metrics belong to (host:pid, and worker name)",
+            ["process"],
+            registry=self.registry,
+        ).labels(self.process).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -107,3 +117,10 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
         return found
 
     return middleware
+
+
+def process_name() -> str:
+    """This process in metrics: host and pid, and its worker name under ``serve --workers``."""
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    worker = os.environ.get("GATEWAY_PROCESS_NAME")
+    return f"{name}:{worker}" if worker else name

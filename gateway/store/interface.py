@@ -14,10 +14,10 @@ them, telling the store how much room it has (``ClaimRoom``) and taking its slot
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.models import (
     AttemptRecord,
@@ -300,3 +300,13 @@ class Store(Protocol):
 
     async def delivery_activity(self, since: float, *, max_rows: int = 50_000) -> Activity:
         """Attempts per minute by outcome and push-to-delivery latency since ``since``."""
+
+
+@runtime_checkable
+class Notifying(Protocol):
+    """A store shared by several processes that tells this one when work it could take was
+    stored elsewhere (PostgreSQL's LISTEN/NOTIFY). Workers still poll; this only wakes them early."""
+
+    def on_pushes_waiting(self, wake: Callable[[], None]) -> None: ...
+
+    def on_deliveries_waiting(self, wake: Callable[[], None]) -> None: ...

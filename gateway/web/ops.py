@@ -68,4 +68,7 @@ async def metrics(request: web.Request) -> web.Response:
     metrics_.queue_depth.set(stats["depth"])
     metrics_.oldest_pending.set(stats["oldest_age"])
     body = metrics_.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=body,
+        headers={"Content-Type": CONTENT_TYPE_LATEST, "X-Gateway-Process": metrics_.process},
+    )

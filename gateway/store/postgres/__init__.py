@@ -1,0 +1,15 @@
+"""The PostgreSQL store: any number of gateway processes on one database.
+
+Needs the ``postgres`` extra (asyncpg): ``pip install 'octo-gateway[postgres]'``.
+"""
+
+from gateway.store.postgres.deliveries import DeliveryStore
+from gateway.store.postgres.pushes import PushStore
+from gateway.store.postgres.subscriptions import SubscriptionStore
+
+
+class PostgresStore(SubscriptionStore, PushStore, DeliveryStore):
+    """Implements ``gateway.store.interface.Store`` on a PostgreSQL database."""
+
+
+__all__ = ["PostgresStore"]

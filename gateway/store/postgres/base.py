@@ -1,0 +1,139 @@
+"""The PostgreSQL store's plumbing: the connection pool, migrations, and LISTEN/NOTIFY wake-ups.
+
+Any number of gateway processes share one database. Each state change is a short transaction;
+claims lease rows with ``FOR UPDATE SKIP LOCKED`` so processes never wait on each other's rows.
+A process that stored work another process could take sends ``NOTIFY`` in the same transaction
+(delivered on commit); every process LISTENs on a connection of its own and wakes its workers.
+Polling stays the fallback: a lost listener connection costs latency, never work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from gateway.config import redact_url
+from gateway.store.postgres import migrations
+
+# A connection of the pool or one of our own: both run the same queries.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+log = logging.getLogger(__name__)
+
+PUSHES_CHANNEL = "gateway_pushes"
+DELIVERIES_CHANNEL = "gateway_deliveries"
+RELISTEN_AFTER = 2.0  # seconds between attempts to get a lost listener connection back
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached (said without the URL's password)."""
+
+
+class PostgresBase:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._wakers: dict[str, list[Callable[[], None]]] = {
+            PUSHES_CHANNEL: [],
+            DELIVERIES_CHANNEL: [],
+        }
+        self._listener: asyncpg.Connection | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def describe(self) -> str:
+        """Where the store is, safe to log (the URL's password masked)."""
+        return redact_url(self.url)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            conn = await asyncpg.connect(self.url)
+        except (TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"cannot connect: {exc}") from None
+        try:
+            await migrations.apply(conn)
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=self.pool_size, command_timeout=60
+        )
+        self._listen_task = asyncio.create_task(self._listen_forever(), name="store-listener")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    def on_pushes_waiting(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when any process stored a push this one could take."""
+        self._wakers[PUSHES_CHANNEL].append(wake)
+
+    def on_deliveries_waiting(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when any process stored deliveries this one could send."""
+        self._wakers[DELIVERIES_CHANNEL].append(wake)
+
+    async def _listen_forever(self) -> None:
+        while not self._closing:
+            try:
+                conn = await asyncpg.connect(self.url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(_setter(lost))
+                for channel in self._wakers:
+                    await conn.add_listener(channel, self._notified)
+                self._listener = conn
+                # Anything stored while no listener was up is found by the first wake-up.
+                self._wake_all()
+                await lost.wait()
+                log.warning("lost the LISTEN connection to %s; polling meanwhile", self.describe())
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("cannot LISTEN on %s (%s); polling meanwhile", self.describe(), exc)
+            await asyncio.sleep(RELISTEN_AFTER)
+
+    def _notified(self, _conn: Any, _pid: int, channel: str, _payload: object) -> None:
+        for wake in self._wakers.get(channel, []):
+            wake()
+
+    def _wake_all(self) -> None:
+        for wakers in self._wakers.values():
+            for wake in wakers:
+                wake()
+
+
+def _setter(event: asyncio.Event) -> Callable[[Any], None]:
+    return lambda _conn: event.set()
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
+def record(row: asyncpg.Record) -> dict[str, Any]:
+    return dict(row.items())

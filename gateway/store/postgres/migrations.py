@@ -1,0 +1,217 @@
+"""Schema migrations for the PostgreSQL store, with the SQLite store's history.
+
+Every SQLite migration has one here under the same name, recorded in ``gateway_migrations`` as
+sqlite-utils records them in ``_sqlite_migrations``, so one list of names describes both stores and
+``migrate-store`` can tell that both sides are at the same version. Tables and columns have the
+SQLite store's names, so the same reports (and tests) read either. A migration that only tuned
+SQLite is an empty step here. Add new ones at the end; never edit one that has shipped.
+
+Concurrent starts are safe: the runner holds an advisory lock while it applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+MIGRATION_SET = "octo-gateway"
+LOCK_KEY = 741_100  # pg_advisory_xact_lock(LOCK_KEY): one migrating process at a time
+
+MIGRATIONS: list[tuple[str, Sequence[str]]] = [
+    (
+        "m001_subscriptions",
+        [
+            """
+            create table subscriptions (
+                id text primary key,
+                tenant text not null,
+                event text not null,
+                url text not null,
+                headers text not null default '{}',
+                retry_on_error integer not null default 1,
+                use_contact_language integer not null default 1,
+                capabilities text not null default '[]',
+                template text,
+                secret text not null,
+                previous_secret text,
+                previous_secret_until text,
+                products text not null default '["*"]',
+                active integer not null default 1,
+                disabled_reason text,
+                failing_since double precision,
+                created_at text not null,
+                updated_at text not null,
+                deleted_at text
+            )
+            """,
+            "create index subscriptions_tenant on subscriptions (tenant, deleted_at)",
+            "create index subscriptions_event on subscriptions (event, active, deleted_at)",
+        ],
+    ),
+    (
+        "m002_pushes_and_events",
+        [
+            """
+            create table pushes (
+                seq bigserial primary key,
+                id text not null unique,
+                source text not null,
+                kind text not null,
+                dedupe_key text not null,
+                coalesce_key text,
+                order_key text,
+                payload text,
+                state text not null,
+                error text,
+                note text,
+                attempts integer not null default 0,
+                next_attempt_at double precision not null,
+                lease_token text,
+                lease_expires_at double precision,
+                received_at double precision not null,
+                processed_at double precision,
+                unique (source, dedupe_key)
+            )
+            """,
+            "create index pushes_due on pushes (state, next_attempt_at)",
+            "create index pushes_waiting on pushes (seq) where state = 'accepted'",
+            "create index pushes_order on pushes (order_key, state, seq)",
+            "create index pushes_coalesce on pushes (source, coalesce_key, state)",
+            """
+            create table events (
+                seq bigserial primary key,
+                id text not null unique,
+                push_id text not null,
+                source text not null,
+                event text not null,
+                subject text not null,
+                product_id text not null,
+                option_id text not null,
+                data text not null,
+                created_at double precision not null
+            )
+            """,
+            "create index events_push on events (push_id)",
+            "create index events_created on events (event, created_at)",
+            """
+            create table booking_state (
+                key text primary key,
+                revision text,
+                version text,
+                booking text not null,
+                updated_at double precision not null
+            )
+            """,
+            """
+            create table availability_state (
+                key text primary key,
+                availability text not null,
+                updated_at double precision not null
+            )
+            """,
+        ],
+    ),
+    (
+        "m003_deliveries",
+        [
+            """
+            create table deliveries (
+                seq bigserial primary key,
+                id text not null unique,
+                event_seq bigint not null references events (seq),
+                subscription_id text not null,
+                event text not null,
+                order_key text not null,
+                state text not null,
+                attempts integer not null default 0,
+                next_attempt_at double precision not null,
+                lease_token text,
+                lease_expires_at double precision,
+                body bytea,
+                last_status integer,
+                last_error text,
+                created_at double precision not null,
+                updated_at double precision not null,
+                delivered_at double precision
+            )
+            """,
+            "create index deliveries_delivered on deliveries (delivered_at)"
+            " where state = 'delivered'",
+            "create index deliveries_order on deliveries (order_key, state, seq)",
+            "create index deliveries_subscription on deliveries (subscription_id, seq)",
+            """
+            create table attempts (
+                id bigserial primary key,
+                delivery_id text not null,
+                subscription_id text not null,
+                attempt integer not null,
+                attempted_at double precision not null,
+                outcome text not null,
+                status integer,
+                latency_ms double precision,
+                error text,
+                response text
+            )
+            """,
+            "create index attempts_subscription on attempts (subscription_id, id)",
+            "create index attempts_delivery on attempts (delivery_id, id)",
+        ],
+    ),
+    (
+        "m004_replay_keeps_attempt_numbers",
+        ["alter table deliveries add column replayed_after integer not null default 0"],
+    ),
+    (
+        # Claims seek each subscription's oldest due messages (and count its leased ones).
+        "m005_deliveries_due_by_subscription",
+        [
+            "create index deliveries_due_by_subscription on deliveries"
+            " (subscription_id, next_attempt_at, seq) where state in ('pending', 'leased')"
+        ],
+    ),
+]
+
+NAMES = [name for name, _ in MIGRATIONS]
+
+
+async def apply(conn: asyncpg.Connection) -> list[str]:
+    """Apply what is pending, in order, each in the same transaction as its record; returns the
+    names applied."""
+    async with conn.transaction():
+        await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
+        await conn.execute(
+            "create table if not exists gateway_migrations (migration_set text not null,"
+            " name text not null, applied_at timestamptz not null default now(),"
+            " primary key (migration_set, name))"
+        )
+        done = {
+            row["name"]
+            for row in await conn.fetch(
+                "select name from gateway_migrations where migration_set = $1", MIGRATION_SET
+            )
+        }
+        applied = []
+        for name, statements in MIGRATIONS:
+            if name in done:
+                continue
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "insert into gateway_migrations (migration_set, name) values ($1, $2)",
+                MIGRATION_SET,
+                name,
+            )
+            applied.append(name)
+        return applied
+
+
+async def applied_names(conn: asyncpg.Connection) -> list[str]:
+    exists = await conn.fetchval("select to_regclass('gateway_migrations') is not null")
+    if not exists:
+        return []
+    rows = await conn.fetch(
+        "select name from gateway_migrations where migration_set = $1 order by applied_at, name",
+        MIGRATION_SET,
+    )
+    return [row["name"] for row in rows]
