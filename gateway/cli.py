@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import urllib.error
@@ -26,16 +27,24 @@ import click
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import (
+    POSTGRES_SCHEMES,
+    ConfigError,
+    GatewayConfig,
+    load_config,
+    redact_url,
+)
 from gateway.hooks import Hooks
 from gateway.models import DeliveryState
 from gateway.plugins import PluginError, make_plugin_manager
 from gateway.redact import install_redaction
 from gateway.sources import SamplePush
 from gateway.starter import starter_config
-from gateway.store import SQLiteStore
 from gateway.store.errors import StorageUnavailable
+from gateway.store.factory import POSTGRES_EXTRA, make_store, store_errors
+from gateway.store.interface import Store
 from gateway.store.sqlite.files import backup_database, check_database
+from gateway.supervisor import Supervisor, listen
 from gateway.web.server import GuardedSite, make_runner
 
 T = TypeVar("T")
@@ -78,6 +87,8 @@ class CannotListen(Exception):
 
 
 StorageFault = OSError | sqlite3.Error | StorageUnavailable
+# What any store raises when its database fails (PostgreSQL's errors with its driver installed).
+STORE_FAULTS: tuple[type[BaseException], ...] = (OSError, StorageUnavailable, *store_errors())
 
 
 def describe_os_error(exc: StorageFault, about: Path | None = None) -> str:
@@ -89,8 +100,13 @@ def describe_os_error(exc: StorageFault, about: Path | None = None) -> str:
     return str(exc)
 
 
-def storage_failure(config: GatewayConfig, exc: StorageFault) -> NoReturn:
-    """A database that can't be opened, named by the config key that points at it."""
+def storage_failure(config: GatewayConfig, exc: BaseException) -> NoReturn:
+    """A database that can't be opened, named by the config key that points at it (a URL
+    without its password)."""
+    if config.storage.url is not None:
+        reason = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+        fail(f"{config.source_file}: storage.url: cannot use {config.storage.describe()}: {reason}")
+    assert isinstance(exc, StorageFault)
     fail(
         f"{config.source_file}: storage.path: cannot open {config.storage.path}: "
         f"{describe_os_error(exc, config.storage.path)}"
@@ -99,6 +115,8 @@ def storage_failure(config: GatewayConfig, exc: StorageFault) -> NoReturn:
 
 def check_storage(config: GatewayConfig) -> str:
     """Open the database read-only, as serve will find it; a problem ends the command."""
+    if config.storage.url is not None:
+        return f"PostgreSQL {config.storage.describe()} (connected to when serving)"
     try:
         return check_database(config.storage.path)
     except (OSError, sqlite3.Error) as exc:
@@ -146,7 +164,23 @@ def cli() -> None:
     default=None,
     help="Port to listen on, 0-65535; 0 picks a free one (overrides server.port).",
 )
-def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Gateway processes sharing the port (needs a PostgreSQL store).",
+)
+@click.option("--listen-fd", type=int, default=None, hidden=True)
+@click.option("--process-name", default=None, hidden=True)
+def serve(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    listen_fd: int | None,
+    process_name: str | None,
+) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
     config = load_or_exit(config_path)
     setup_logging(config.logging.level)
@@ -154,27 +188,59 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
         config.server.host = host
     if port is not None:
         config.server.port = port
+    if process_name is not None:
+        os.environ["GATEWAY_PROCESS_NAME"] = process_name
     check_storage(config)
+    if workers > 1:
+        _serve_workers(config, workers)
+        return
+    sock = socket.socket(fileno=listen_fd) if listen_fd is not None else None
     try:
-        run_fast(_serve(config))
+        run_fast(_serve(config, sock))
     except KeyboardInterrupt:
         pass  # a SIGINT before the handlers were installed is still a clean stop
     except CannotListen as exc:
         fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc}")
-    except (OSError, sqlite3.Error) as exc:
-        # Listening is handled above: what is left at start-up is the database file.
+    except STORE_FAULTS as exc:
+        # Listening is handled above: what is left at start-up is the database.
         storage_failure(config, exc)
     except (ConfigError, PluginError) as exc:
         fail(str(exc), 2)
 
 
-async def _serve(config: GatewayConfig) -> None:
+def _serve_workers(config: GatewayConfig, workers: int) -> None:
+    if config.storage.url is None:
+        fail(
+            f"--workers {workers}: several processes need a PostgreSQL store"
+            f' ({config.source_file}: storage.url = "postgresql://..."); on the SQLite file'
+            f" {config.storage.path} run one process (it has a single writer)",
+            2,
+        )
+    try:
+        create_app(config)  # a bad config fails here, once, not in every worker
+        sock = listen(config.server.host, config.server.port)
+    except (ConfigError, PluginError) as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}")
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    click.echo(f"octo-gateway listening on http://{host}:{port} ({workers} workers)")
+    sys.stdout.flush()
+    assert config.source_file is not None
+    code = Supervisor(config.source_file, workers, sock, config.delivery.shutdown_grace).run()
+    if code:
+        fail(f"a worker failed (exit code {code})", code)
+
+
+async def _serve(config: GatewayConfig, sock: socket.socket | None = None) -> None:
     app = create_app(config)
     runner = make_runner(app, config.server)
     await runner.setup()
     try:
         server = config.server
-        site = GuardedSite(runner, server.host, server.port, server.max_connections)
+        # A worker of serve --workers listens on the socket its parent opened.
+        site = GuardedSite(runner, server.host, server.port, server.max_connections, sock=sock)
         try:
             await site.start()
         except OSError as exc:
@@ -183,12 +249,13 @@ async def _serve(config: GatewayConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        urls = _listening_urls(runner)
-        if urls and config.server.port == 0:
-            config.server.port = int(urls[0].rsplit(":", 1)[1])  # the port the OS picked
-        for url in urls:
-            click.echo(f"octo-gateway listening on {url}", err=False)
-        sys.stdout.flush()
+        if sock is None:  # under serve --workers the parent said where it listens
+            urls = _listening_urls(runner)
+            if urls and config.server.port == 0:
+                config.server.port = int(urls[0].rsplit(":", 1)[1])  # the port the OS picked
+            for url in urls:
+                click.echo(f"octo-gateway listening on {url}", err=False)
+            sys.stdout.flush()
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -257,6 +324,11 @@ def backup(target: Path, config_path: Path | None, force: bool) -> None:
     The copy is one consistent snapshot; the running gateway keeps taking pushes meanwhile.
     Restore by stopping the gateway and putting the copy in place of storage.path."""
     config = load_or_exit(config_path)
+    if config.storage.url is not None:
+        fail(
+            f"{config.source_file}: storage.url: backup copies the SQLite file; back a PostgreSQL"
+            " database up with pg_dump or the server's own backups"
+        )
     source = config.storage.path
     if not source.exists():
         fail(f"{config.source_file}: storage.path: no database at {source} yet")
@@ -304,16 +376,21 @@ def load_hooks_or_exit(config: GatewayConfig) -> Hooks:
     return hooks
 
 
-def open_store(config: GatewayConfig) -> SQLiteStore:
+def open_store(config: GatewayConfig) -> Store:
+    if config.storage.url is not None:
+        try:
+            return make_store(config)
+        except ConfigError as exc:
+            fail(str(exc), 2)
     if not config.storage.path.exists():
         fail(
             f"{config.source_file}: storage.path: no database at {config.storage.path} yet"
             " (start the gateway once)"
         )
-    return SQLiteStore(config.storage.path)
+    return make_store(config)
 
 
-def run_with_store(config: GatewayConfig, work: Callable[[SQLiteStore], Awaitable[T]]) -> T:
+def run_with_store(config: GatewayConfig, work: Callable[[Store], Awaitable[T]]) -> T:
     async def runner() -> T:
         store = open_store(config)
         await store.open()
@@ -324,7 +401,7 @@ def run_with_store(config: GatewayConfig, work: Callable[[SQLiteStore], Awaitabl
 
     try:
         return asyncio.run(runner())
-    except (OSError, sqlite3.Error, StorageUnavailable) as exc:
+    except STORE_FAULTS as exc:
         storage_failure(config, exc)
 
 
@@ -397,7 +474,7 @@ def replay_pushes(push_ids: tuple[str, ...], config_path: Path | None) -> None:
     push, or a push that has not failed, ends the command with nothing queued."""
     config = load_or_exit(config_path)
 
-    async def replay(store: SQLiteStore) -> list[str]:
+    async def replay(store: Store) -> list[str]:
         problems = []
         for push_id in push_ids:
             push = await store.get_push(push_id)
@@ -445,7 +522,7 @@ def erase(booking: str, config_path: Path | None) -> None:
 DELIVERY_STATES: tuple[str, ...] = get_args(DeliveryState)
 
 
-async def require_subscription(store: SQLiteStore, webhook_id: str) -> None:
+async def require_subscription(store: Store, webhook_id: str) -> None:
     if await store.get_subscription(None, webhook_id) is None:
         fail(f"no subscription {webhook_id}")
 
@@ -465,7 +542,7 @@ def deliveries(webhook_id: str, config_path: Path | None, state: str | None, lim
     if state is not None and state not in DELIVERY_STATES:
         fail(f"--state: {state!r} is not one of {', '.join(DELIVERY_STATES)}", 2)
 
-    async def attempts(store: SQLiteStore) -> list[Any]:
+    async def attempts(store: Store) -> list[Any]:
         await require_subscription(store, webhook_id)
         return await store.list_attempts(webhook_id, state=state, limit=limit)
 
@@ -513,7 +590,7 @@ def replay(
             " with --no-wait"
         )
 
-    async def queue(store: SQLiteStore) -> int:
+    async def queue(store: Store) -> int:
         await require_subscription(store, webhook_id)
         return await store.replay_deliveries(webhook_id, started)
 
@@ -536,7 +613,7 @@ async def _answers(base: str) -> bool:
         return False
 
 
-async def _follow(store: SQLiteStore, webhook_id: str, since: float, total: int, base: str) -> None:
+async def _follow(store: Store, webhook_id: str, since: float, total: int, base: str) -> None:
     loop = asyncio.get_running_loop()
     with click.progressbar(length=total, label="re-sending", file=sys.stderr) as bar:
         done = 0
@@ -557,6 +634,42 @@ async def _follow(store: SQLiteStore, webhook_id: str, since: float, total: int,
                 moved_at = loop.time()
             if done < total:
                 await asyncio.sleep(0.5)
+
+
+@cli.command(name="migrate-store")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite database file (stop the gateway using it first).",
+)
+@click.option(
+    "--to", "target", required=True, help="An empty PostgreSQL database: postgresql://..."
+)
+def migrate_store(source: Path, target: str) -> None:
+    """Copy an SQLite database into an empty PostgreSQL database, pending work included.
+
+    Then point [storage] url at the PostgreSQL database and start any number of gateways on it."""
+    if not target.startswith(POSTGRES_SCHEMES):
+        fail(f"--to: must be a postgresql:// URL, not {redact_url(target)!r}", 2)
+    try:
+        from gateway.store.postgres.copy import CopyError, copy_sqlite_to_postgres
+    except ImportError:
+        fail(f"--to: PostgreSQL needs the asyncpg driver ({POSTGRES_EXTRA})", 2)
+    try:
+        report = asyncio.run(copy_sqlite_to_postgres(source, target))
+    except CopyError as exc:
+        fail(str(exc))
+    except store_errors() as exc:
+        fail(f"copying {source} to {redact_url(target)}: {exc}")
+    except OSError as exc:
+        fail(f"cannot reach {redact_url(target)}: {exc.strerror or exc}")
+    for table, count in report.rows.items():
+        click.echo(f"{table}: {count} row(s)")
+    for table, count in report.released.items():
+        click.echo(f"{table}: {count} lease(s) handed back, due now")
+    click.echo(f"copied {source} to {redact_url(target)}", err=True)
 
 
 def main() -> None:

@@ -1,8 +1,11 @@
-"""Shared fixtures: a config on a real SQLite file in tmp_path and the app served on loopback."""
+"""Shared fixtures: a config on a real SQLite file in tmp_path (or, for tests marked
+``both_stores``, also on a fresh database of a throwaway PostgreSQL server) and the app served on
+loopback."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, config_from_dict
-from tests.fake_pms import Gateways, Harness
+from tests.fake_pms import Gateways, Harness, close_queries
+from tests.postgres import PostgresServer, missing_reason
 from tests.receivers import FAST_DELIVERY, QUIET_INGEST, Receiver
 from tests.tenants import ADMIN, AUTH_A, AUTH_ADMIN, AUTH_B, REPO, TENANT_A, TENANT_B
 
@@ -28,11 +32,65 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# -- stores: SQLite always; PostgreSQL too for tests marked both_stores ------------------------
+
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_stores: run the test on SQLite and on PostgreSQL (store_kind)"
+    )
+    config.addinivalue_line("markers", "postgres: needs a PostgreSQL server (started by the tests)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_stores"
+    ):
+        metafunc.parametrize("store_kind", STORES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session. Where none can be started the tests that
+    need it skip, except with PG_REQUIRED=1 (CI), where they fail."""
+    reason = missing_reason()
+    if reason is not None:
+        if os.environ.get("PG_REQUIRED") == "1":
+            pytest.fail(f"PG_REQUIRED=1 but PostgreSQL cannot run here: {reason}")
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., GatewayConfig]:
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server."""
+    yield pg_server.create_database()
+    close_queries()
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = getattr(request, "param", "sqlite")
+    return kind
+
+
+@pytest.fixture
+def storage(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The [storage] table of every config the test makes."""
+    if store_kind == "postgres":
+        return {"url": request.getfixturevalue("pg_url")}
+    return {"path": str(tmp_path / "gateway.db")}
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, storage: dict[str, str]) -> Callable[..., GatewayConfig]:
     def make(**overrides: Any) -> GatewayConfig:
         raw: dict[str, Any] = {
-            "storage": {"path": str(tmp_path / "gateway.db")},
+            "storage": dict(storage),
             "plugins": {"dir": str(REPO / "plugins")},
             "templates": {"dir": str(REPO / "templates")},
             "delivery": {"allow_private_targets": False},

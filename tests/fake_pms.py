@@ -33,6 +33,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from tests.octo_schema import load_fixture
+from tests.postgres import SyncQuery, pg_dump
 from tests.tenants import AUTH_A, AUTH_ADMIN
 
 CHANNEX_KEY = "k"
@@ -99,7 +100,7 @@ def beds24_booking(**fields: Any) -> dict[str, Any]:
 
 
 class FakePMS:
-    def __init__(self, *, db_path: Path | None = None) -> None:
+    def __init__(self, *, db_path: Path | str | None = None) -> None:
         # Channex booking revisions by revision id, as ``data`` objects.
         self.channex_revisions: dict[str, dict[str, Any]] = {}
         self.acked: list[str] = []
@@ -250,9 +251,22 @@ class FakePMS:
         return web.json_response({"success": True, "type": "calendar", "count": 1, "data": [item]})
 
 
-def count_rows(db_path: Path, sql: str, params: list[Any] | None = None) -> int:
-    """A count read straight from the gateway's SQLite file (a second connection, read only)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+_queries: dict[str, SyncQuery] = {}
+
+
+def close_queries() -> None:
+    while _queries:
+        _queries.popitem()[1].close()
+
+
+def count_rows(db: Path | str, sql: str, params: list[Any] | None = None) -> int:
+    """A count read straight from the gateway's database: a second connection to its SQLite file
+    (read only), or to its PostgreSQL database (``db`` is then the URL)."""
+    if isinstance(db, str):
+        if db not in _queries:
+            _queries[db] = SyncQuery(db)
+        return int(_queries[db].scalar(sql, params))
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         return int(conn.execute(sql, params or []).fetchone()[0])
     finally:
@@ -385,7 +399,19 @@ class Harness:
         return path
 
     def count(self, sql: str, params: list[Any] | None = None) -> int:
-        return count_rows(self.db_path, sql, params)
+        return count_rows(self.config.storage.url or self.db_path, sql, params)
+
+    def stored_bytes(self) -> bytes:
+        """Every byte the gateway's database holds: the SQLite file and its WAL, or a dump of
+        the PostgreSQL database."""
+        url = self.config.storage.url
+        if url is not None:
+            return pg_dump(url)
+        return b"".join(
+            path.read_bytes()
+            for path in self.db_path.parent.iterdir()
+            if path.name.startswith(self.db_path.name)
+        )
 
     def events(self, event: str | None = None) -> int:
         if event is None:
@@ -441,7 +467,7 @@ class Gateways:
         if start_pms:
             await pms.start()
         config = self.config(pms, sources, **overrides)
-        pms.db_path = config.storage.path
+        pms.db_path = config.storage.url or config.storage.path
         harness = await self.app(config, pms)
         if subscribe:
             await harness.subscribe(

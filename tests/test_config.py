@@ -124,3 +124,44 @@ def test_demo_config_is_the_shipped_one_with_private_targets() -> None:
     assert demo.templates.dir == shipped.templates.dir
     demo.delivery.allow_private_targets = False
     assert demo.model_dump(exclude={"storage"}) == shipped.model_dump(exclude={"storage"})
+
+
+# -- [storage] url: PostgreSQL ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[storage]\npath = "x.db"\nurl = "postgresql://gw@db/gateway"\n',
+            "storage: give either path (SQLite) or url (PostgreSQL), not both",
+        ),
+        ('[storage]\nurl = "mysql://gw:hunter2@db/gateway"\n', "storage.url: must be a"),
+    ],
+)
+def test_storage_errors_name_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "hunter2" not in message
+
+
+def test_storage_url_from_the_environment_and_described_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_DB", "postgresql://gw:s3cret@db.internal:5432/gateway")
+    config = load_config(write(tmp_path, '[storage]\nurl = "${GATEWAY_DB}"\n'))
+    assert config.storage.url == "postgresql://gw:s3cret@db.internal:5432/gateway"
+    assert config.storage.is_postgres
+    assert config.storage.describe() == "postgresql://gw:***@db.internal:5432/gateway"
+    assert "s3cret" not in repr(config.storage.describe())
+
+
+def test_storage_path_stays_the_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[storage]\npath = "here.db"\n'))
+    assert config.storage.url is None
+    assert not config.storage.is_postgres
+    assert config.storage.describe() == str(tmp_path / "here.db")

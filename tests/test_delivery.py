@@ -40,6 +40,10 @@ from tests.receivers import (
     wait_until_async,
 )
 
+# Both stores: the SQLite file and a PostgreSQL database.
+pytestmark = pytest.mark.both_stores
+
+
 Start = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 

@@ -15,6 +15,7 @@ connection cap.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -74,10 +75,20 @@ def body_deadline(timeout: float) -> Middleware:
 class GuardedSite(web.BaseSite):
     """A TCP site that keeps at most ``max_connections`` connections open."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        max_connections: int,
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
+        # A socket already listening (a worker of serve --workers shares its parent's).
+        self._sock = sock
         self.max_connections = max_connections
         self.open_connections = 0
 
@@ -97,6 +108,11 @@ class GuardedSite(web.BaseSite):
             return _Counted(server(), self)
 
         loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                connection, sock=self._sock, backlog=self._backlog
+            )
+            return
         self._server = await loop.create_server(
             connection, self._host, self._port, backlog=self._backlog, reuse_address=True
         )
