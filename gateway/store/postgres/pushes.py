@@ -15,6 +15,7 @@ import orjson
 
 from gateway.models import NewEvent, PushRecord, PushState
 from gateway.pipeline.diff import booking_diff
+from gateway.pipeline.versions import is_older
 from gateway.store.postgres.base import (
     DELIVERIES_CHANNEL,
     PUSHES_CHANNEL,
@@ -284,13 +285,14 @@ async def _with_history(
             known = bookings.get(event.state_key)
             if known is not None and event.revision is not None and known[0] == event.revision:
                 continue
-            if known is not None and known[1] and event.version and event.version < known[1]:
+            if known is not None and is_older(event.version, known[1]):
                 continue  # an older version of the booking, delivered late by the PMS
             previous = known[2] if known is not None else None
             diff = booking_diff(previous, booking)
             if previous is not None and not diff:
                 continue
-            bookings[event.state_key] = (event.revision, event.version, booking)
+            version = None if event.version is None else str(event.version)
+            bookings[event.state_key] = (event.revision, version, booking)
             booking_writes[event.state_key] = bookings[event.state_key]
             kept.append((event, {"booking": booking, "diff": diff}))
             continue
