@@ -67,9 +67,12 @@ def pg_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def pg_url(pg_server: PostgresServer) -> Iterator[str]:
-    """A fresh, empty database on the session's server."""
-    yield pg_server.create_database()
+    """A fresh, empty database on the session's server, dropped afterwards (so the server's
+    folder stays small however many tests ran)."""
+    url = pg_server.create_database()
+    yield url
     close_queries()
+    pg_server.drop_database(url)
 
 
 @pytest.fixture

@@ -130,6 +130,11 @@ class PostgresServer:
         self.psql(f'create database "{name}" template {template}')
         return self.url(name)
 
+    def drop_database(self, url: str) -> None:
+        """Drop a database made by ``create_database``, closing what is still connected."""
+        name = url.rsplit("/", 1)[1]
+        self.psql(f'drop database if exists "{name}" with (force)')
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(
             [

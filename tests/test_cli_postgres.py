@@ -17,6 +17,7 @@ import pytest
 from gateway.delivery.slots import DeliverySlots
 from gateway.models import AttemptRecord, NewEvent, Subscription
 from gateway.store import SQLiteStore, utcnow
+from gateway.store.interface import Settlement
 from gateway.store.postgres import PostgresStore
 from tests.test_cli import demo_config, free_port, gateway
 
@@ -42,7 +43,7 @@ def test_an_unreachable_database_is_named_without_its_password(tmp_path: Path) -
     url = f"postgresql://gw:{PASSWORD}@127.0.0.1:{free_port()}/gateway"
     result = gateway("serve", "--config", str(pg_config(tmp_path, url)), "--port", "0")
     assert result.returncode == 1
-    assert "storage postgresql://gw:***@127.0.0.1:" in result.stderr
+    assert "gateway.toml: storage.url: cannot use postgresql://gw:***@127.0.0.1:" in result.stderr
     assert PASSWORD not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
@@ -161,9 +162,9 @@ async def sqlite_with_work(path: Path) -> dict[str, set[str]]:
                 status=200 if state == "delivered" else 500,
                 latency_ms=1.0,
             )
-            assert await store.settle_delivery(
-                record, attempt, state=state, next_attempt_at=next_at
-            )
+            body = b'{"sent": "first"}' if state == "pending" else None
+            settlement = Settlement(record, attempt, state, next_attempt_at=next_at, body=body)
+            assert await store.settle_deliveries([settlement]) == [True]
         everything = {d.id for d in await store.list_deliveries("sub-1")}
         pending = everything - {d.id for d in leased}
         return {
@@ -198,6 +199,11 @@ def test_migrate_store_copies_everything_and_loses_nothing_pending(
             assert got[retrying].state == "pending"
             assert got[retrying].attempts == 1
             assert got[retrying].next_attempt_at > time.time() + 3000  # keeps its schedule
+            # ... and the body it was sent with, so the retry sends the same bytes.
+            body = await store.pool.fetchval(
+                "select body from delivery_bodies where delivery_seq = $1", got[retrying].seq
+            )
+            assert body == b'{"sent": "first"}'
             [delivered] = ids["delivered"]
             assert got[delivered].state == "delivered"
             # The pending one and the one the old process had leased are due at once, with

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -20,6 +21,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from gateway.config import redact_url
+from gateway.store.errors import StorageUnavailable
 from gateway.store.postgres import migrations
 
 # A connection of the pool or one of our own: both run the same queries.
@@ -45,7 +47,6 @@ class PostgresBase:
             PUSHES_CHANNEL: [],
             DELIVERIES_CHANNEL: [],
         }
-        self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -75,12 +76,20 @@ class PostgresBase:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listen_task
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def check_writable(self) -> None:
+        """A small real write (the probe row); ``StorageUnavailable`` when it fails."""
+        try:
+            await self.pool.execute(
+                "insert into write_probe (id, probed_at) values (1, $1)"
+                " on conflict (id) do update set probed_at = excluded.probed_at",
+                time.time(),
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StorageUnavailable(f"{self.describe()}: {exc}") from exc
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -100,21 +109,22 @@ class PostgresBase:
 
     async def _listen_forever(self) -> None:
         while not self._closing:
+            conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self.url)
                 lost = asyncio.Event()
                 conn.add_termination_listener(_setter(lost))
                 for channel in self._wakers:
                     await conn.add_listener(channel, self._notified)
-                self._listener = conn
                 # Anything stored while no listener was up is found by the first wake-up.
                 self._wake_all()
                 await lost.wait()
                 log.warning("lost the LISTEN connection to %s; polling meanwhile", self.describe())
-            except asyncio.CancelledError:
-                raise
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("cannot LISTEN on %s (%s); polling meanwhile", self.describe(), exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()  # synchronous: safe while being cancelled
             await asyncio.sleep(RELISTEN_AFTER)
 
     def _notified(self, _conn: Any, _pid: int, channel: str, _payload: object) -> None:

@@ -30,7 +30,9 @@ TABLE_ORDER = [
     "booking_state",
     "availability_state",
     "deliveries",
+    "delivery_bodies",
     "attempts",
+    "room_maps",
 ]
 
 

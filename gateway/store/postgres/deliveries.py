@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.models import AttemptRecord, DeliveryRecord, DeliveryState
-from gateway.store.interface import ClaimRoom
+from gateway.models import AttemptRecord, DeliveryRecord
+from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.postgres.base import DELIVERIES_CHANNEL, Conn, PostgresBase, record
 from gateway.store.sqlite.base import _ts, new_id, utcnow
 
@@ -78,7 +78,9 @@ with claimed as (
     )
     returning *
 )
-select claimed.*, events.data as event_data from claimed join events on events.seq = claimed.event_seq
+select claimed.*, events.event, events.data as event_data, b.body
+from claimed join events on events.seq = claimed.event_seq
+left join delivery_bodies b on claimed.attempts > 0 and b.delivery_seq = claimed.seq
 order by claimed.next_attempt_at, claimed.seq
 """
 
@@ -119,15 +121,17 @@ class DeliveryStore(PostgresBase):
             names: list[str] = []
             rooms: list[int] = []
             left = room.total
+            tally = room.tally()  # this process's room, a tenant's subscriptions sharing its part
             for subscription_id in locked:
                 free = min(
-                    room.free(subscription_id),
+                    tally.free(subscription_id),
                     room.per_subscription - leased.get(subscription_id, 0),
                     left,
                 )
                 if free > 0:
                     names.append(subscription_id)
                     rooms.append(free)
+                    tally.took(subscription_id, free)
                     left -= free
                 if left <= 0:
                     break
@@ -148,57 +152,53 @@ class DeliveryStore(PostgresBase):
         value = await self.pool.fetchval(NEXT_DUE)
         return None if value is None else float(value)
 
-    async def settle_delivery(
-        self,
-        delivery: DeliveryRecord,
-        attempt: AttemptRecord,
-        *,
-        state: DeliveryState,
-        next_attempt_at: float | None = None,
-        body: bytes | None = None,
-        disable_reason: str | None = None,
-        disable_after: float | None = None,
-    ) -> bool:
-        """Record an attempt and the delivery's new state, fenced by its lease; track how long the
-        subscription has been failing and disable it (410 Gone at once, or failing too long)."""
+    async def settle_deliveries(self, settlements: list[Settlement]) -> list[bool]:
+        """Record attempts and the deliveries' new states in one transaction, each fenced by its
+        lease (False for one whose lease was lost); track how long a subscription has been failing
+        and disable it (410 Gone at once, or failing too long). A handful of set-based statements
+        whatever the batch's size."""
+        if not settlements:
+            return []
         now = time.time()
         async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(
-                "update deliveries set state = $1, attempts = attempts + 1,"
-                " next_attempt_at = coalesce($2, next_attempt_at), lease_token = null,"
-                " lease_expires_at = null, body = coalesce(body, $3), last_status = $4,"
-                " last_error = $5, updated_at = $6,"
-                " delivered_at = case when $1 = 'delivered' then $6 else delivered_at end"
-                " where id = $7 and lease_token = $8",
-                state,
-                next_attempt_at,
-                body,
-                attempt.status,
-                attempt.error,
-                now,
-                delivery.id,
-                delivery.lease_token,
-            )
-            if status != "UPDATE 1":
-                return False
-            row = attempt.model_dump()
-            columns = ", ".join(row)
-            marks = ", ".join(f"${i}" for i in range(1, len(row) + 1))
-            await conn.execute(f"insert into attempts ({columns}) values ({marks})", *row.values())
-            await _track_health(
-                conn, delivery.subscription_id, state, now, disable_reason, disable_after
-            )
-        return True
+            held = {
+                row["seq"]
+                for row in await conn.fetch(
+                    "update deliveries d set state = s.state, attempts = d.attempts + 1,"
+                    " next_attempt_at = coalesce(s.next_at, d.next_attempt_at),"
+                    " lease_token = null, lease_expires_at = null, last_status = s.status,"
+                    " last_error = s.error, updated_at = $8,"
+                    " delivered_at = case when s.state = 'delivered' then $8 else d.delivered_at end"
+                    " from unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::int[],"
+                    " $6::text[], $7::int[]) as s(seq, token, state, next_at, status, error, n)"
+                    " where d.seq = s.seq and d.lease_token = s.token returning d.seq",
+                    [x.delivery.seq for x in settlements],
+                    [x.delivery.lease_token for x in settlements],
+                    [x.state for x in settlements],
+                    [x.next_attempt_at for x in settlements],
+                    [x.attempt.status for x in settlements],
+                    [x.attempt.error for x in settlements],
+                    list(range(len(settlements))),
+                    now,
+                )
+            }
+            settled = [x for x in settlements if x.delivery.seq in held]
+            if settled:
+                await _record_attempts(conn, settled)
+                await _keep_bodies(conn, settled)
+                await _track_health(conn, settled, now)
+        return [x.delivery.seq in held for x in settlements]
 
     async def skip_delivery(self, delivery: DeliveryRecord, reason: str) -> None:
         await self.pool.execute(
             "update deliveries set state = 'skipped', last_error = $1, lease_token = null,"
-            " lease_expires_at = null, updated_at = $2 where id = $3 and lease_token = $4",
+            " lease_expires_at = null, updated_at = $2 where seq = $3 and lease_token = $4",
             reason,
             time.time(),
-            delivery.id,
+            delivery.seq,
             delivery.lease_token,
         )
+        await self.pool.execute("delete from delivery_bodies where delivery_seq = $1", delivery.seq)
 
     async def release_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
         """Give leased deliveries back (shutdown), so any process sends them at once."""
@@ -207,10 +207,10 @@ class DeliveryStore(PostgresBase):
         await self.pool.execute(
             "update deliveries set state = 'pending', lease_token = null,"
             " lease_expires_at = null, next_attempt_at = $1"
-            " from unnest($2::text[], $3::text[]) as r(id, token)"
-            " where deliveries.id = r.id and deliveries.lease_token = r.token",
+            " from unnest($2::bigint[], $3::text[]) as r(seq, token)"
+            " where deliveries.seq = r.seq and deliveries.lease_token = r.token",
             time.time(),
-            [d.id for d in deliveries],
+            [d.seq for d in deliveries],
             [d.lease_token for d in deliveries],
         )
 
@@ -223,8 +223,8 @@ class DeliveryStore(PostgresBase):
         before: int | None = None,
     ) -> list[tuple[int, AttemptRecord, str]]:
         sql = (
-            "select a.*, d.state as delivery_state from attempts a"
-            " join deliveries d on d.id = a.delivery_id where a.subscription_id = $1"
+            "select a.*, d.id as delivery_id, d.state as delivery_state from attempts a"
+            " join deliveries d on d.seq = a.delivery_seq where a.subscription_id = $1"
         )
         params: list[Any] = [subscription_id]
         if state is not None:
@@ -240,34 +240,39 @@ class DeliveryStore(PostgresBase):
             row = record(found)
             state_now = row.pop("delivery_state")
             attempt_id = row.pop("id")
+            del row["delivery_seq"]
             out.append((attempt_id, AttemptRecord.model_validate(row), state_now))
         return out
 
     async def list_deliveries(
         self, subscription_id: str, *, state: str | None = None, limit: int = 50
     ) -> list[DeliveryRecord]:
-        if state is None:
-            rows = await self.pool.fetch(
-                "select * from deliveries where subscription_id = $1 order by seq desc limit $2",
-                subscription_id,
-                limit,
-            )
-        else:
-            rows = await self.pool.fetch(
-                "select * from deliveries where subscription_id = $1 and state = $2"
-                " order by seq desc limit $3",
-                subscription_id,
-                state,
-                limit,
-            )
-        return [_delivery(row) for row in rows]
+        sql = (
+            "select d.*, e.event from deliveries d join events e on e.seq = d.event_seq"
+            " where d.subscription_id = $1"
+        )
+        params: list[Any] = [subscription_id]
+        if state is not None:
+            params.append(state)
+            sql += f" and d.state = ${len(params)}"
+        params.append(limit)
+        sql += f" order by d.seq desc limit ${len(params)}"
+        return [_delivery(row, with_data=False) for row in await self.pool.fetch(sql, *params)]
 
     async def replay_deliveries(self, subscription_id: str, since: float) -> int:
         now = time.time()
         async with self.pool.acquire() as conn, conn.transaction():
+            # A replay renders the message afresh (the subscription may have changed since).
+            await conn.execute(
+                "delete from delivery_bodies where delivery_seq in (select seq from deliveries"
+                " where subscription_id = $1 and created_at >= $2"
+                " and state in ('delivered', 'dead', 'skipped'))",
+                subscription_id,
+                since,
+            )
             status = await conn.execute(
                 "update deliveries set state = 'pending', replayed_after = attempts,"
-                " next_attempt_at = $1, updated_at = $1, body = null"
+                " next_attempt_at = $1, updated_at = $1"
                 " where subscription_id = $2 and created_at >= $3"
                 " and state in ('delivered', 'dead', 'skipped')",
                 now,
@@ -292,11 +297,12 @@ class DeliveryStore(PostgresBase):
 
     async def prune_delivered(self, older_than: float) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "delete from attempts where delivery_id in (select id from deliveries"
-                " where state = 'delivered' and delivered_at < $1)",
-                older_than,
-            )
+            for table in ("attempts", "delivery_bodies"):
+                await conn.execute(
+                    f"delete from {table} where delivery_seq in (select seq from deliveries"
+                    " where state = 'delivered' and delivered_at < $1)",
+                    older_than,
+                )
             status = await conn.execute(
                 "delete from deliveries where state = 'delivered' and delivered_at < $1",
                 older_than,
@@ -322,49 +328,101 @@ class DeliveryStore(PostgresBase):
         }
 
 
-def _delivery(found: asyncpg.Record) -> DeliveryRecord:
+def _delivery(found: asyncpg.Record, *, with_data: bool = True) -> DeliveryRecord:
+    """A row as the worker gets it (our own row: built without validation)."""
     row = record(found)
     text = row.pop("event_data", None)
-    fields = {k: row[k] for k in DeliveryRecord.model_fields if k in row and k != "data"}
-    return DeliveryRecord(**fields, data=orjson.loads(text) if text else {})
+    return DeliveryRecord.model_construct(
+        seq=row["seq"],
+        id=row["id"],
+        event_seq=row["event_seq"],
+        subscription_id=row["subscription_id"],
+        event=row["event"],
+        order_key=row["order_key"],
+        state=row["state"],
+        attempts=row["attempts"],
+        replayed_after=row["replayed_after"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_token=row["lease_token"],
+        body=row.get("body"),
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        delivered_at=row["delivered_at"],
+        data=orjson.loads(text) if with_data and text else {},
+    )
 
 
-async def _track_health(
-    conn: Conn,
-    subscription_id: str,
-    state: str,
-    now: float,
-    disable_reason: str | None,
-    disable_after: float | None,
-) -> None:
-    """A delivered message clears the failing streak; a dead one starts it (if not running) and
-    disables the subscription once it has lasted ``disable_after`` seconds."""
-    if state == "delivered":
+async def _record_attempts(conn: Conn, settled: list[Settlement]) -> None:
+    await conn.execute(
+        "insert into attempts (delivery_seq, subscription_id, attempt, attempted_at, outcome,"
+        " status, latency_ms, error, response)"
+        " select * from unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::text[],"
+        " $6::int[], $7::float8[], $8::text[], $9::text[])",
+        [x.delivery.seq for x in settled],
+        [x.delivery.subscription_id for x in settled],
+        [x.attempt.attempt for x in settled],
+        [x.attempt.attempted_at for x in settled],
+        [x.attempt.outcome for x in settled],
+        [x.attempt.status for x in settled],
+        [x.attempt.latency_ms for x in settled],
+        [x.attempt.error for x in settled],
+        [x.attempt.response for x in settled],
+    )
+
+
+async def _keep_bodies(conn: Conn, settled: list[Settlement]) -> None:
+    """A body is kept only while its message waits for another attempt (a retry sends the same
+    bytes)."""
+    keep = [x for x in settled if x.state == "pending" and x.body is not None]
+    if keep:
+        await conn.execute(
+            "insert into delivery_bodies (delivery_seq, body)"
+            " select * from unnest($1::bigint[], $2::bytea[]) on conflict do nothing",
+            [x.delivery.seq for x in keep],
+            [x.body for x in keep],
+        )
+    finished = [x.delivery.seq for x in settled if x.state != "pending" and x.delivery.attempts]
+    if finished:
+        await conn.execute(
+            "delete from delivery_bodies where delivery_seq = any($1::bigint[])", finished
+        )
+
+
+async def _track_health(conn: Conn, settled: list[Settlement], now: float) -> None:
+    """A delivered message clears its subscription's failing streak; a dead one starts it (if not
+    running) and disables the subscription once it has lasted ``disable_after`` seconds; a
+    ``disable_reason`` (410 Gone) disables it at once."""
+    delivered = sorted({x.delivery.subscription_id for x in settled if x.state == "delivered"})
+    if delivered:
         await conn.execute(
             "update subscriptions set failing_since = null"
-            " where id = $1 and failing_since is not null",
-            subscription_id,
+            " where id = any($1::text[]) and failing_since is not null",
+            delivered,
         )
-        return
-    if state == "dead":
-        failing_since = await conn.fetchval(
-            "update subscriptions set failing_since = coalesce(failing_since, $1) where id = $2"
-            " returning failing_since",
-            now,
-            subscription_id,
-        )
-        if (
-            disable_after is not None
-            and disable_reason is None
-            and failing_since is not None
-            and now - failing_since >= disable_after
-        ):
-            disable_reason = f"failing continuously for {disable_after / 3600:g} hours"
-    if disable_reason is not None:
-        await conn.execute(
-            "update subscriptions set active = 0, disabled_reason = $1, updated_at = $2"
-            " where id = $3",
-            disable_reason,
-            _ts(utcnow()),
-            subscription_id,
-        )
+    for x in settled:
+        if x.state != "dead" and x.disable_reason is None:
+            continue
+        reason = x.disable_reason
+        if x.state == "dead":
+            failing_since = await conn.fetchval(
+                "update subscriptions set failing_since = coalesce(failing_since, $1)"
+                " where id = $2 returning failing_since",
+                now,
+                x.delivery.subscription_id,
+            )
+            if (
+                reason is None
+                and x.disable_after is not None
+                and failing_since is not None
+                and now - failing_since >= x.disable_after
+            ):
+                reason = f"failing continuously for {x.disable_after / 3600:g} hours"
+        if reason is not None:
+            await conn.execute(
+                "update subscriptions set active = 0, disabled_reason = $1, updated_at = $2"
+                " where id = $3",
+                reason,
+                _ts(utcnow()),
+                x.delivery.subscription_id,
+            )

@@ -12,8 +12,10 @@ Concurrent starts are safe: the runner holds an advisory lock while it applies.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import asyncpg
+if TYPE_CHECKING:
+    from gateway.store.postgres.base import Conn
 
 MIGRATION_SET = "octo-gateway"
 LOCK_KEY = 741_100  # pg_advisory_xact_lock(LOCK_KEY): one migrating process at a time
@@ -170,12 +172,66 @@ MIGRATIONS: list[tuple[str, Sequence[str]]] = [
             " (subscription_id, next_attempt_at, seq) where state in ('pending', 'leased')"
         ],
     ),
+    (
+        # Room maps, written with a push's events; generation fences concurrent writers. The
+        # reconciliation-read indexes are SQLite's, on PostgreSQL's JSON operators.
+        "m006_room_maps_and_reads",
+        [
+            """
+            create table room_maps (
+                source text not null,
+                booking text not null,
+                generation integer not null,
+                map text not null,
+                updated_at double precision not null,
+                primary key (source, booking)
+            )
+            """,
+            "create index booking_state_uuid on booking_state (((booking::jsonb) ->> 'uuid'))",
+            "create index booking_state_supplier_reference"
+            " on booking_state (((booking::jsonb) ->> 'supplierReference'))",
+            "create index booking_state_reseller_reference"
+            " on booking_state (((booking::jsonb) ->> 'resellerReference'))",
+            "create index booking_state_updated on booking_state (updated_at, key)",
+            "create index availability_state_slot"
+            " on availability_state ((substr(key, strpos(key, ':') + 1)))",
+        ],
+    ),
+    (
+        "m007_write_probe",
+        [
+            "create table write_probe (id integer primary key check (id = 1),"
+            " probed_at double precision not null)"
+        ],
+    ),
+    (
+        # Storage v2: a delivery row holds only its event, subscription, state, attempts and
+        # times; a body is kept (delivery_bodies) only while its message waits for a retry;
+        # attempts point at their message by seq; the order index holds only queued rows.
+        "m008_storage_v2",
+        [
+            "create table delivery_bodies (delivery_seq bigint primary key, body bytea not null)",
+            "insert into delivery_bodies (delivery_seq, body) select seq, body from deliveries"
+            " where body is not null and state in ('pending', 'leased')",
+            "alter table deliveries drop column body, drop column event",
+            "alter table attempts add column delivery_seq bigint",
+            "update attempts a set delivery_seq = d.seq from deliveries d where d.id = a.delivery_id",
+            "delete from attempts where delivery_seq is null",
+            "alter table attempts alter column delivery_seq set not null",
+            "drop index attempts_delivery",
+            "alter table attempts drop column delivery_id",
+            "create index attempts_delivery on attempts (delivery_seq, id)",
+            "drop index deliveries_order",
+            "create index deliveries_waiting on deliveries (order_key, seq)"
+            " where state in ('pending', 'leased')",
+        ],
+    ),
 ]
 
 NAMES = [name for name, _ in MIGRATIONS]
 
 
-async def apply(conn: asyncpg.Connection) -> list[str]:
+async def apply(conn: Conn) -> list[str]:
     """Apply what is pending, in order, each in the same transaction as its record; returns the
     names applied."""
     async with conn.transaction():
@@ -206,7 +262,7 @@ async def apply(conn: asyncpg.Connection) -> list[str]:
         return applied
 
 
-async def applied_names(conn: asyncpg.Connection) -> list[str]:
+async def applied_names(conn: Conn) -> list[str]:
     exists = await conn.fetchval("select to_regclass('gateway_migrations') is not null")
     if not exists:
         return []

@@ -9,11 +9,12 @@ pushes of one booking at once see each other).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from gateway.models import NewEvent, PushRecord, PushState
+from gateway.models import NewEvent, PushRecord, PushState, RoomMapUpdate
 from gateway.pipeline.diff import booking_diff
 from gateway.pipeline.versions import is_older
 from gateway.store.postgres.base import (
@@ -24,6 +25,7 @@ from gateway.store.postgres.base import (
     dumps,
     record,
 )
+from gateway.store.postgres.room_maps import write_room_maps
 from gateway.store.sqlite.base import new_id
 from gateway.store.sqlite.pushes import _push
 
@@ -202,7 +204,13 @@ class PushStore(PostgresBase):
         return {row["key"]: orjson.loads(row["availability"]) for row in rows}
 
     async def complete_push(
-        self, id: str, lease_token: str, events: list[NewEvent], note: str | None = None
+        self,
+        id: str,
+        lease_token: str,
+        events: list[NewEvent],
+        note: str | None = None,
+        *,
+        room_maps: Sequence[RoomMapUpdate] = (),
     ) -> int | None:
         """Events with their history, one delivery per matching subscription, and the push
         processed, in one transaction; the number of deliveries to send, or None when the lease
@@ -214,6 +222,7 @@ class PushStore(PostgresBase):
             )
             if owner is None or owner["lease_token"] != lease_token or owner["state"] != "accepted":
                 return None
+            await write_room_maps(conn, room_maps, now)
             kept = await _with_history(conn, events, now)
             created = await _fan_out(conn, kept, id, owner["source"], now)
             await conn.execute(
@@ -381,9 +390,8 @@ async def _fan_out(
     )
     seq_of = {row["id"]: row["seq"] for row in seqs}
     subscribers = await _subscribers(conn)
-    messages: list[
-        tuple[str, int, str, str, str, str]
-    ] = []  # id, event_seq, sub, event, key, state
+    # Each message: id, event seq, subscription, order key, state.
+    messages: list[tuple[str, int, str, str, str]] = []
     superseding: list[str] = []
     latest: dict[str, int] = {}  # order key -> index in messages of its newest pending one
     to_send = 0
@@ -397,14 +405,12 @@ async def _fan_out(
                 superseding.append(order_key)
                 earlier = latest.get(order_key)
                 if earlier is not None:  # the same subject twice in one push: the last one wins
-                    messages[earlier] = (*messages[earlier][:5], "superseded")
+                    messages[earlier] = (*messages[earlier][:4], "superseded")
                     to_send -= 1
             if active:
                 to_send += 1
                 latest[order_key] = len(messages)
-            messages.append(
-                (new_id("msg"), seq_of[event_id], subscription_id, event.event, order_key, state)
-            )
+            messages.append((new_id("msg"), seq_of[event_id], subscription_id, order_key, state))
     if superseding:
         await conn.execute(
             "update deliveries set state = 'superseded', updated_at = $1"
@@ -415,11 +421,11 @@ async def _fan_out(
     if messages:
         columns = list(zip(*messages, strict=True))
         await conn.execute(
-            "insert into deliveries (id, event_seq, subscription_id, event, order_key, state,"
+            "insert into deliveries (id, event_seq, subscription_id, order_key, state,"
             " next_attempt_at, created_at, updated_at)"
-            " select i, q, s, e, k, st, $7, $7, $7 from"
-            " unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])"
-            " with ordinality as t(i, q, s, e, k, st, n) order by n",
+            " select i, q, s, k, st, $6, $6, $6 from"
+            " unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
+            " with ordinality as t(i, q, s, k, st, n) order by n",
             *[list(column) for column in columns],
             now,
         )

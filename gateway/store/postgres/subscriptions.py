@@ -10,15 +10,35 @@ from gateway.store.postgres.base import PostgresBase, record
 from gateway.store.sqlite.base import _ts, utcnow
 from gateway.store.sqlite.subscriptions import _subscription, _subscription_row
 
+TENANT_LOCK = 741_103  # pg_advisory_xact_lock(TENANT_LOCK, hashtext(tenant))
+
 
 class SubscriptionStore(PostgresBase):
-    async def insert_subscription(self, subscription: Subscription) -> None:
+    async def insert_subscription(
+        self, subscription: Subscription, *, max_per_tenant: int | None = None
+    ) -> bool:
+        """Store a new subscription; False when its tenant holds ``max_per_tenant`` already. The
+        count and the insert hold the tenant's advisory lock, so two processes can't both pass."""
         row = _subscription_row(subscription)
         columns = ", ".join(row)
         marks = ", ".join(f"${i}" for i in range(1, len(row) + 1))
-        await self.pool.execute(
-            f"insert into subscriptions ({columns}) values ({marks})", *row.values()
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            if max_per_tenant is not None:
+                await conn.execute(
+                    "select pg_advisory_xact_lock($1, hashtext($2))",
+                    TENANT_LOCK,
+                    subscription.tenant,
+                )
+                held = await conn.fetchval(
+                    "select count(*) from subscriptions where tenant = $1 and deleted_at is null",
+                    subscription.tenant,
+                )
+                if held >= max_per_tenant:
+                    return False
+            await conn.execute(
+                f"insert into subscriptions ({columns}) values ({marks})", *row.values()
+            )
+        return True
 
     async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None:
         sql = "select * from subscriptions where id = $1 and deleted_at is null"

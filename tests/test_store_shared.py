@@ -1,0 +1,282 @@
+"""Store invariants on both stores, and what PostgreSQL adds: several processes on one database.
+
+Each "process" here is a store instance of its own (its own connections; for PostgreSQL its own
+pool and LISTEN connection), opened on the same database, as two gateway processes would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.models import AttemptRecord, RoomMap, RoomMapUpdate, Subscription
+from gateway.store import SQLiteStore, utcnow
+from gateway.store.interface import ClaimRoom, RoomMapConflict, Settlement, Store
+from gateway.store.sqlite.migrations import migrations as sqlite_migrations
+from tests.fake_pms import eventually
+from tests.receivers import availability_event, booking_event, emit
+
+OpenStore = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture
+async def open_store(
+    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[OpenStore]:
+    """Opens store instances on one database (the SQLite file, or the test's PostgreSQL one)."""
+    opened: list[Store] = []
+    url = request.getfixturevalue("pg_url") if store_kind == "postgres" else None
+
+    async def open_() -> Store:
+        store: Store
+        if url is not None:
+            from gateway.store.postgres import PostgresStore
+
+            store = PostgresStore(url)
+        else:
+            store = SQLiteStore(tmp_path / "shared.db")
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in reversed(opened):
+        await store.close()
+
+
+def subscription(
+    id: str, tenant: str = "reseller-a", event: str = "booking_update"
+) -> Subscription:
+    now = utcnow()
+    return Subscription(
+        id=id,
+        tenant=tenant,
+        event=event,  # type: ignore[arg-type]
+        url="https://receiver.example/hook",
+        secret="whsec_abc",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def delivered(record: Any) -> Settlement:
+    attempt = AttemptRecord(
+        delivery_id=record.id,
+        subscription_id=record.subscription_id,
+        attempt=record.attempts + 1,
+        attempted_at=time.time(),
+        outcome="delivered",
+        status=200,
+        latency_ms=1.0,
+    )
+    return Settlement(record, attempt, "delivered")
+
+
+ROOM = ClaimRoom(total=100, per_subscription=100)
+
+
+# -- both stores ---------------------------------------------------------------------------------
+
+
+@pytest.mark.both_stores
+async def test_two_claimers_never_take_one_row(open_store: OpenStore) -> None:
+    first, second = await open_store(), await open_store()
+    await first.insert_subscription(subscription("s1"))
+    await emit(first, [booking_event(f"test:b{n}") for n in range(60)])
+    claims = await asyncio.gather(
+        *(
+            store.claim_deliveries(ClaimRoom(7, 100), 60, ordering_max_wait=3600)
+            for store in [first, second] * 6
+        )
+    )
+    ids = [record.id for batch in claims for record in batch]
+    # A claim never waits for another (PostgreSQL passes over a subscription being claimed for
+    # elsewhere): whatever concurrent claims left is there for the next ones.
+    while batch := await second.claim_deliveries(ClaimRoom(7, 100), 60, ordering_max_wait=3600):
+        ids += [record.id for record in batch]
+    assert len(ids) == len(set(ids)) == 60
+
+
+@pytest.mark.both_stores
+async def test_order_per_booking_holds_across_claimers(open_store: OpenStore) -> None:
+    first, second = await open_store(), await open_store()
+    await first.insert_subscription(subscription("s1"))
+    for n in range(3):
+        await emit(first, [booking_event("test:one-booking", n)])
+    [taken] = await first.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+    # The second update waits while the first is leased, whoever asks.
+    assert await second.claim_deliveries(ROOM, 60, ordering_max_wait=3600) == []
+    assert await first.claim_deliveries(ROOM, 60, ordering_max_wait=3600) == []
+    assert await first.settle_deliveries([delivered(taken)]) == [True]
+    [next_one] = await second.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+    assert next_one.data["booking"]["notes"] == "update 1"
+
+
+@pytest.mark.both_stores
+async def test_an_expired_lease_is_taken_over_with_the_same_webhook_id(
+    open_store: OpenStore,
+) -> None:
+    dead, alive = await open_store(), await open_store()
+    await dead.insert_subscription(subscription("s1"))
+    await emit(dead, [booking_event("test:b1")])
+    [held] = await dead.claim_deliveries(ROOM, 0.05, ordering_max_wait=3600)
+
+    async def taken_over() -> list[Any]:
+        return await alive.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+
+    [again] = await eventually(taken_over)
+    assert again.id == held.id
+    assert again.lease_token != held.lease_token
+    # The process that lost the lease can no longer settle it.
+    assert await dead.settle_deliveries([delivered(held)]) == [False]
+    assert await alive.settle_deliveries([delivered(again)]) == [True]
+
+
+@pytest.mark.both_stores
+async def test_a_push_of_one_booking_is_not_leased_while_an_earlier_one_waits(
+    open_store: OpenStore,
+) -> None:
+    first, second = await open_store(), await open_store()
+    a, _ = await first.insert_push(
+        source="x", kind="k", payload={}, dedupe_key="a", order_key="b1", lease_seconds=60
+    )
+    b, _ = await second.insert_push(
+        source="x", kind="k", payload={}, dedupe_key="b", order_key="b1", lease_seconds=60
+    )
+    assert a.lease_token is not None
+    assert b.lease_token is None
+    assert await second.claim_pushes(10, 60) == []
+    assert await first.complete_push(a.id, a.lease_token, []) == 0
+    [claimed] = await second.claim_pushes(10, 60)
+    assert claimed.id == b.id
+
+
+@pytest.mark.both_stores
+async def test_a_room_map_written_meanwhile_fails_the_later_push(open_store: OpenStore) -> None:
+    first, second = await open_store(), await open_store()
+    pushes = []
+    for name, store in (("a", first), ("b", second)):
+        push, _ = await store.insert_push(
+            source="x", kind="k", payload={}, dedupe_key=name, order_key=None, lease_seconds=60
+        )
+        assert push.lease_token is not None
+        pushes.append(push)
+    update = RoomMapUpdate(source="x", booking="B1", rooms=RoomMap(), generation=0)
+    assert (
+        await first.complete_push(pushes[0].id, pushes[0].lease_token or "", [], room_maps=[update])
+        == 0
+    )
+    with pytest.raises(RoomMapConflict):
+        await second.complete_push(
+            pushes[1].id, pushes[1].lease_token or "", [], room_maps=[update]
+        )
+    stored = await second.get_room_map("x", "B1")
+    assert stored is not None and stored[1] == 1
+
+
+@pytest.mark.both_stores
+async def test_the_tenant_cap_holds_for_concurrent_creates(open_store: OpenStore) -> None:
+    stores = [await open_store(), await open_store()]
+    created = await asyncio.gather(
+        *(
+            stores[n % 2].insert_subscription(subscription(f"s{n}"), max_per_tenant=3)
+            for n in range(10)
+        )
+    )
+    assert sum(created) == 3
+    assert len(await stores[0].list_subscriptions("reseller-a")) == 3
+
+
+@pytest.mark.both_stores
+async def test_superseded_availability_and_replay(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.insert_subscription(subscription("s1", event="availability_update"))
+    await emit(store, [availability_event(n=1), availability_event(n=2)])
+    await emit(store, [availability_event(n=3)])
+    [newest] = await store.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+    assert newest.data["availability"]["vacancies"] == 3
+    assert len(await store.list_deliveries("s1", state="superseded")) == 2
+    assert await store.settle_deliveries([delivered(newest)]) == [True]
+    assert await store.replay_deliveries("s1", 0) == 1
+    [again] = await store.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+    assert again.id == newest.id
+
+
+# -- PostgreSQL: what only a shared server gives ---------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_postgres_migrations_carry_the_sqlite_history(pg_url: str) -> None:
+    from gateway.store.postgres import PostgresStore, migrations
+
+    stores = [PostgresStore(pg_url) for _ in range(3)]
+    await asyncio.gather(*(store.open() for store in stores))  # processes starting at once
+    try:
+        async with stores[0].pool.acquire() as conn:
+            applied = await migrations.applied_names(conn)
+    finally:
+        for store in stores:
+            await store.close()
+    assert applied == [m.name for m in sqlite_migrations._migrations]
+    again = PostgresStore(pg_url)
+    await again.open()  # nothing left to apply
+    await again.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_per_subscription_limit_holds_across_processes(pg_url: str) -> None:
+    from gateway.store.postgres import PostgresStore
+
+    stores = [PostgresStore(pg_url) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    try:
+        await stores[0].insert_subscription(subscription("s1"))
+        await emit(stores[0], [booking_event(f"test:b{n}") for n in range(40)])
+        # Each process has nothing in flight itself and room for 4 per subscription.
+        room = ClaimRoom(total=100, per_subscription=4)
+        claims = await asyncio.gather(
+            *(store.claim_deliveries(room, 60, ordering_max_wait=3600) for store in stores * 3)
+        )
+        leased = [record for batch in claims for record in batch]
+        assert len(leased) == 4  # not 4 per process
+        # Settling two frees two, for any process.
+        assert await stores[1].settle_deliveries([delivered(r) for r in leased[:2]]) == [True, True]
+        more = await stores[2].claim_deliveries(room, 60, ordering_max_wait=3600)
+        assert len(more) == 2
+    finally:
+        for store in stores:
+            await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_notify_wakes_the_other_processes(pg_url: str) -> None:
+    from gateway.store.postgres import PostgresStore
+
+    writer, listener = PostgresStore(pg_url), PostgresStore(pg_url)
+    await writer.open()
+    await listener.open()
+    woken: dict[str, asyncio.Event] = {"pushes": asyncio.Event(), "deliveries": asyncio.Event()}
+    listener.on_pushes_waiting(woken["pushes"].set)
+    listener.on_deliveries_waiting(woken["deliveries"].set)
+    try:
+        # The listener wakes everyone once it is listening (work may have been stored before).
+        await asyncio.wait_for(woken["deliveries"].wait(), 30)
+        for event in woken.values():
+            event.clear()
+        await writer.insert_subscription(subscription("s1"))
+        # A push nobody leased wakes the processors of every process ...
+        await writer.insert_push(source="x", kind="k", payload={}, dedupe_key="a", order_key=None)
+        await asyncio.wait_for(woken["pushes"].wait(), 30)
+        assert not woken["deliveries"].is_set()
+        # ... and a processed push with deliveries wakes their delivery workers.
+        await emit(writer, [booking_event("test:b1")])
+        await asyncio.wait_for(woken["deliveries"].wait(), 30)
+    finally:
+        await writer.close()
+        await listener.close()
