@@ -67,12 +67,11 @@ def pg_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def pg_url(pg_server: PostgresServer) -> Iterator[str]:
-    """A fresh, empty database on the session's server, dropped afterwards (so the server's
-    folder stays small however many tests ran)."""
-    url = pg_server.create_database()
-    yield url
+    """A fresh, empty database on the session's server. The previous tests' databases are dropped
+    first (their gateways have stopped by now), so the server's folder stays small."""
+    pg_server.drop_databases()
+    yield pg_server.create_database()
     close_queries()
-    pg_server.drop_database(url)
 
 
 @pytest.fixture

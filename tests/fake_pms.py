@@ -259,13 +259,28 @@ def close_queries() -> None:
         _queries.popitem()[1].close()
 
 
+def _query(db: str) -> SyncQuery:
+    if db not in _queries:
+        _queries[db] = SyncQuery(db)
+    return _queries[db]
+
+
+def execute_sql(db: Path | str, sql: str, params: list[Any] | None = None) -> None:
+    """A write straight to the gateway's database (the SQLite file, or the PostgreSQL URL), for
+    tests that set up what the API can't (an attempt made days ago)."""
+    if isinstance(db, str):
+        _query(db).execute(sql, params)
+        return
+    with sqlite3.connect(db, timeout=10) as conn:
+        conn.execute(sql, params or [])
+    conn.close()
+
+
 def count_rows(db: Path | str, sql: str, params: list[Any] | None = None) -> int:
     """A count read straight from the gateway's database: a second connection to its SQLite file
     (read only), or to its PostgreSQL database (``db`` is then the URL)."""
     if isinstance(db, str):
-        if db not in _queries:
-            _queries[db] = SyncQuery(db)
-        return int(_queries[db].scalar(sql, params))
+        return int(_query(db).scalar(sql, params))
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         return int(conn.execute(sql, params or []).fetchone()[0])

@@ -77,6 +77,7 @@ class PostgresServer:
         self.user = "postgres"
         self._as_postgres = os.geteuid() == 0
         self._databases = 0
+        self._made: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -128,12 +129,13 @@ class PostgresServer:
         self._databases += 1
         name = f"gw_{self._databases}_{uuid.uuid4().hex[:8]}"
         self.psql(f'create database "{name}" template {template}')
+        self._made.append(name)
         return self.url(name)
 
-    def drop_database(self, url: str) -> None:
-        """Drop a database made by ``create_database``, closing what is still connected."""
-        name = url.rsplit("/", 1)[1]
-        self.psql(f'drop database if exists "{name}" with (force)')
+    def drop_databases(self) -> None:
+        """Drop the databases ``create_database`` made, closing what is still connected."""
+        while self._made:
+            self.psql(f'drop database if exists "{self._made.pop()}" with (force)')
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(
@@ -198,6 +200,9 @@ class SyncQuery:
     def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
         """``sql`` may use SQLite's ``?`` placeholders (the tests' SQL reads both stores)."""
         return self._call(self._conn.fetchval(dollar_params(sql), *(params or [])))
+
+    def execute(self, sql: str, params: list[Any] | None = None) -> None:
+        self._call(self._conn.execute(dollar_params(sql), *(params or [])))
 
     def close(self) -> None:
         self._call(self._conn.close())

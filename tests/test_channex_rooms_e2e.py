@@ -9,8 +9,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from tests.fake_pms import Harness, booking_push, eventually, load_fixture
 from tests.octo_schema import validate_octo
+
+# Both stores: the SQLite file and a PostgreSQL database.
+pytestmark = pytest.mark.both_stores
 
 BOOKING = "3e029821-d446-45e9-8394-42d78a3aa1b1"
 DOUBLE = "e2a15383-7843-4240-adda-736608d72eca"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from gateway.app import create_app
 from gateway.appkeys import store_key
 from gateway.config import GatewayConfig
 from gateway.web.console import session as console_session
+from tests.fake_pms import execute_sql
 from tests.receivers import (
     Answer,
     Receiver,
@@ -27,6 +27,9 @@ from tests.receivers import (
     wait_attempts,
 )
 from tests.tenants import ADMIN, AUTH_A, TENANT_A, TENANT_B
+
+# Both stores: the SQLite file and a PostgreSQL database.
+pytestmark = pytest.mark.both_stores
 
 
 async def sign_in(client: TestClient[Any, Any], key: str) -> None:
@@ -245,11 +248,11 @@ async def test_store_figures_health_activity_and_single_message_replay(
     assert capped.capped
 
     # An attempt older than the window still counts as the last one, not in the rate.
-    with sqlite3.connect(config.storage.path) as db:
-        db.execute(
-            "update attempts set attempted_at = attempted_at - 2 * 86400 where subscription_id = ?",
-            [other["id"]],
-        )
+    execute_sql(
+        config.storage.url or config.storage.path,
+        "update attempts set attempted_at = attempted_at - 2 * 86400 where subscription_id = ?",
+        [other["id"]],
+    )
     aged = (await store.subscription_health([other["id"]], time.time() - 86400))[other["id"]]
     assert aged.attempts == 0 and aged.success_rate is None and aged.last_outcome == "delivered"
 

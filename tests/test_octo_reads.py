@@ -21,6 +21,9 @@ from tests.fake_pms import Gateways, Harness, booking_push, eventually, load_fix
 from tests.octo_schema import validate_octo
 from tests.test_store import query_plan
 
+# Both stores: the SQLite file and a PostgreSQL database.
+pytestmark = pytest.mark.both_stores
+
 ROOM_1 = "994d1375-dbbd-4072-8724-b2ab32ce781b"  # channex-booking-revision-1.json
 BOOKING_1 = "cfa33f3b-bd32-4b90-8ef9-bde2bfe986cd"
 BOOKING_COM = "3e029821-d446-45e9-8394-42d78a3aa1b1"  # channex-booking-revision-2/3.json

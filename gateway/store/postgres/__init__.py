@@ -4,12 +4,16 @@ Needs the ``postgres`` extra (asyncpg): ``pip install 'octo-gateway[postgres]'``
 """
 
 from gateway.store.postgres.deliveries import DeliveryStore
+from gateway.store.postgres.operations import OperationsStore
 from gateway.store.postgres.pushes import PushStore
+from gateway.store.postgres.reads import ReadStore
 from gateway.store.postgres.room_maps import RoomMapStore
 from gateway.store.postgres.subscriptions import SubscriptionStore
 
 
-class PostgresStore(SubscriptionStore, PushStore, DeliveryStore, RoomMapStore):
+class PostgresStore(
+    SubscriptionStore, PushStore, DeliveryStore, RoomMapStore, ReadStore, OperationsStore
+):
     """Implements ``gateway.store.interface.Store`` on a PostgreSQL database."""
 
 
