@@ -16,7 +16,7 @@ import pytest
 
 from gateway.models import AttemptRecord, RoomMap, RoomMapUpdate, Subscription
 from gateway.store import SQLiteStore, utcnow
-from gateway.store.interface import ClaimRoom, RoomMapConflict, Settlement, Store
+from gateway.store.interface import ClaimRoom, Retention, RoomMapConflict, Settlement, Store
 from gateway.store.sqlite.migrations import migrations as sqlite_migrations
 from tests.fake_pms import eventually
 from tests.receivers import availability_event, booking_event, emit
@@ -280,3 +280,18 @@ async def test_postgres_notify_wakes_the_other_processes(pg_url: str) -> None:
     finally:
         await writer.close()
         await listener.close()
+
+
+@pytest.mark.both_stores
+async def test_retention_prunes_finished_messages_and_their_events(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.insert_subscription(subscription("s1"))
+    await emit(store, [booking_event("test:b1"), booking_event("test:b2")])
+    first, second = await store.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+    assert await store.settle_deliveries([delivered(first)]) == [True]
+    removed = await store.apply_retention(Retention(messages_before=time.time() + 60))
+    # The delivered message and its attempt go; the one in flight and its event stay.
+    assert removed == {"deliveries": 1, "attempts": 1, "events": 1}
+    assert [d.id for d in await store.list_deliveries("s1")] == [second.id]
+    assert await store.settle_deliveries([delivered(second)]) == [True]
+    assert await store.apply_retention(Retention(messages_before=0)) == {}

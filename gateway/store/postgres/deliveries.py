@@ -12,16 +12,18 @@ is pending or leased. Leases of a process that died expire and are claimed like 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import asyncpg
 import orjson
 
 from gateway.models import AttemptRecord, DeliveryRecord
-from gateway.store.interface import ClaimRoom, Settlement
+from gateway.store.interface import ClaimRoom, Retention, Settlement
 from gateway.store.postgres.base import DELIVERIES_CHANNEL, Conn, PostgresBase, record
 from gateway.store.sqlite.base import _ts, new_id, utcnow
 
+RETENTION_CHUNK = 500  # rows deleted per transaction
 CLAIM_LOCK = 741_102  # pg_try_advisory_xact_lock(CLAIM_LOCK, hashtext(subscription_id))
 
 # The subscriptions with messages queued or in flight, each with its earliest queued message's
@@ -279,7 +281,9 @@ class DeliveryStore(PostgresBase):
                 subscription_id,
                 since,
             )
-            count = int(status.split()[-1])
+            count = int(status.split()[-1]) + await _missed_messages(
+                conn, subscription_id, since, now
+            )
             if count:
                 await conn.execute("select pg_notify($1, '')", DELIVERIES_CHANNEL)
         return count
@@ -295,25 +299,50 @@ class DeliveryStore(PostgresBase):
         assert row is not None
         return int(row["waiting"]), int(row["finished"])
 
-    async def prune_delivered(self, older_than: float) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
-            for table in ("attempts", "delivery_bodies"):
-                await conn.execute(
-                    f"delete from {table} where delivery_seq in (select seq from deliveries"
-                    " where state = 'delivered' and delivered_at < $1)",
-                    older_than,
+    async def apply_retention(self, retention: Retention) -> dict[str, int]:
+        """Delete finished messages (with their attempts and kept bodies) that finished before
+        the cutoff, then events no message refers to, RETENTION_CHUNK rows per transaction so
+        other writes go in between. Processes running this at once skip each other's rows."""
+        before = retention.messages_before
+        removed: Counter[str] = Counter()
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                seqs = [
+                    row["seq"]
+                    for row in await conn.fetch(
+                        "delete from deliveries where seq in (select seq from deliveries"
+                        " where (state = 'delivered' and delivered_at < $1)"
+                        " or (state in ('dead', 'skipped', 'superseded') and updated_at < $1)"
+                        " limit $2 for update skip locked) returning seq",
+                        before,
+                        RETENTION_CHUNK,
+                    )
+                ]
+                if not seqs:
+                    break
+                status = await conn.execute(
+                    "delete from attempts where delivery_seq = any($1::bigint[])", seqs
                 )
-            status = await conn.execute(
-                "delete from deliveries where state = 'delivered' and delivered_at < $1",
-                older_than,
-            )
+                await conn.execute(
+                    "delete from delivery_bodies where delivery_seq = any($1::bigint[])", seqs
+                )
+            removed["deliveries"] += len(seqs)
+            removed["attempts"] += int(status.split()[-1])
+        while True:
             # Events no message refers to any more are history nobody can replay.
-            await conn.execute(
-                "delete from events where created_at < $1 and not exists"
-                " (select 1 from deliveries d where d.event_seq = events.seq)",
-                older_than,
+            status = await self.pool.execute(
+                "delete from events where seq in (select e.seq from events e"
+                " where e.created_at < $1 and not exists"
+                " (select 1 from deliveries d where d.event_seq = e.seq)"
+                " limit $2 for update skip locked)",
+                before,
+                RETENTION_CHUNK,
             )
-        return int(status.split()[-1])
+            count = int(status.split()[-1])
+            if not count:
+                break
+            removed["events"] += count
+        return {table: count for table, count in removed.items() if count}
 
     async def queue_stats(self) -> dict[str, float]:
         row = await self.pool.fetchrow(
@@ -351,6 +380,61 @@ def _delivery(found: asyncpg.Record, *, with_data: bool = True) -> DeliveryRecor
         delivered_at=row["delivered_at"],
         data=orjson.loads(text) if with_data and text else {},
     )
+
+
+async def _missed_messages(conn: Conn, subscription_id: str, since: float, now: float) -> int:
+    """Queue a message for each event since ``since`` the subscription matches but got none
+    (it was disabled), in event order; for availability only each day's latest. An event is left
+    out when the subscription has a message for it or for a later event of its subject (the
+    SQLite store's rule)."""
+    found = await conn.fetchrow(
+        "select event, products from subscriptions where id = $1 and deleted_at is null",
+        subscription_id,
+    )
+    if found is None:
+        return 0
+    event, products = found["event"], set(orjson.loads(found["products"]))
+    prefix = len(subscription_id) + 1  # order_key is "<subscription id>|<subject>"
+    latest: dict[str, int] = {}
+    for row in await conn.fetch(
+        "select order_key, max(event_seq) as seq from deliveries where subscription_id = $1"
+        " group by order_key",
+        subscription_id,
+    ):
+        latest[row["order_key"][prefix:]] = row["seq"]
+    missed: dict[str, list[int]] = {}
+    for row in await conn.fetch(
+        "select seq, subject, product_id from events where event = $1 and created_at >= $2"
+        " order by seq",
+        event,
+        since,
+    ):
+        seq, subject = row["seq"], row["subject"]
+        if "*" not in products and row["product_id"] not in products:
+            continue
+        if latest.get(subject, 0) >= seq:
+            continue
+        if event == "availability_update":
+            missed[subject] = [seq]  # what the subscriber must end up holding: the last
+        else:
+            missed.setdefault(subject, []).append(seq)
+    rows = sorted(
+        (seq, f"{subscription_id}|{subject}") for subject, seqs in missed.items() for seq in seqs
+    )  # seq order is delivery order within a subject
+    if rows:
+        await conn.execute(
+            "insert into deliveries (id, event_seq, subscription_id, order_key, state,"
+            " next_attempt_at, created_at, updated_at)"
+            " select i, q, $4, k, 'pending', $5, $5, $5"
+            " from unnest($1::text[], $2::bigint[], $3::text[]) with ordinality as t(i, q, k, n)"
+            " order by n",
+            [new_id("msg") for _ in rows],
+            [seq for seq, _ in rows],
+            [key for _, key in rows],
+            subscription_id,
+            now,
+        )
+    return len(rows)
 
 
 async def _record_attempts(conn: Conn, settled: list[Settlement]) -> None:

@@ -224,6 +224,18 @@ MIGRATIONS: list[tuple[str, Sequence[str]]] = [
             "drop index deliveries_order",
             "create index deliveries_waiting on deliveries (order_key, seq)"
             " where state in ('pending', 'leased')",
+            # PostgreSQL checks the events foreign key when an event is deleted (retention):
+            # without this index each check would read every delivery.
+            "create index deliveries_event on deliveries (event_seq)",
+        ],
+    ),
+    (
+        # (Named m007_* by its issue; it runs after m008, as in the SQLite history.) Maintenance
+        # prunes dead, skipped and superseded messages by when they finished.
+        "m007_prune_finished_messages",
+        [
+            "create index deliveries_ended on deliveries (updated_at)"
+            " where state in ('dead', 'skipped', 'superseded')"
         ],
     ),
 ]
@@ -237,9 +249,9 @@ async def apply(conn: Conn) -> list[str]:
     async with conn.transaction():
         await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
         await conn.execute(
-            "create table if not exists gateway_migrations (migration_set text not null,"
-            " name text not null, applied_at timestamptz not null default now(),"
-            " primary key (migration_set, name))"
+            "create table if not exists gateway_migrations (id bigserial,"
+            " migration_set text not null, name text not null,"
+            " applied_at timestamptz not null default now(), primary key (migration_set, name))"
         )
         done = {
             row["name"]
@@ -267,7 +279,7 @@ async def applied_names(conn: Conn) -> list[str]:
     if not exists:
         return []
     rows = await conn.fetch(
-        "select name from gateway_migrations where migration_set = $1 order by applied_at, name",
+        "select name from gateway_migrations where migration_set = $1 order by id",
         MIGRATION_SET,
     )
     return [row["name"] for row in rows]

@@ -348,15 +348,15 @@ async def _with_history(
     return kept
 
 
-async def _subscribers(conn: Conn) -> dict[str, list[tuple[str, list[str], bool]]]:
-    by_event: dict[str, list[tuple[str, list[str], bool]]] = {}
+async def _subscribers(conn: Conn) -> dict[str, list[tuple[str, list[str]]]]:
+    """The active subscriptions by event: a disabled one gets no messages (a replay once it is
+    back on sends what it missed)."""
+    by_event: dict[str, list[tuple[str, list[str]]]] = {}
     for row in await conn.fetch(
-        "select id, event, products, active from subscriptions where deleted_at is null"
+        "select id, event, products from subscriptions where deleted_at is null and active = 1"
         " order by created_at, id"
     ):
-        by_event.setdefault(row["event"], []).append(
-            (row["id"], orjson.loads(row["products"]), bool(row["active"]))
-        )
+        by_event.setdefault(row["event"], []).append((row["id"], orjson.loads(row["products"])))
     return by_event
 
 
@@ -367,7 +367,7 @@ async def _fan_out(
     source: str,
     now: float,
 ) -> int:
-    """Store the events and one delivery per subscription whose event and products match; a
+    """Store the events and one delivery per active subscription whose event and products match; a
     newer availability for the same subject supersedes one still pending. Returns how many
     deliveries are to be sent."""
     if not kept:
@@ -396,21 +396,21 @@ async def _fan_out(
     latest: dict[str, int] = {}  # order key -> index in messages of its newest pending one
     to_send = 0
     for event_id, (event, _) in zip(event_ids, kept, strict=True):
-        for subscription_id, products, active in subscribers.get(event.event, []):
+        for subscription_id, products in subscribers.get(event.event, []):
             if "*" not in products and event.product_id not in products:
                 continue
             order_key = f"{subscription_id}|{event.subject}"
-            state = "pending" if active else "skipped"
             if event.event == "availability_update":
                 superseding.append(order_key)
                 earlier = latest.get(order_key)
                 if earlier is not None:  # the same subject twice in one push: the last one wins
                     messages[earlier] = (*messages[earlier][:4], "superseded")
                     to_send -= 1
-            if active:
-                to_send += 1
-                latest[order_key] = len(messages)
-            messages.append((new_id("msg"), seq_of[event_id], subscription_id, order_key, state))
+            to_send += 1
+            latest[order_key] = len(messages)
+            messages.append(
+                (new_id("msg"), seq_of[event_id], subscription_id, order_key, "pending")
+            )
     if superseding:
         await conn.execute(
             "update deliveries set state = 'superseded', updated_at = $1"
