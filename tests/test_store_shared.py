@@ -295,3 +295,45 @@ async def test_retention_prunes_finished_messages_and_their_events(open_store: O
     assert [d.id for d in await store.list_deliveries("s1")] == [second.id]
     assert await store.settle_deliveries([delivered(second)]) == [True]
     assert await store.apply_retention(Retention(messages_before=0)) == {}
+
+
+@pytest.mark.both_stores
+async def test_erase_booking_removes_it_everywhere_and_keeps_the_rest(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    await store.insert_subscription(subscription("s1"))
+    for booking in ("B1", "B2"):
+        push, _ = await store.insert_push(
+            source="x",
+            kind="booking",
+            payload={"booking": booking},
+            dedupe_key=booking,
+            order_key=f"x:{booking}",
+            lease_seconds=60,
+        )
+        event = booking_event(f"x:{booking}")
+        assert await store.complete_push(push.id, push.lease_token or "", [event]) == 1
+    removed = await store.erase_booking("x", "B1")
+    assert removed["pushes"] == removed["events"] == removed["deliveries"] == 1
+    assert removed["booking_state"] == 1
+    [left] = await store.list_pushes()
+    assert left.payload == {"booking": "B2"}
+    [kept] = await store.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+    assert kept.order_key == "s1|x:B2"
+
+
+@pytest.mark.both_stores
+async def test_retention_drops_old_pushes_and_past_stays(open_store: OpenStore) -> None:
+    store = await open_store()
+    push, _ = await store.insert_push(
+        source="x", kind="k", payload={}, dedupe_key="a", order_key=None, lease_seconds=60
+    )
+    event = booking_event("x:B1")
+    event.data["booking"]["availability"]["localDateTimeEnd"] = "2020-01-02T11:00:00+00:00"
+    assert await store.complete_push(push.id, push.lease_token or "", [event]) == 0
+    removed = await store.apply_retention(
+        Retention(pushes_before=time.time() + 60, stays_before="2020-01-03")
+    )
+    assert removed == {"pushes": 1, "booking_state": 1}
+    assert await store.list_pushes() == []

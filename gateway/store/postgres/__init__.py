@@ -7,12 +7,19 @@ from gateway.store.postgres.deliveries import DeliveryStore
 from gateway.store.postgres.operations import OperationsStore
 from gateway.store.postgres.pushes import PushStore
 from gateway.store.postgres.reads import ReadStore
+from gateway.store.postgres.retention import RetentionStore
 from gateway.store.postgres.room_maps import RoomMapStore
 from gateway.store.postgres.subscriptions import SubscriptionStore
 
 
 class PostgresStore(
-    SubscriptionStore, PushStore, DeliveryStore, RoomMapStore, ReadStore, OperationsStore
+    SubscriptionStore,
+    PushStore,
+    DeliveryStore,
+    RoomMapStore,
+    ReadStore,
+    OperationsStore,
+    RetentionStore,
 ):
     """Implements ``gateway.store.interface.Store`` on a PostgreSQL database."""
 

@@ -12,18 +12,16 @@ is pending or leased. Leases of a process that died expire and are claimed like 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 import asyncpg
 import orjson
 
 from gateway.models import AttemptRecord, DeliveryRecord
-from gateway.store.interface import ClaimRoom, Retention, Settlement
+from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.postgres.base import DELIVERIES_CHANNEL, Conn, PostgresBase, record
 from gateway.store.sqlite.base import _ts, new_id, utcnow
 
-RETENTION_CHUNK = 500  # rows deleted per transaction
 CLAIM_LOCK = 741_102  # pg_try_advisory_xact_lock(CLAIM_LOCK, hashtext(subscription_id))
 
 # The subscriptions with messages queued or in flight, each with its earliest queued message's
@@ -298,51 +296,6 @@ class DeliveryStore(PostgresBase):
         )
         assert row is not None
         return int(row["waiting"]), int(row["finished"])
-
-    async def apply_retention(self, retention: Retention) -> dict[str, int]:
-        """Delete finished messages (with their attempts and kept bodies) that finished before
-        the cutoff, then events no message refers to, RETENTION_CHUNK rows per transaction so
-        other writes go in between. Processes running this at once skip each other's rows."""
-        before = retention.messages_before
-        removed: Counter[str] = Counter()
-        while True:
-            async with self.pool.acquire() as conn, conn.transaction():
-                seqs = [
-                    row["seq"]
-                    for row in await conn.fetch(
-                        "delete from deliveries where seq in (select seq from deliveries"
-                        " where (state = 'delivered' and delivered_at < $1)"
-                        " or (state in ('dead', 'skipped', 'superseded') and updated_at < $1)"
-                        " limit $2 for update skip locked) returning seq",
-                        before,
-                        RETENTION_CHUNK,
-                    )
-                ]
-                if not seqs:
-                    break
-                status = await conn.execute(
-                    "delete from attempts where delivery_seq = any($1::bigint[])", seqs
-                )
-                await conn.execute(
-                    "delete from delivery_bodies where delivery_seq = any($1::bigint[])", seqs
-                )
-            removed["deliveries"] += len(seqs)
-            removed["attempts"] += int(status.split()[-1])
-        while True:
-            # Events no message refers to any more are history nobody can replay.
-            status = await self.pool.execute(
-                "delete from events where seq in (select e.seq from events e"
-                " where e.created_at < $1 and not exists"
-                " (select 1 from deliveries d where d.event_seq = e.seq)"
-                " limit $2 for update skip locked)",
-                before,
-                RETENTION_CHUNK,
-            )
-            count = int(status.split()[-1])
-            if not count:
-                break
-            removed["events"] += count
-        return {table: count for table, count in removed.items() if count}
 
     async def queue_stats(self) -> dict[str, float]:
         row = await self.pool.fetchrow(
