@@ -147,6 +147,11 @@ async def test_a_tenants_subscriptions_share_its_room(store: SQLiteStore) -> Non
     assert key is not None and key < 0 and slots.tenant_in_flight()["u"] == 2
     assert await claim(store, slots) == []
     assert slots.release(key) and slots.tenant_in_flight()["u"] == 1
+    # A deleted subscription is forgotten; what it still holds is released under its tenant.
+    slots.unassign("u1")
+    assert "u1" not in slots.room().tenant_of
+    held = next(r for r in first if r.subscription_id == "u1" and slots.holds(r.seq))
+    assert slots.release(held.seq) and "u" not in slots.tenant_in_flight()
 
 
 async def test_room_given_by_in_flight_counts_is_honoured(store: SQLiteStore) -> None:

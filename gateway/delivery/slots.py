@@ -37,6 +37,10 @@ class DeliverySlots:
         """Record the tenant a subscription belongs to (it never changes)."""
         self._tenant_of[subscription_id] = tenant
 
+    def unassign(self, subscription_id: str) -> None:
+        """Forget a deleted subscription's tenant (a slot it holds remembers its own)."""
+        self._tenant_of.pop(subscription_id, None)
+
     def free(self) -> int:
         """Slots free overall (0 once closed)."""
         with self._lock:
@@ -51,7 +55,7 @@ class DeliverySlots:
                 self.per_subscription,
                 dict(self._per_subscription),
                 per_tenant=self.per_tenant,
-                # Not copied: only ever added to, and read by key.
+                # Not copied: the store only looks keys up (safe while the loop changes it).
                 tenant_of=self._tenant_of,
                 tenant_in_flight=dict(self._per_tenant),
             )

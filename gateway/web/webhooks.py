@@ -331,6 +331,8 @@ async def remove_subscription(request: web.Request, subscription: Subscription) 
     if deleted is None:
         raise not_found(f"webhook {subscription.id}")
     forget(request, deleted.id)
+    if deliverer_key in request.app:  # its slots, if any, are freed by what holds them
+        request.app[deliverer_key].slots.unassign(deleted.id)
     log.info("tenant %s deleted subscription %s", deleted.tenant, deleted.id)
     return deleted
 
