@@ -15,8 +15,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,7 +123,7 @@ class SQLiteBase:
         self.fault_memory = fault_memory
         self._faults = RateLimitedLog(log, FAULT_LOG_INTERVAL)
         self._last_fault: tuple[float, str] | None = None  # (time.monotonic(), reason)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._writer = WriterThread("store-writer_0", self._flush)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-reader")
         self._write_db: Database | None = None
         self._local = threading.local()
@@ -203,12 +204,10 @@ class SQLiteBase:
             start = not self._flushing
             self._flushing = True
         if start:
-            # submit, not run_in_executor: nobody awaits the flush itself, so its completion
-            # needn't wake the loop (each batch's results do, once).
-            self._writer.submit(self._flush, loop).add_done_callback(_flush_ended)
+            self._writer.kick()
         return await future
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _flush(self) -> None:
         while True:
             with self._queue_lock:
                 batch, self._queue = self._queue, []
@@ -216,12 +215,13 @@ class SQLiteBase:
                     self._flushing = False
                     return
             outcomes = self._storage_outcomes(self._run_batch(batch))
-            # One wake-up of the loop per batch, not one per write.
-            answers = [
-                (future, result, error)
-                for (_, future), (result, error) in zip(batch, outcomes, strict=True)
-            ]
-            loop.call_soon_threadsafe(_settle_futures, answers)
+            # One wake-up of each waiting loop per batch, not one per write.
+            answers: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
+            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+                answers.setdefault(future.get_loop(), []).append((future, result, error))
+            for waiting, answered in answers.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    waiting.call_soon_threadsafe(_settle_futures, answered)
 
     def _run_batch(
         self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
@@ -369,7 +369,10 @@ def _insert(db: Database, table: str, row: dict[str, Any]) -> int:
     return cursor.lastrowid
 
 
-def _settle_futures(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _settle_futures(answers: list[Answer]) -> None:
     for future, result, error in answers:
         if future.cancelled():
             continue
@@ -379,10 +382,67 @@ def _settle_futures(answers: list[tuple[asyncio.Future[Any], Any, BaseException 
             future.set_result(result)
 
 
-def _flush_ended(flush: Future[None]) -> None:
-    """A flush that failed outside any write (the loop closed under it, say) is logged."""
-    if not flush.cancelled() and flush.exception() is not None:
-        log.error("store writer: flushing writes failed", exc_info=flush.exception())
+class WriterThread(Executor):
+    """The store's one writer thread. ``kick`` has it flush the group-commit queue: one semaphore
+    release, where an executor's ``submit`` makes a future, a condition and a work item per
+    batch. ``submit`` runs anything else on it (opening and closing the connection)."""
+
+    def __init__(self, name: str, flush: Callable[[], None]) -> None:
+        self._name = name
+        self._flush = flush
+        self._jobs: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._signal = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if kwargs:
+            return self.submit(lambda: fn(*args, **kwargs))
+        future: Future[T] = Future()
+        with self._lock:
+            self._check_running()
+            self._jobs.append((future, fn, args))
+        self._signal.release()
+        return future
+
+    def kick(self) -> None:
+        with self._lock:
+            self._check_running()
+        self._signal.release()
+
+    def _check_running(self) -> None:
+        if self._stopping:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._signal.acquire()
+            while self._jobs:
+                future, fn, args = self._jobs.popleft()
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+            try:
+                self._flush()
+            except Exception:
+                log.exception("store writer: flushing writes failed")
+            with self._lock:
+                if self._stopping and not self._jobs:
+                    return
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._signal.release()
+        if wait and thread is not None:
+            thread.join()
 
 
 class _RandomPool(threading.local):
