@@ -116,7 +116,7 @@ def storage_failure(config: GatewayConfig, exc: BaseException) -> NoReturn:
 def check_storage(config: GatewayConfig) -> str:
     """Open the database read-only, as serve will find it; a problem ends the command."""
     if config.storage.url is not None:
-        return f"PostgreSQL {config.storage.describe()} (connected to when serving)"
+        return "PostgreSQL (connected to when serving)"
     try:
         return check_database(config.storage.path)
     except (OSError, sqlite3.Error) as exc:
@@ -285,7 +285,7 @@ def check(config_path: Path | None) -> None:
     database = check_storage(config)
     sources = ", ".join(sorted(config.sources)) or "none"
     click.echo(f"{config.source_file}: ok (sources: {sources})")
-    click.echo(f"storage {config.storage.path}: {database}")
+    click.echo(f"storage {config.storage.describe()}: {database}")
 
 
 @cli.command()
