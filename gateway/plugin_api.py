@@ -8,7 +8,9 @@ See docs/plugin_hooks.md for the hooks and a tutorial that adds a PMS source.
 from __future__ import annotations
 
 from gateway.config import SourceConfig
-from gateway.hookspecs import hookimpl
+from gateway.delivery.worker import Attempt
+from gateway.hookspecs import Handler, RegisterRoute, RegisterSource, hookimpl
+from gateway.models import EventName, Subscription
 from gateway.octo import (
     Availability,
     AvailabilityEvent,
@@ -62,18 +64,23 @@ __all__ = [
     "IGNORE",
     "STILL_CANCELLABLE",
     "AcceptedPush",
+    "Attempt",
     "Availability",
     "AvailabilityEvent",
     "Booking",
     "BookingEvent",
     "Contact",
     "DayKey",
+    "EventName",
+    "Handler",
     "IncomingPush",
     "MappedRoom",
     "OctoError",
     "Outcome",
     "PushRejected",
     "Refund",
+    "RegisterRoute",
+    "RegisterSource",
     "RetryLater",
     "RoomMap",
     "SamplePush",
@@ -82,6 +89,7 @@ __all__ = [
     "SourceContext",
     "SourceSettings",
     "StoredPush",
+    "Subscription",
     "TranslationError",
     "TranslationSettings",
     "UnitItem",

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.appkeys import config_key
-from gateway.hookspecs import hookimpl
+from gateway.hookspecs import RegisterRoute, hookimpl
 from gateway.web.errors import OctoError
 from gateway.web.openapi import describe
 
@@ -76,6 +76,6 @@ def startup(app: web.Application) -> None:
 
 
 @hookimpl
-def register_routes(register: Any) -> None:
+def register_routes(register: RegisterRoute) -> None:
     register("POST", "/sandbox/receiver", receiver_post)
     register("GET", "/sandbox/receiver", receiver_get)

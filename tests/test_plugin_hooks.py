@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from aiohttp import web
 from gateway import hookspecs
 from gateway.app import create_app
 from gateway.appkeys import hooks_key, sender_key, store_key, templates_key
-from gateway.hookspecs import hookimpl
+from gateway.hooks import Hooks
+from gateway.hookspecs import RegisterRoute, RegisterSource, hookimpl
 from gateway.plugins import PluginError, make_plugin_manager
 from gateway.samples import sample_data
 from gateway.sources import AcceptedPush, IncomingPush, Outcome, StoredPush
@@ -118,9 +120,80 @@ def test_register_sources_validates() -> None:
 
 
 def create_app_with(plugin: object) -> None:
-    from gateway.hooks import Hooks
-
     Hooks(manager(plugin)).sources()
+
+
+def _register_echo(register: RegisterSource) -> None:
+    """A helper a hook implementation calls: the source is still its plugin's."""
+    register(EchoSource())
+
+
+def test_wrapper_implementations_are_called_through_pluggy() -> None:
+    calls: list[str] = []
+
+    async def wrapped(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    class NewStyle:
+        @hookimpl(wrapper=True)
+        def register_sources(self, register: RegisterSource) -> Generator[None, None, None]:
+            calls.append("new: before")
+            result = yield
+            _register_echo(register)  # after every other implementation
+            calls.append("new: after")
+            return result
+
+    class OldStyle:
+        @hookimpl(hookwrapper=True)
+        def register_routes(self, register: RegisterRoute) -> Generator[None, Any, None]:
+            calls.append("old: before")
+            yield
+            register("GET", "/wrapped", wrapped)
+
+    pm = manager()
+    pm.register(NewStyle(), name="new-style")
+    pm.register(OldStyle(), name="old-style")
+    hooks = Hooks(pm)
+    sources = hooks.sources()
+    routes = hooks.routes()
+    assert calls == ["new: before", "new: after", "old: before"]
+    assert {"channex", "beds24", "echo"} <= set(sources)
+    assert hooks.source_owners == {"channex": "channex", "beds24": "beds24", "echo": "new-style"}
+    [route] = [r for r in routes if r.path == "/wrapped"]
+    assert route.plugin == "old-style"
+    # Built-ins first, in the order plugins loaded, whatever order pluggy called them in.
+    assert list(sources)[-1] == "echo"
+    assert routes[0].plugin == "gateway.sandbox"
+
+
+def test_register_after_the_hook_returned_is_refused() -> None:
+    kept: list[RegisterSource] = []
+
+    class Keeper:
+        @hookimpl
+        def register_sources(self, register: RegisterSource) -> None:
+            kept.append(register)
+
+    pm = manager()
+    pm.register(Keeper(), name="keeper")
+    Hooks(pm).sources()
+    with pytest.raises(PluginError, match=re.escape("register() called after register_sources")):
+        kept[0](EchoSource())
+
+
+def test_a_taken_source_name_names_both_plugins() -> None:
+    class Again:
+        @hookimpl
+        def register_sources(self, register: RegisterSource) -> None:
+            register(EchoSource())
+            register(EchoSource())
+
+    pm = manager()
+    pm.register(Again(), name="again")
+    with pytest.raises(
+        PluginError, match="plugin again: source 'echo' is already registered by again"
+    ):
+        Hooks(pm).sources()
 
 
 async def test_hook_register_routes(aiohttp_client: Any, make_config: Any) -> None:
@@ -276,7 +349,7 @@ def test_misspelled_hook_fails_at_start() -> None:
 
 DROP_IN = """
 from pydantic import BaseModel
-from gateway.hookspecs import hookimpl
+from gateway.plugin_api import hookimpl
 
 
 class Greeting(BaseModel):
@@ -334,7 +407,7 @@ def test_entry_point_plugin_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     module.write_text(
         textwrap.dedent(
             """
-            from gateway.hookspecs import hookimpl
+            from gateway.plugin_api import hookimpl
 
             @hookimpl
             def delivery_headers(event, subscription, body):
@@ -351,6 +424,4 @@ def test_entry_point_plugin_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.syspath_prepend(str(tmp_path))
     pm = make_plugin_manager(None)
     assert pm.has_plugin("entry_demo")
-    from gateway.hooks import Hooks
-
     assert Hooks(pm).delivery_headers("booking_update", None, b"") == {"X-Entry-Point": "yes"}

@@ -132,16 +132,29 @@ class SourceContext(Protocol):
 
 
 class Source(Protocol):
+    """An ingest source, as a plugin hands it to ``register_sources`` (the hook's docstring in
+    ``gateway.hookspecs`` is the full contract). It may also offer ``samples``: a mapping of kind
+    to ``SamplePush`` for ``gateway push-sample``."""
+
     name: str
 
     def check_settings(self, settings: SourceConfig) -> None:
-        """Raise ValueError naming the key when ``[sources.<name>]`` is unusable (start-up, check)."""
+        """Raise ``ValueError`` or a pydantic ``ValidationError`` naming the key when
+        ``[sources.<name>]`` is unusable, including a key the source does not know (start-up and
+        ``gateway check``)."""
         ...
 
-    def accept(self, push: IncomingPush) -> AcceptedPush: ...
+    def accept(self, push: IncomingPush) -> AcceptedPush:
+        """Before the 200: check the push parses, strip card data, say what to store; raise
+        ``PushRejected`` for a 400."""
+        ...
 
-    async def process(self, push: StoredPush, context: SourceContext) -> Outcome: ...
+    async def process(self, push: StoredPush, context: SourceContext) -> Outcome:
+        """After the 200 (and again after a crash or replay): the push's OCTO events. Raise
+        ``RetryLater`` while the PMS API is down, ``PushRejected`` when it can never succeed."""
+        ...
 
     async def acknowledge(self, outcome: Outcome, context: SourceContext) -> None:
-        """Called once the push's events are durably stored (Channex acks revisions here)."""
+        """Called once the push's events are durably stored (Channex acks revisions here). A
+        failure is logged, not retried: the PMS resends, and the resend is recognised."""
         ...

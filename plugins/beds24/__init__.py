@@ -21,6 +21,8 @@ from gateway.plugin_api import (
     IncomingPush,
     Outcome,
     PushRejected,
+    RegisterRoute,
+    RegisterSource,
     SamplePush,
     SourceConfig,
     SourceContext,
@@ -231,11 +233,11 @@ class Beds24Source:
 
 
 @hookimpl
-def register_sources(register: Any) -> None:
+def register_sources(register: RegisterSource) -> None:
     register(Beds24Source())
 
 
 @hookimpl
-def register_routes(register: Any) -> None:
+def register_routes(register: RegisterRoute) -> None:
     for method, path, handler in ROUTES:
         register(method, path, handler)

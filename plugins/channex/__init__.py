@@ -21,6 +21,8 @@ from gateway.plugin_api import (
     IncomingPush,
     Outcome,
     PushRejected,
+    RegisterRoute,
+    RegisterSource,
     RetryLater,
     SamplePush,
     SourceConfig,
@@ -323,11 +325,11 @@ class ChannexSource:
 
 
 @hookimpl
-def register_sources(register: Any) -> None:
+def register_sources(register: RegisterSource) -> None:
     register(ChannexSource())
 
 
 @hookimpl
-def register_routes(register: Any) -> None:
+def register_routes(register: RegisterRoute) -> None:
     for method, path, handler in ROUTES:
         register(method, path, handler)
