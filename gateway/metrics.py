@@ -57,7 +57,7 @@ class Metrics:
         )
         self.pushes = Counter(
             "gateway_pushes",
-            "Pushes received, by source and result (stored, duplicate, rejected)",
+            "Pushes received, by source and result (stored, duplicate, rejected, unauthorized)",
             ["source", "result"],
             registry=self.registry,
         )

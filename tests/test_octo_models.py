@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from gateway.delivery.worker import supplier_object
 from gateway.octo import (
     Availability,
     AvailabilityEvent,
@@ -177,3 +178,19 @@ def test_schema_bundle_falls_back_to_the_fixture_copy(monkeypatch: pytest.Monkey
     if shared != FIXTURES / "octo-core.schemas.json":
         # The copy must not drift from the shared bundle it stands in for.
         assert shared.read_bytes() == (FIXTURES / "octo-core.schemas.json").read_bytes()
+
+
+def test_the_supplier_sent_with_every_event_validates(make_config: Any) -> None:
+    config = make_config(
+        supplier={"id": "hotel-1", "name": "Hotel", "email": "ops@hotel.example"},
+        server={"public_url": "https://gateway.example/"},
+    )
+    supplier = supplier_object(config)
+    validate_octo("Supplier", supplier)
+    assert supplier["endpoint"] == "https://gateway.example/octo"
+    assert supplier["contact"] == {
+        "website": None,
+        "email": "ops@hotel.example",
+        "telephone": None,
+        "address": None,
+    }

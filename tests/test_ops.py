@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from gateway.app import create_app
 from tests.conftest import AUTH_A
 
 
@@ -32,3 +33,19 @@ async def test_metrics_count_requests_and_latency(client: TestClient[Any, Any]) 
         'gateway_http_request_duration_seconds_count{method="GET",route="/octo/webhooks"} 2.0'
         in text
     )
+
+
+async def test_metrics_count_pushes_by_source_and_result(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    config = make_config(sources={"beds24": {"token": "beds24-token"}})
+    client = await aiohttp_client(create_app(config, workers=False))
+    token = {"X-Gateway-Token": "beds24-token"}
+    booking = {"booking": {"id": 5, "status": "confirmed", "modifiedTime": "2026-01-01T00:00:00Z"}}
+    assert (await client.post("/ingest/beds24", json=booking, headers=token)).status == 200
+    assert (await client.post("/ingest/beds24", json=booking, headers=token)).status == 200
+    assert (await client.post("/ingest/beds24", data=b"{", headers=token)).status == 400
+    assert (await client.post("/ingest/beds24", json=booking)).status == 401
+    text = await (await client.get("/metrics")).text()
+    for result in ("stored", "duplicate", "rejected", "unauthorized"):
+        assert f'gateway_pushes_total{{result="{result}",source="beds24"}} 1.0' in text, result

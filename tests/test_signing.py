@@ -1,5 +1,6 @@
-"""Standard Webhooks signing: every vector of shared/standard-webhooks-vectors.md, plus a
-cross-check against the independent reference library (``standardwebhooks`` on PyPI)."""
+"""Standard Webhooks signing: every vector of shared/standard-webhooks-vectors.md, and every
+signature checked by the independent reference library (``standardwebhooks`` on PyPI), the way a
+subscriber verifies it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,10 @@ from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as ReferenceVerificationError
 
 from gateway.delivery.signing import (
-    WebhookVerificationError,
     generate_secret,
     secret_key,
     sign,
     signature_header,
-    verify,
     webhook_headers,
 )
 
@@ -42,17 +41,6 @@ POSITIVE = [
     pytest.param(SECRET_B, ID_B, TS_B, BODY_B, SIG_B, id="vector-B"),
 ]
 
-DECOY = "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc="
-
-
-def headers_a(signature: str, timestamp: int = TS_A) -> dict[str, str]:
-    return {
-        "webhook-id": ID_A,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature,
-    }
-
-
 # --- positive vectors ---------------------------------------------------------------------
 
 
@@ -62,18 +50,6 @@ def test_sign_matches_vector(
 ) -> None:
     assert sign(msg_id, timestamp, body, secret) == expected
     assert len(expected) == len("v1,") + 44
-
-
-@pytest.mark.parametrize(("secret", "msg_id", "timestamp", "body", "expected"), POSITIVE)
-def test_verify_accepts_vector(
-    secret: str, msg_id: str, timestamp: int, body: bytes, expected: str
-) -> None:
-    headers = {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": expected,
-    }
-    verify(body, headers, secret, now=timestamp)
 
 
 @pytest.mark.parametrize(("secret", "msg_id", "timestamp", "body", "expected"), POSITIVE)
@@ -89,85 +65,34 @@ def test_vector_keys_are_24_bytes() -> None:
     assert len(secret_key(SECRET_B)) == 24
 
 
-# --- negative and edge-case vectors -------------------------------------------------------
+def verified(body: bytes, headers: dict[str, str], secret: str) -> None:
+    """Verify as a subscriber does, with the reference library (its clock: headers made now)."""
+    Webhook(secret).verify(body, headers, json_parse=False)
 
 
-@pytest.mark.parametrize(
-    "signature",
-    [
-        pytest.param("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA=", id="last-byte-changed"),
-        pytest.param("v1,dawfeoifkpqwoekfpqoekf", id="garbage"),
-        pytest.param("v1,", id="empty-v1"),
-        pytest.param(SIG_A[:20], id="partial-prefix"),
-        pytest.param(SIG_A[:-1], id="missing-last-char"),
-        pytest.param(
-            "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", id="only-v2-with-right-bytes"
-        ),
-        pytest.param("g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", id="no-version"),
-        pytest.param(f"{DECOY} {DECOY}", id="two-wrong-v1"),
-    ],
-)
-def test_verify_rejects_bad_signature(signature: str) -> None:
-    with pytest.raises(WebhookVerificationError, match="no matching signature"):
-        verify(BODY_A, headers_a(signature), SECRET_A, now=TS_A)
+# --- what a subscriber's verification sees ------------------------------------------------
 
 
-def test_verify_rejects_rust_wrong_signature() -> None:
-    headers = {
-        "webhook-id": ID_B,
-        "webhook-timestamp": str(TS_B),
-        "webhook-signature": "v1,R3PTzyfHASBKHH98a7yexTwaJ4yNIcGhFQc1yuN+BPU=",
-    }
-    with pytest.raises(WebhookVerificationError):
-        verify(BODY_B, headers, SECRET_B, now=TS_B)
+def test_a_changed_body_or_id_fails_verification() -> None:
+    headers = webhook_headers(ID_A, BODY_A, [SECRET_A])
+    verified(BODY_A, headers, SECRET_A)
+    with pytest.raises(ReferenceVerificationError):
+        verified(b'{"test":2432232314}', headers, SECRET_A)
+    with pytest.raises(ReferenceVerificationError):
+        verified(BODY_A, {**headers, "webhook-id": "msg_other"}, SECRET_A)
 
 
-def test_verify_accepts_one_valid_among_several() -> None:
-    signature = f"{DECOY} {DECOY.replace('v1,', 'v2,')} {SIG_A} {DECOY}"
-    verify(BODY_A, headers_a(signature), SECRET_A, now=TS_A)
-
-
-@pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
-def test_verify_rejects_missing_header(missing: str) -> None:
-    headers = headers_a(SIG_A)
-    del headers[missing]
-    with pytest.raises(WebhookVerificationError, match="missing"):
-        verify(BODY_A, headers, SECRET_A, now=TS_A)
-
-
-@pytest.mark.parametrize("timestamp", ["hello", "1614265330.0", "-1614265330", " 1614265330", ""])
-def test_verify_rejects_non_integer_timestamp(timestamp: str) -> None:
-    headers = {**headers_a(SIG_A), "webhook-timestamp": timestamp}
-    with pytest.raises(WebhookVerificationError):
-        verify(BODY_A, headers, SECRET_A, now=TS_A)
-
-
-@pytest.mark.parametrize(
-    ("offset", "message"),
-    [(-5 * 60 - 1, "too old"), (5 * 60 + 1, "too new")],
-    ids=["too-old", "too-new"],
-)
-def test_verify_rejects_timestamp_out_of_tolerance(offset: int, message: str) -> None:
-    now = int(time.time())
-    timestamp = now + offset
-    headers = headers_a(sign(ID_A, timestamp, BODY_A, SECRET_A), timestamp)
-    with pytest.raises(WebhookVerificationError, match=message):
-        verify(BODY_A, headers, SECRET_A)
-    # The reference library agrees.
-    with pytest.raises(ReferenceVerificationError, match=message):
-        Webhook(SECRET_A).verify(BODY_A, headers)
-
-
-@pytest.mark.parametrize("offset", [-5 * 60, 5 * 60])
-def test_verify_accepts_timestamp_at_tolerance_edge(offset: int) -> None:
-    headers = headers_a(sign(ID_A, TS_A + offset, BODY_A, SECRET_A), TS_A + offset)
-    verify(BODY_A, headers, SECRET_A, now=TS_A)
+def test_an_old_attempt_fails_verification() -> None:
+    # The timestamp is the attempt's: a retry is signed again, never replayed with old headers.
+    stale = int(time.time()) - 5 * 60 - 1
+    with pytest.raises(ReferenceVerificationError, match="too old"):
+        verified(BODY_A, webhook_headers(ID_A, BODY_A, [SECRET_A], now=stale), SECRET_A)
 
 
 @pytest.mark.parametrize("secret", [SECRET_A, SECRET_A.removeprefix("whsec_")])
 def test_secret_with_and_without_prefix(secret: str) -> None:
     assert sign(ID_A, TS_A, BODY_A, secret) == SIG_A
-    verify(BODY_A, headers_a(SIG_A), secret, now=TS_A)
+    verified(BODY_A, webhook_headers(ID_A, BODY_A, [secret]), SECRET_A)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +107,7 @@ def test_secret_with_and_without_prefix(secret: str) -> None:
 def test_unpadded_secret_verifies(unpadded: str, padded: str) -> None:
     assert secret_key(unpadded) == secret_key(padded)
     signature = sign(ID_A, TS_A, BODY_A, padded)
-    verify(BODY_A, headers_a(signature), unpadded, now=TS_A)
+    verified(BODY_A, webhook_headers(ID_A, BODY_A, [padded]), unpadded)
     assert Webhook(unpadded).sign(ID_A, datetime.fromtimestamp(TS_A, tz=UTC), BODY_A.decode()) == (
         signature
     )
@@ -218,26 +143,6 @@ def test_sign_rejects_invalid_id(msg_id: str) -> None:
         sign(msg_id, TS_A, BODY_A, SECRET_A)
 
 
-def test_verify_rejects_id_with_full_stop() -> None:
-    headers = {**headers_a(SIG_A), "webhook-id": "msg.1"}
-    with pytest.raises(WebhookVerificationError, match="webhook-id"):
-        verify(BODY_A, headers, SECRET_A, now=TS_A)
-
-
-def test_verify_matches_header_names_case_insensitively() -> None:
-    headers = {
-        "Webhook-Id": ID_A,
-        "WEBHOOK-TIMESTAMP": str(TS_A),
-        "webhook-SIGNATURE": SIG_A,
-    }
-    verify(BODY_A, headers, SECRET_A, now=TS_A)
-
-
-def test_verify_rejects_changed_body() -> None:
-    with pytest.raises(WebhookVerificationError):
-        verify(b'{"test":2432232314}', headers_a(SIG_A), SECRET_A, now=TS_A)
-
-
 # --- our API: secrets, rotation, headers ---------------------------------------------------
 
 
@@ -253,7 +158,7 @@ def test_signature_header_signs_with_every_secret_in_order() -> None:
     header = signature_header(ID_A, TS_A, BODY_A, [SECRET_B, SECRET_A])
     assert header == f"{sign(ID_A, TS_A, BODY_A, SECRET_B)} {SIG_A}"
     for secret in (SECRET_A, SECRET_B):
-        verify(BODY_A, headers_a(header), secret, now=TS_A)
+        verified(BODY_A, webhook_headers(ID_A, BODY_A, [SECRET_B, SECRET_A]), secret)
 
 
 def test_signature_header_needs_a_secret() -> None:
@@ -291,24 +196,9 @@ def test_reference_library_verifies_both_secrets_during_rotation() -> None:
     headers = webhook_headers("msg_rotation", BODY_B, [new, old])
     assert len(headers["webhook-signature"].split(" ")) == 2
     for secret in (new, old):
-        Webhook(secret).verify(BODY_B, headers, json_parse=False)
-        verify(BODY_B, headers, secret)
+        verified(BODY_B, headers, secret)
     with pytest.raises(ReferenceVerificationError):
-        Webhook(stranger).verify(BODY_B, headers, json_parse=False)
-    with pytest.raises(WebhookVerificationError):
-        verify(BODY_B, headers, stranger)
-
-
-def test_we_verify_reference_library_signatures() -> None:
-    secret = generate_secret()
-    now = int(time.time())
-    signature = Webhook(secret).sign("msg_theirs", datetime.fromtimestamp(now, tz=UTC), "{}")
-    headers = {
-        "webhook-id": "msg_theirs",
-        "webhook-timestamp": str(now),
-        "webhook-signature": signature,
-    }
-    verify(b"{}", headers, secret)
+        verified(BODY_B, headers, stranger)
 
 
 @pytest.mark.parametrize("key_bytes", [1, 32, 63, 64, 65, 200])

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway.octo import Availability, AvailabilityEvent, BookingEvent, booking_uuid
+from gateway.octo import AvailabilityEvent, BookingEvent, booking_uuid
 from gateway.sources.settings import TranslationSettings
-from gateway.sources.translation import TranslationError, changed_availability
+from gateway.sources.translation import TranslationError
 from gateway_beds24.translate import availability_from_calendar, booking_from_beds24
 from tests.octo_schema import assert_golden, load_fixture, validate_octo
 
@@ -271,21 +271,3 @@ def test_empty_window_gives_nothing() -> None:
     items = load_fixture("beds24-calendar-1.json")["data"]
 
     assert availability_from_calendar(items, UTC_SETTINGS, MARCH_7, MARCH_1) == []
-
-
-# --- changed_availability -------------------------------------------------------------------
-
-
-def test_changed_availability_keeps_only_changes() -> None:
-    events = calendar()
-    known: dict[tuple[str, str, str], dict[str, Any] | Availability] = {
-        event.key: event.availability.model_dump(mode="json", by_alias=True) for event in events
-    }
-    # The same day as an object, and one day now sold out.
-    known[events[0].key] = events[0].availability
-    sold_out = events[1].availability.model_copy(update={"vacancies": 0, "status": "SOLD_OUT"})
-    known[events[1].key] = sold_out.model_dump(mode="json", by_alias=True)
-    del known[events[2].key]
-
-    assert changed_availability(events, known) == [events[1], events[2]]
-    assert changed_availability(events, {}) == events

@@ -40,6 +40,7 @@ from gateway.models import (
     mask_password,
     trusted,
 )
+from gateway.octo import Supplier, SupplierContact
 from gateway.store import utcnow
 from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import ClaimRoom, Settlement, Store
@@ -140,20 +141,20 @@ def webhook_object(subscription: Subscription) -> dict[str, Any]:
 
 
 def supplier_object(config: GatewayConfig) -> dict[str, Any]:
+    """The OCTO Supplier sent with every event, from ``[supplier]``."""
     supplier = config.supplier
     listening = config.server.public_url or f"http://{config.server.host}:{config.server.port}"
-    endpoint = supplier.endpoint or listening.rstrip("/") + "/octo"
-    return {
-        "id": supplier.id,
-        "name": supplier.name,
-        "endpoint": endpoint,
-        "contact": {
-            "website": supplier.website,
-            "email": supplier.email,
-            "telephone": supplier.telephone,
-            "address": supplier.address,
-        },
-    }
+    return Supplier(
+        id=supplier.id,
+        name=supplier.name,
+        endpoint=supplier.endpoint or listening.rstrip("/") + "/octo",
+        contact=SupplierContact(
+            website=supplier.website,
+            email=supplier.email,
+            telephone=supplier.telephone,
+            address=supplier.address,
+        ),
+    ).model_dump(mode="json", by_alias=True)
 
 
 def body_context(

@@ -41,7 +41,7 @@ def availability_subject(source: str, product_id: str, option_id: str, day: str)
     return f"{source}:{product_id}|{option_id}|{day}"
 
 
-def booking_event(source: str, event: BookingEvent) -> NewEvent:
+def booking_event(event: BookingEvent) -> NewEvent:
     booking = event.booking
     subject = event.booking_key  # already names the source
     # Built from the OCTO models the plugin's output was validated into: no second validation.
@@ -80,7 +80,7 @@ def availability_event(source: str, event: AvailabilityEvent, only_if_changed: b
 
 
 def new_events(source: str, outcome: Outcome) -> list[NewEvent]:
-    events = [booking_event(source, b) for b in outcome.bookings]
+    events = [booking_event(b) for b in outcome.bookings]
     events += [
         availability_event(source, a, outcome.only_changed_availability)
         for a in outcome.availability

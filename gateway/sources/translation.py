@@ -195,18 +195,3 @@ def full_name(first: str | None, last: str | None) -> str | None:
 def country_code(value: Any) -> str | None:
     code = text(value)
     return code.upper() if code else None
-
-
-def changed_availability(
-    new: list[AvailabilityEvent],
-    previous: Mapping[DayKey, Mapping[str, Any] | Availability],
-) -> list[AvailabilityEvent]:
-    """The events whose availability differs from the last one sent for the same slot."""
-    changed = []
-    for event in new:
-        known = previous.get(event.key)
-        if isinstance(known, Availability):
-            known = known.model_dump(mode="json", by_alias=True)
-        if known != event.availability.model_dump(mode="json", by_alias=True):
-            changed.append(event)
-    return changed

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.appkeys import config_key, store_key
+from gateway.appkeys import config_key, metrics_key, store_key
 from gateway.models import PushRecord
 from gateway.sources import IncomingPush, PushRejected, Source
 from gateway.sources.pms import without_card_data
@@ -164,6 +164,7 @@ async def ingest(request: web.Request) -> web.Response:
     # The token is checked before the body is even read: nothing from an unknown sender is kept.
     token = request.headers.get(TOKEN_HEADER) or request.query.get("token") or ""
     if not token or not tokens_equal(token, settings.token):
+        request.app[metrics_key].pushes.labels(name, "unauthorized").inc()
         raise OctoError(401, f"missing or wrong token for source {name!r}")
     store = request.app[store_key]
     try:
@@ -195,6 +196,7 @@ async def ingest(request: web.Request) -> web.Response:
     # Whether the answer waits for it or not, the stored push goes to the processor.
     write.add_done_callback(lambda done: _hand_over(intake, reserved, done))
     record, created = await within_write_timeout(request, write)
+    request.app[metrics_key].pushes.labels(name, "stored" if created else "duplicate").inc()
     if not created:
         log.info("push from %s is a repeat of %s", name, record.id)
     return web.json_response(
@@ -258,6 +260,7 @@ async def reject(request: web.Request, push: IncomingPush, exc: PushRejected) ->
             error=str(exc),
         ),
     )
+    request.app[metrics_key].pushes.labels(name, "rejected").inc()
     log.warning("push %s from %s rejected: %s", record.id, name, exc)
     return error_response(400, f"{name} push rejected: {exc}", id=record.id, state=record.state)
 
