@@ -2,9 +2,11 @@
 
 The built-in Channex and Beds24 sources are entry points of this package (their code lives in the
 top-level ``plugins/`` folder), so they load exactly like a third-party plugin. A drop-in folder may
-hold ``*.py`` modules and packages (folders with ``__init__.py``). A drop-in that is the very file a
-plugin was already loaded from (a config naming the repository's own ``plugins/`` folder) is skipped,
-so nothing is loaded twice.
+hold ``*.py`` modules and packages (folders with ``__init__.py``). A config naming the repository's
+own ``plugins/`` folder must not load the built-ins twice, so a drop-in named like a loaded plugin
+(``channex``, ``beds24``) is skipped when it is that plugin's code: the very file (an editable
+install) or the same Python files byte for byte (the wheel built from that folder). A drop-in of
+that name with other code replaces the built-in, as a template overrides one by name.
 """
 
 from __future__ import annotations
@@ -58,6 +60,28 @@ def _loaded_files(pm: pluggy.PluginManager) -> set[Path]:
     return files
 
 
+def _code(path: Path) -> dict[str, bytes]:
+    """A drop-in's Python files by relative path: the module itself, or a package's tree."""
+    if path.name != "__init__.py":
+        return {path.name: path.read_bytes()}
+    root = path.parent
+    return {
+        str(file.relative_to(root)): file.read_bytes()
+        for file in sorted(root.rglob("*.py"))
+        if "__pycache__" not in file.parts
+    }
+
+
+def _same_code(drop_in: Path, plugin: object) -> bool:
+    file = getattr(plugin, "__file__", None)
+    if not isinstance(file, str):
+        return False
+    loaded = Path(file)
+    if (drop_in.name == "__init__.py") != (loaded.name == "__init__.py"):
+        return False
+    return _code(drop_in) == _code(loaded)
+
+
 def drop_in_files(directory: Path) -> list[Path]:
     """The drop-ins in ``directory``: ``*.py`` modules and packages, names not starting with _."""
     found = []
@@ -87,6 +111,13 @@ def load_drop_ins(pm: pluggy.PluginManager, directory: Path) -> None:
         module_name = f"{DROP_IN_PACKAGE}.{stem}"
         if pm.has_plugin(module_name):
             continue
+        builtin = pm.get_plugin(stem)
+        if builtin is not None:
+            if _same_code(path, builtin):
+                log.debug("%s: the same code as the built-in plugin %s", path, stem)
+                continue
+            log.warning("%s replaces the built-in plugin %s (their code differs)", path, stem)
+            pm.unregister(name=stem)
         spec = importlib.util.spec_from_file_location(
             module_name,
             path,
@@ -95,6 +126,9 @@ def load_drop_ins(pm: pluggy.PluginManager, directory: Path) -> None:
         if spec is None or spec.loader is None:
             raise PluginError(f"{path}: cannot be loaded as a Python module")
         module = importlib.util.module_from_spec(spec)
+        # A package loaded again (another manager, another folder) must not reuse old submodules.
+        for name in [name for name in sys.modules if name.startswith(f"{module_name}.")]:
+            del sys.modules[name]
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
