@@ -25,7 +25,7 @@ from tests.test_cli_operations import http, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 # The README's command for the single file (README "Single file" shows it verbatim).
-PYZ_COMMAND = "shiv -c gateway -o dist/gateway.pyz --compressed ."
+PYZ_COMMAND = "mkdir -p dist && shiv -c gateway -o dist/gateway.pyz --compressed ."
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -38,9 +38,28 @@ def run(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> str
     return result.stdout
 
 
+SKIPPED_DIRS = {".git", "__pycache__", "build", "dist", ".venv", ".mypy_cache", ".ruff_cache"}
+
+
 def source_files() -> list[str]:
     """The repository's files as a fresh clone has them (tracked, or new and not ignored)."""
-    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO)
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: what .gitignore keeps
+        return sorted(
+            str(path.relative_to(REPO))
+            for path in REPO.rglob("*")
+            if path.is_file()
+            and not SKIPPED_DIRS & set(path.relative_to(REPO).parts)
+            and not any(part.endswith(".egg-info") for part in path.parts)
+            and path.suffix not in (".pyc", ".db", ".db-wal", ".db-shm")
+        )
     return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
 
 
@@ -57,19 +76,31 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(source_tree: Path) -> Path:
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", "dist", "."], cwd=source_tree)
-    [built] = (source_tree / "dist").glob("octo_gateway-*.whl")
+    """The gateway's wheel, built beside the wheels of its dependencies (from PyPI or the pip
+    cache) as the Dockerfile's build stage does."""
+    run([sys.executable, "-m", "pip", "wheel", "--wheel-dir", "wheels", "."], cwd=source_tree)
+    [built] = (source_tree / "wheels").glob("octo_gateway-*.whl")
     return built
 
 
 @pytest.fixture(scope="module")
 def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtual environment with only the wheel and its dependencies (from PyPI or the
-    pip cache)."""
+    """A fresh virtual environment with the wheel and its dependencies and nothing else, installed
+    offline from those wheels as the Dockerfile's final stage does."""
     env_dir = tmp_path_factory.mktemp("venv") / "venv"
     run([sys.executable, "-m", "venv", str(env_dir)], cwd=env_dir.parent)
-    run([str(env_dir / "bin" / "pip"), "install", "--quiet", str(wheel)], cwd=env_dir.parent)
+    pip = [str(env_dir / "bin" / "pip"), "install", "--quiet", "--no-index"]
+    run([*pip, "--find-links", str(wheel.parent), "octo-gateway"], cwd=env_dir.parent)
     return env_dir
+
+
+def test_the_dockerfile_installs_as_this_test_does() -> None:
+    """docs/deploy.md shows the Dockerfile, whose pip steps the fixtures above run."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "RUN pip wheel --no-cache-dir --wheel-dir /wheels ." in dockerfile
+    assert "pip install --no-cache-dir --no-index --find-links /wheels octo-gateway" in dockerfile
+    shown = (REPO / "docs" / "deploy.md").read_text().split("```dockerfile\n")[1].split("```")[0]
+    assert dockerfile.endswith(shown)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -247,10 +278,11 @@ def test_shipped_config_naming_the_repository_folders_loads_nothing_twice(
 
 @pytest.fixture(scope="module")
 def zipapp(source_tree: Path) -> Path:
-    shiv = Path(sys.executable).parent / "shiv"
-    assert shiv.exists(), "shiv is missing: pip install -e '.[test]' installs it"
-    command = PYZ_COMMAND.split()
-    run([str(shiv), *command[1:]], cwd=source_tree)
+    """dist/gateway.pyz, built by the README's command in a fresh copy of the sources."""
+    tools = Path(sys.executable).parent
+    assert (tools / "shiv").exists(), "shiv is missing: pip install -e '.[test]' installs it"
+    env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run(["bash", "-c", PYZ_COMMAND], cwd=source_tree, env=env)
     return source_tree / "dist" / "gateway.pyz"
 
 
