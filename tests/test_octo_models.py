@@ -22,6 +22,7 @@ from gateway.octo import (
     booking_key,
     booking_uuid,
 )
+from gateway.samples import sample_data
 from tests.octo_schema import FIXTURES, schema_path, validate_octo
 
 
@@ -194,3 +195,13 @@ def test_the_supplier_sent_with_every_event_validates(make_config: Any) -> None:
         "telephone": None,
         "address": None,
     }
+
+
+@pytest.mark.parametrize("event", ["booking_update", "availability_update"])
+def test_the_static_sample_events_validate(event: str) -> None:
+    """/test deliveries and template checks send these; the core makes them without a vendor."""
+    data = sample_data(event)
+    if event == "booking_update":
+        validate_octo("Booking", data["booking"])
+    else:
+        validate_octo("Availability", data["availability"])

@@ -3,6 +3,7 @@ loads nothing twice; a drop-in with other code under a built-in's name replaces 
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -51,3 +52,18 @@ def test_other_code_under_a_builtin_name_replaces_it(
     assert hooks.source_owners["channex"] == "gateway_plugins.channex"
     # The copy's relative imports and bundled samples are its own.
     assert source.samples["booking"].body["event"] == "booking"  # type: ignore[attr-defined]
+
+
+def test_the_core_imports_no_vendor_plugin() -> None:
+    """Each PMS lives in its plugin package: nothing under gateway/ may import one."""
+    vendors = {"gateway_channex", "gateway_beds24", "channex", "beds24"}
+    found = []
+    for path in sorted((REPO / "gateway").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            found += [f"{path}: {name}" for name in names if name.split(".")[0] in vendors]
+    assert found == []
