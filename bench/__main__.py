@@ -12,7 +12,8 @@ Phases, in order (each gateway phase on a fresh ``python -m gateway serve`` chil
 4. delivery: a released backlog against a bare aiohttp client posting to the same receiver;
    burst: one Channex ARI push of 1,800 rows to 5 availability subscribers (9,000 deliveries)
    against a bare aiohttp client POSTing as many bodies;
-5. history: ingest again on a database holding 1,000,000 delivered messages; peak RSS.
+5. history: ingest again on a database holding 1,000,000 delivered messages; peak RSS;
+6. scale: SQLite with one process beside PostgreSQL with 1 and 2 processes (bench/scale.py).
 
 ``--quick`` is the smoke-test size (a couple of seconds per phase, 1,000 stored deliveries,
 1 and 2 subscribers). wrk is used when installed (``apt-get install wrk``), else a Python
@@ -40,7 +41,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import phases, profile, report
+from bench import phases, profile, report, scale
 from bench.load import wrk_available
 from bench.phases import Context, Plan
 from bench.receiver import Receiver
@@ -54,6 +55,7 @@ PHASES: dict[str, Callable[[Context], Awaitable[Any]]] = {
     "delivery": phases.delivery,
     "burst": phases.burst,
     "history": phases.history,
+    "scale": scale.scale,
 }
 
 

@@ -178,6 +178,8 @@ def table(results: dict[str, Any]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
+    if results.get("scale"):
+        lines += scale_table(results["scale"])
     lines.append("")
     lines.append("targets:")
     for t in results.get("targets", []):
@@ -251,10 +253,23 @@ def write_chart(results: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     e2e = results.get("e2e", [])
+    scale = {k: v for k, v in results.get("scale", {}).items() if "ingest_rps" in v}
     if not e2e:
-        return False
+        if not scale:
+            return False
+        fig, only = plt.subplots(1, 1, figsize=(7, 4.6))
+        _scale_bars(only, scale)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return True
     subs = [p["subscribers"] for p in e2e]
-    fig, (lat, thr, cpu) = plt.subplots(1, 3, figsize=(16, 4.6))
+    if scale:
+        fig, (lat, thr, cpu, scaled) = plt.subplots(1, 4, figsize=(21, 4.6))
+        _scale_bars(scaled, scale)
+    else:
+        fig, (lat, thr, cpu) = plt.subplots(1, 3, figsize=(16, 4.6))
     for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
         lat.plot(subs, [p[key] or 0 for p in e2e], marker="o", label=label)
     lat.axhline(50, color="grey", linestyle="--", linewidth=1, label="p99 target (50 ms)")
@@ -294,3 +309,35 @@ def write_chart(results: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _scale_bars(axes: Any, scale: dict[str, dict[str, Any]]) -> None:
+    """The scale phase: ingest req/s and end-to-end p99 per store and process count."""
+    names = list(scale)
+    rps = [scale[n]["ingest_rps"] for n in names]
+    bars = axes.bar(names, rps, color=["C0" if n.startswith("sqlite") else "C1" for n in names])
+    for bar, name in zip(bars, names, strict=True):
+        p99 = scale[name].get("e2e_p99_ms")
+        label = f"p99 {p99:.0f} ms" if p99 is not None else ""
+        axes.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center")
+    axes.set(ylabel="ingest pushes/s (no subscribers)")
+    axes.set_title("stores and processes (p99 at the e2e rate, 10 subscribers)")
+
+
+def scale_table(scale: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "scale (bench/scale.py)        ingest/s  gw us/push  db us/push  e2e p99 ms  deliv/s"
+        "  gw us/deliv  db us/deliv",
+    ]
+    for name, row in scale.items():
+        if "ingest_rps" not in row:
+            lines.append(f"  {name:<27} {row.get('skipped', '')}")
+            continue
+        lines.append(
+            f"  {name:<27} {_num(row['ingest_rps']):>8}  {_num(row['ingest_cpu_us_per_push']):>10}"
+            f"  {_num(row['db_cpu_us_per_push']):>10}  {_num(row['e2e_p99_ms']):>10}"
+            f"  {_num(row['deliveries_per_s']):>7}  {_num(row['cpu_us_per_delivery']):>11}"
+            f"  {_num(row['db_cpu_us_per_delivery']):>11}"
+        )
+    return lines
