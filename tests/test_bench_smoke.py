@@ -49,7 +49,7 @@ def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "results"
     command = [sys.executable, "-m", "bench", "--quick", "--out", str(out)]
     command += ["--workdir", str(tmp_path), *args]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=170)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=230)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     files = sorted(out.glob("*.json"))
     assert len(files) == 1, files
@@ -102,3 +102,19 @@ def test_python_generator_stands_in_for_wrk(tmp_path: Path) -> None:
         assert results["floor"][source]["generator"] == "python"
         assert results["floor"][source]["ok"] > 0
         assert results["floor"][source]["http_errors"] == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+def test_scale_phase_runs_on_sqlite_and_postgres(tmp_path: Path, pg_server: Any) -> None:
+    # pg_server: skip (or fail under PG_REQUIRED) where no PostgreSQL can run; the phase starts
+    # a durable server of its own.
+    results = run_bench(tmp_path, "--generator", "python", "--only", "scale")
+    scale = results["scale"]
+    assert set(scale) == {"sqlite-1", "postgres-1", "postgres-2"}
+    for setup in scale.values():
+        assert setup["ingest_rps"] > 0
+        assert setup["e2e_received"] >= setup["e2e_expected"] > 0
+        assert setup["e2e_losses"] == 0
+        assert setup["e2e_duplicates"] == 0
+    assert scale["postgres-2"]["db_cpu_us_per_push"] is not None
