@@ -114,6 +114,11 @@ class PostgresServer:
         )
         return self
 
+    def pg_ctl(self, *args: str) -> None:
+        """Run pg_ctl on this cluster (``stop``/``start`` mid-test)."""
+        extra = ["-l", str(self.root / "log")] if args and args[0] == "start" else []
+        self._run("pg_ctl", "-D", str(self.data), *extra, *args)
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")

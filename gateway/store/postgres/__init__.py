@@ -3,6 +3,7 @@
 Needs the ``postgres`` extra (asyncpg): ``pip install 'octo-gateway[postgres]'``.
 """
 
+from gateway.store.postgres.base import guard_outages
 from gateway.store.postgres.deliveries import DeliveryStore
 from gateway.store.postgres.operations import OperationsStore
 from gateway.store.postgres.pushes import PushStore
@@ -12,6 +13,7 @@ from gateway.store.postgres.room_maps import RoomMapStore
 from gateway.store.postgres.subscriptions import SubscriptionStore
 
 
+@guard_outages
 class PostgresStore(
     SubscriptionStore,
     PushStore,

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from gateway.config import redact_url
+from gateway.ratelog import RateLimitedLog
 from gateway.store.errors import StorageUnavailable
 from gateway.store.postgres import migrations
 
@@ -28,6 +31,7 @@ from gateway.store.postgres import migrations
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PUSHES_CHANNEL = "gateway_pushes"
 DELIVERIES_CHANNEL = "gateway_deliveries"
@@ -49,6 +53,7 @@ class PostgresBase:
         }
         self._listen_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._outages = RateLimitedLog(log, 60.0)
 
     def describe(self) -> str:
         """Where the store is, safe to log (the URL's password masked)."""
@@ -135,6 +140,46 @@ class PostgresBase:
         for wakers in self._wakers.values():
             for wake in wakers:
                 wake()
+
+
+# Failures of the database itself, not of the statement: the same call may succeed later.
+OUTAGES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.OperatorInterventionError,  # 57: admin shutdown, cannot connect now
+    asyncpg.InsufficientResourcesError,  # 53: disk full, out of memory, too many connections
+    asyncpg.ReadOnlySQLTransactionError,  # a standby (after a failover) takes no writes
+)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def unavailable_on_outage(method: F) -> F:
+    """Turn a database outage into ``StorageUnavailable`` (a push answers 503 with Retry-After,
+    /readyz fails), as the SQLite store does for a full or locked disk."""
+
+    @functools.wraps(method)
+    async def wrapper(self: PostgresBase, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except OUTAGES as exc:
+            self._outages.fault("db", f"storage fault: {self.describe()}: {exc}")
+            raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    return cast(F, wrapper)
+
+
+def guard_outages(cls: type[T]) -> type[T]:
+    """Apply ``unavailable_on_outage`` to every public coroutine method of a store class."""
+    for name in dir(cls):
+        if name.startswith("_") or name in ("open", "close"):
+            continue
+        method = getattr(cls, name)
+        if inspect.iscoroutinefunction(method):
+            setattr(cls, name, unavailable_on_outage(method))
+    return cls
 
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:
