@@ -62,6 +62,7 @@ def pg_server() -> Iterator[PostgresServer]:
         pytest.skip(reason)
     server = PostgresServer().start()
     yield server
+    close_queries()
     server.stop()
 
 
@@ -69,6 +70,9 @@ def pg_server() -> Iterator[PostgresServer]:
 def pg_url(pg_server: PostgresServer) -> Iterator[str]:
     """A fresh, empty database on the session's server. The previous tests' databases are dropped
     first (their gateways have stopped by now), so the server's folder stays small."""
+    # A count made during the last test's teardown (a fake PMS answering late) opened another
+    # connection: close it before its database goes.
+    close_queries()
     pg_server.drop_databases()
     yield pg_server.create_database()
     close_queries()

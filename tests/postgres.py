@@ -210,10 +210,16 @@ class SyncQuery:
         self._call(self._conn.execute(dollar_params(sql), *(params or [])))
 
     def close(self) -> None:
-        self._call(self._conn.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
+        """Close the connection (or, if its database was dropped under it, cut it) and the loop;
+        never leaves a transport for the garbage collector to warn about."""
+        try:
+            self._call(self._conn.close(timeout=5))
+        except Exception:
+            self._loop.call_soon_threadsafe(self._conn.terminate)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop.close()
 
 
 def dollar_params(sql: str) -> str:
