@@ -29,6 +29,7 @@ def retention_for(config: GatewayConfig, now: float) -> Retention:
         pushes_before=now - keep.pushes_days * DAY,
         failed_pushes_before=now - keep.failed_pushes_days * DAY,
         stays_before=stays_ended.date().isoformat(),
+        state_untouched_before=now - keep.state_days_after_stay * DAY,
     )
 
 

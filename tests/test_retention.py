@@ -262,6 +262,23 @@ async def test_state_goes_some_days_after_the_stay(store: SQLiteStore) -> None:
     assert await store.apply_retention(Retention(stays_before="2025-01-01")) == {}
 
 
+async def test_state_of_an_old_stay_updated_lately_is_kept(store: SQLiteStore) -> None:
+    """A PMS re-sending a booking whose stay ended long ago: its state stays until it has also
+    been untouched for the window, so a repeat of the same version is still recognised."""
+    push, _ = await store.insert_push(
+        source="test", kind="k", payload={}, dedupe_key=None, order_key=None, lease_seconds=60
+    )
+    assert push.lease_token is not None
+    await store.complete_push(push.id, push.lease_token, [stay("test:past", "2020-01-05")])
+
+    window = Retention(stays_before="2025-01-01", state_untouched_before=time.time() - 86400)
+    assert "booking_state" not in await store.apply_retention(window)
+    assert count(store, "select count(*) from booking_state where key = 'test:past'") == 1
+
+    later = Retention(stays_before="2025-01-01", state_untouched_before=time.time() + 1)
+    assert (await store.apply_retention(later))["booking_state"] == 1
+
+
 async def test_a_maintenance_round_applies_the_config_and_gives_the_space_back(
     store: SQLiteStore, make_config: Any
 ) -> None:

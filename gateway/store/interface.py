@@ -115,12 +115,16 @@ class Retention:
       bodies and all (a failed push replayed meanwhile is waiting again, not failed).
     - ``stays_before`` ("YYYY-MM-DD"): the state kept per booking whose stay ended before that
       day (its last Booking, version, room map), and the availability of days before it.
+    - ``state_untouched_before`` (Unix seconds): with ``stays_before``, a booking's state goes only
+      when it was also last updated before this, so a PMS re-sending an old booking keeps its
+      repeats recognised (dropping the state at once would send the same version again).
     """
 
     messages_before: float | None = None
     pushes_before: float | None = None
     failed_pushes_before: float | None = None
     stays_before: str | None = None
+    state_untouched_before: float | None = None
 
 
 class Store(Protocol):

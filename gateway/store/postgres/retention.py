@@ -45,8 +45,11 @@ class RetentionStore(PostgresBase):
             day = retention.stays_before
             removed["booking_state"] += await self._chunked(
                 "delete from booking_state where key in (select key from booking_state"
-                f" where {STAY_END} < $1 limit $2 for update skip locked)",
+                f" where {STAY_END} < $1 and updated_at < $2 limit $3 for update skip locked)",
                 day,
+                retention.state_untouched_before
+                if retention.state_untouched_before is not None
+                else float("inf"),
             )
             # A room map is needed while its booking has state: it names the rooms' uuids.
             removed["room_maps"] += await self._chunked(

@@ -58,7 +58,9 @@ class RetentionStore(SQLiteBase):
                 retention.pushes_before, retention.failed_pushes_before
             )
         if retention.stays_before is not None:
-            removed.update(await self._prune_state(retention.stays_before))
+            removed.update(
+                await self._prune_state(retention.stays_before, retention.state_untouched_before)
+            )
         return {table: count for table, count in removed.items() if count}
 
     async def release_free_pages(self) -> int:
@@ -141,13 +143,17 @@ class RetentionStore(SQLiteBase):
             gone += await self._write(partial(delete, chunk))
         return gone
 
-    async def _prune_state(self, day: str) -> Counter[str]:
+    async def _prune_state(self, day: str, untouched_before: float | None) -> Counter[str]:
         """Bookings whose stay ended before ``day`` (and then the room maps of bookings with no
         state left), and availability of days before it."""
         removed: Counter[str] = Counter()
+        untouched = float("inf") if untouched_before is None else untouched_before
 
         def bookings(db: Database) -> list[str]:
-            rows = db.execute(f"select key from booking_state where {STAY_END} < ?", [day])
+            rows = db.execute(
+                f"select key from booking_state where {STAY_END} < ? and updated_at < ?",
+                [day, untouched],
+            )
             return [row[0] for row in rows]
 
         def delete_bookings(keys: list[str]) -> int:
@@ -155,8 +161,9 @@ class RetentionStore(SQLiteBase):
                 marks = ",".join("?" * len(keys))
                 return int(
                     db.execute(
-                        f"delete from booking_state where key in ({marks}) and {STAY_END} < ?",
-                        [*keys, day],
+                        f"delete from booking_state where key in ({marks}) and {STAY_END} < ?"
+                        " and updated_at < ?",
+                        [*keys, day, untouched],
                     ).rowcount
                 )
 
