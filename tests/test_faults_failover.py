@@ -29,8 +29,10 @@ from tests.test_faults_kill import (
     Serving,
     alive,
     booking_of,
+    every_acknowledged_push_delivered,
     kill_9,
     start_gateway,
+    stop_gracefully,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(240)]
@@ -87,19 +89,8 @@ async def test_two_processes_one_killed_lose_nothing_and_keep_order(
             stop.set()
             await asyncio.gather(*load)
 
-            wanted = {(s.booking, n) for s in senders for n in s.acknowledged}
-
-            def delivered() -> set[tuple[int, int]]:
-                return {booking_of(r.json()) for r in receiver.requests if r.status == 200}
-
-            await wait_until(
-                lambda: wanted <= delivered(),
-                f"every acknowledged push to be delivered (seed {seed})",
-                timeout=90,
-            )
-            os.kill(survivor.pid, signal.SIGINT)
-            while alive(survivor.pid):
-                await asyncio.sleep(0.02)
+            wanted = await every_acknowledged_push_delivered(senders, receiver, seed, timeout=90)
+            await stop_gracefully(survivor.pid)
     finally:
         for serving in (doomed, survivor):
             if serving.pid and alive(serving.pid):

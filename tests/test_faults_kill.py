@@ -183,6 +183,30 @@ def booking_of(body: dict[str, Any]) -> tuple[int, int]:
     return int(booking["supplierReference"]), int(booking["notes"].removeprefix("update "))
 
 
+async def every_acknowledged_push_delivered(
+    senders: Any, receiver: Receiver, seed: int, timeout: float
+) -> set[tuple[int, int]]:
+    """Wait until each push a sender was told 200 for has reached the receiver with a 200;
+    return those (booking, update number) pairs."""
+    wanted = {(s.booking, n) for s in senders for n in s.acknowledged}
+
+    def delivered() -> set[tuple[int, int]]:
+        return {booking_of(r.json()) for r in receiver.requests if r.status == 200}
+
+    await wait_until(
+        lambda: wanted <= delivered(),
+        f"every acknowledged push to be delivered (seed {seed})",
+        timeout=timeout,
+    )
+    return wanted
+
+
+async def stop_gracefully(pid: int) -> None:
+    os.kill(pid, signal.SIGINT)
+    while alive(pid):
+        await asyncio.sleep(0.02)
+
+
 async def test_kill_9_at_random_moments_loses_nothing_and_keeps_order(
     tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -217,19 +241,8 @@ async def test_kill_9_at_random_moments_loses_nothing_and_keeps_order(
             stop.set()
             await asyncio.gather(*load)
 
-            wanted = {(s.booking, n) for s in senders for n in s.acknowledged}
-
-            def delivered() -> set[tuple[int, int]]:
-                return {booking_of(r.json()) for r in receiver.requests if r.status == 200}
-
-            await wait_until(
-                lambda: wanted <= delivered(),
-                f"every acknowledged push to be delivered (seed {seed})",
-                timeout=60,
-            )
-            os.kill(serving.pid, signal.SIGINT)
-            while alive(serving.pid):
-                await asyncio.sleep(0.02)
+            wanted = await every_acknowledged_push_delivered(senders, receiver, seed, timeout=60)
+            await stop_gracefully(serving.pid)
     finally:
         if serving.pid and alive(serving.pid):
             os.kill(serving.pid, signal.SIGKILL)
