@@ -126,6 +126,10 @@ api_url = "sandbox"
 
 [sandbox]
 enabled = true
+
+# The samples' stays are in 2020-2021: keep their state through every restart's maintenance round.
+[retention]
+state_days_after_stay = 36500
 """,
         encoding="utf-8",
     )
