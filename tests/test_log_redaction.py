@@ -1,5 +1,7 @@
 """Secrets never reach the log, aiohttp's own error log included (issue 12, finding 6): malformed
-requests carrying an ingest token and an admin key are sent over raw sockets to real servers."""
+requests carrying an ingest token and an admin key are sent over raw sockets to real servers.
+``gateway serve`` logs each as one WARNING line; an app served another way still gets aiohttp's
+traceback, redacted."""
 
 from __future__ import annotations
 
@@ -50,8 +52,11 @@ def test_served_gateway_logs_no_secret_of_a_malformed_request(tmp_path: Path) ->
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "Error handling request" in err  # aiohttp did log them
-    assert err.count("***") >= 3  # the three lines that carried a secret
+    # Each is the client's error: one WARNING line naming the client and the problem, no traceback.
+    lines = [line for line in err.splitlines() if "malformed request from 127.0.0.1" in line]
+    assert len(lines) == len(MALFORMED), err
+    assert all(" WARNING " in line and "(answered 400)" in line for line in lines), lines
+    assert "Traceback" not in err and "Error handling request" not in err
     assert TOKEN not in err and ADMIN_KEY not in err
 
 
@@ -96,3 +101,30 @@ async def test_create_app_redacts_what_any_logger_writes(
 )
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+def test_only_a_client_error_is_quietened() -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from gateway.web.server import QuietMalformedRequests
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request from %s",
+            ("10.0.0.9",),
+            (type(exc), exc, None),
+        )
+
+    bad = record(BadHttpMessage("Invalid header value char:\n\n  b'X: \\x01'"))
+    assert QuietMalformedRequests().filter(bad)
+    assert (bad.levelname, bad.exc_info) == ("WARNING", None)
+    assert bad.getMessage() == (
+        "malformed request from 10.0.0.9: Invalid header value char (answered 400)"
+    )
+    ours = record(RuntimeError("a bug of ours"))
+    assert QuietMalformedRequests().filter(ours)
+    assert ours.levelname == "ERROR" and ours.exc_info is not None

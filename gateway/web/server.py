@@ -10,15 +10,20 @@ connection cap.
   closes the connection).
 - Connections: ``GuardedSite`` counts open connections and answers one over
   ``server.max_connections`` with a 503 and closes it at once.
+- Malformed requests: aiohttp answers them 400 itself and logs each at ERROR with a traceback, as
+  if the gateway had failed; ``QuietMalformedRequests`` makes that one WARNING line naming the
+  client and the problem.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from gateway.config import ServerConfig
@@ -41,7 +46,38 @@ class BodyTimeout(TimeoutError):
     after the answer stops quietly instead of logging it."""
 
 
+class QuietMalformedRequests(logging.Filter):
+    """A request aiohttp could not parse is the client's error, answered 400: one WARNING line
+    (``malformed request from 127.0.0.1: Invalid character in Content-Length``), no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            problem = (exc.message or type(exc).__name__).strip().splitlines()[0].rstrip(":")
+            record.msg, record.args = (
+                "malformed request from %s: %s (answered %d)",
+                (
+                    peer,
+                    problem,
+                    exc.code or 400,
+                ),
+            )
+            record.exc_info, record.exc_text = None, None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Install the filter on aiohttp's server logger, once."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietMalformedRequests) for f in server_log.filters):
+        server_log.addFilter(QuietMalformedRequests())
+
+
 def make_runner(app: web.Application, server: ServerConfig) -> web.AppRunner:
+    quiet_malformed_requests()
     return web.AppRunner(
         app,
         handle_signals=False,
