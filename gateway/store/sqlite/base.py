@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -383,15 +384,16 @@ def _settle_futures(answers: list[Answer]) -> None:
 
 
 class WriterThread(Executor):
-    """The store's one writer thread. ``kick`` has it flush the group-commit queue: one semaphore
-    release, where an executor's ``submit`` makes a future, a condition and a work item per
-    batch. ``submit`` runs anything else on it (opening and closing the connection)."""
+    """The store's one writer thread. ``kick`` has it flush the group-commit queue: one put on a
+    C-implemented ``SimpleQueue`` (a ``Semaphore`` release is a Python-level condition, 1 % of a
+    burst's samples), where an executor's ``submit`` makes a future, a condition and a work item
+    per batch. ``submit`` runs anything else on it (opening and closing the connection)."""
 
     def __init__(self, name: str, flush: Callable[[], None]) -> None:
         self._name = name
         self._flush = flush
         self._jobs: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
-        self._signal = threading.Semaphore(0)
+        self._signal: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -403,13 +405,13 @@ class WriterThread(Executor):
         with self._lock:
             self._check_running()
             self._jobs.append((future, fn, args))
-        self._signal.release()
+        self._signal.put(None)
         return future
 
     def kick(self) -> None:
         with self._lock:
             self._check_running()
-        self._signal.release()
+        self._signal.put(None)
 
     def _check_running(self) -> None:
         if self._stopping:
@@ -420,7 +422,7 @@ class WriterThread(Executor):
 
     def _run(self) -> None:
         while True:
-            self._signal.acquire()
+            self._signal.get()
             while self._jobs:
                 future, fn, args = self._jobs.popleft()
                 if future.set_running_or_notify_cancel():
@@ -440,7 +442,7 @@ class WriterThread(Executor):
         with self._lock:
             self._stopping = True
             thread = self._thread
-        self._signal.release()
+        self._signal.put(None)
         if wait and thread is not None:
             thread.join()
 

@@ -202,7 +202,12 @@ class PushStore(SQLiteBase):
         return await self._write(replay)
 
     async def known_availability(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        def known(db: Database) -> dict[str, dict[str, Any]]:
+        # Read on the writer's connection, in its next batch: a reader connection's page cache is
+        # dropped whenever the writer commits, so on a reader this primary-key read cost 30-85 µs
+        # of CPU per ARI push under ingest load (a fifth of the Channex ingest profile) against a
+        # few µs on the writer's warm cache. Processing waits one batch for it.
+        def known() -> dict[str, dict[str, Any]]:
+            db = self._wdb
             found: dict[str, dict[str, Any]] = {}
             for chunk in _chunks(keys, 500):
                 marks = ",".join("?" * len(chunk))
@@ -213,7 +218,7 @@ class PushStore(SQLiteBase):
                     found[row["key"]] = orjson.loads(row["availability"])
             return found
 
-        return await self._read(known)
+        return await self._write(known)
 
     async def complete_push(
         self,
