@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Self, get_args
+from collections.abc import Callable, Mapping
+from typing import Any, Self, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -13,6 +13,26 @@ from gateway.octo import BookingStatus
 IGNORE = "IGNORE"
 UNIT_KINDS = ("adult", "child", "infant")
 BOOKING_STATUSES: frozenset[str] = frozenset(get_args(BookingStatus))
+M = TypeVar("M", bound=BaseModel)
+
+
+# Parsed settings by (model, the settings object they came from): a source parses its table on
+# every push, and re-validating it each time was about 1 % of ingest. The settings object is kept
+# in the entry, so its id is not reused while cached; sources are few, the cache stays small.
+_PARSED: dict[tuple[type[BaseModel], int], tuple[BaseModel, BaseModel]] = {}
+_PARSED_MAX = 256
+
+
+def _parsed(model: type[M], settings: BaseModel, parse: Callable[[], M]) -> M:
+    key = (model, id(settings))
+    found = _PARSED.get(key)
+    if found is not None and found[0] is settings:
+        return found[1]  # type: ignore[return-value]
+    value = parse()
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[key] = (settings, value)
+    return value
 
 
 class TranslationSettings(BaseModel):
@@ -29,9 +49,15 @@ class TranslationSettings(BaseModel):
     test_mode: bool = False
 
     @classmethod
-    def from_source(cls, values: Mapping[str, Any]) -> TranslationSettings:
+    def from_source(cls, values: Mapping[str, Any]) -> Self:
         """The translation keys of a ``[sources.<name>]`` table; its other keys are the source's."""
         return cls.model_validate({k: v for k, v in values.items() if k in cls.model_fields})
+
+    @classmethod
+    def of_config(cls, settings: BaseModel) -> Self:
+        """``from_source`` of a ``[sources.<name>]`` table, parsed once per settings object (the
+        same object comes back each time: treat it as read-only)."""
+        return _parsed(cls, settings, lambda: cls.from_source(settings.model_dump()))
 
     @field_validator("timezone")
     @classmethod
@@ -92,5 +118,8 @@ class SourceSettings(TranslationSettings):
     @classmethod
     def from_config(cls, settings: BaseModel) -> Self:
         """Validate a ``[sources.<name>]`` table (the ``SourceConfig`` a source is handed); keys
-        left out take the model's defaults."""
-        return cls.model_validate(settings.model_dump(exclude_none=True))
+        left out take the model's defaults. Parsed once per settings object (the same object
+        comes back each time: treat it as read-only)."""
+        return _parsed(
+            cls, settings, lambda: cls.model_validate(settings.model_dump(exclude_none=True))
+        )

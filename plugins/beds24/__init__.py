@@ -147,7 +147,7 @@ class Beds24Source:
 
     async def process(self, push: StoredPush, context: SourceContext) -> Outcome:
         try:
-            translation = TranslationSettings.from_source(context.settings.model_dump())
+            translation = TranslationSettings.of_config(context.settings)
             api = Beds24Settings.from_config(context.settings)
             if push.kind == "v1":
                 booking = await self._read_booking(api, context, push.payload["bookid"])

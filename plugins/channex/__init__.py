@@ -199,7 +199,7 @@ class ChannexSource:
     async def process(self, push: StoredPush, context: SourceContext) -> Outcome:
         doc: dict[str, Any] = push.payload
         try:
-            translation = TranslationSettings.from_source(context.settings.model_dump())
+            translation = TranslationSettings.of_config(context.settings)
             if push.kind == "booking":
                 return await self._bookings(doc, translation, context)
             if push.kind == "ari":
