@@ -268,3 +268,30 @@ async def test_store_figures_health_activity_and_single_message_replay(
     assert [r.webhook_id for r in receiver.to("/hook")] == [message_id] * 3
     counts = await store.push_counts()
     assert counts.get("processed", 0) >= 1
+
+
+UNREADABLE_FORMS = [
+    ("application/x-www-form-urlencoded", b"csrf=x&api_key=\xff\xfe"),  # not UTF-8
+    ("application/x-www-form-urlencoded; charset=no-such-charset", b"csrf=x"),
+    ("multipart/form-data", b"--b\r\n\r\nx"),  # no boundary parameter
+    ("multipart/form-data; boundary=b", b"garbage"),  # no starting boundary
+]
+
+
+@pytest.mark.parametrize("content_type, body", UNREADABLE_FORMS)
+async def test_a_body_that_is_no_readable_form_is_a_400_not_a_500(
+    console: Any, content_type: str, body: bytes
+) -> None:
+    """Only a script sends these, but a 500 is ours to avoid: sign-in and a signed-in POST both."""
+    await console.get("/console/sign-in")  # the sign-in form's token cookie
+    answer = await console.post(
+        "/console/sign-in", data=body, headers={"Content-Type": content_type}
+    )
+    assert answer.status == 400, await answer.text()
+    assert (await answer.json())["error"] == "BAD_REQUEST"
+    await sign_in(console, str(TENANT_A["key"]))
+    answer = await console.post(
+        "/console/subscriptions", data=body, headers={"Content-Type": content_type}
+    )
+    assert answer.status == 400, await answer.text()
+    assert "the form could not be read" in (await answer.json())["errorMessage"]

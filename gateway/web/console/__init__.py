@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.web.console import operators, subscriptions
-from gateway.web.console.render import page, render
+from gateway.web.console.render import page, read_form, render
 from gateway.web.console.session import (
     Revoked,
     Session,
@@ -41,7 +41,7 @@ async def sign_in_page(request: web.Request) -> web.StreamResponse:
 
 @hidden
 async def sign_in_post(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await read_form(request)
     given, typed = form.get("csrf"), form.get("api_key")
     if not check_sign_in_token(request, given if isinstance(given, str) else None):
         return _sign_in_form(request, 403, "The form expired; try again.")

@@ -7,9 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiDictProxy
 
 from gateway.web.console.session import Session, check_csrf, current_session, set_flash, take_flash
-from gateway.web.errors import OctoError
+from gateway.web.errors import OctoError, bad_request
 from gateway.web.openapi import hidden
 from gateway.web.pages import page_environment
 
@@ -75,7 +77,7 @@ def page(handler: PageHandler, *, admin: bool = False) -> Handler:
                 return web.Response(status=303, headers={"Location": "/console/sign-in"})
             return render(request, None, "error.html", status=403, message="Sign in first.")
         if request.method == "POST":
-            form = await request.post()
+            form = await read_form(request)
             token = form.get("csrf")
             if not check_csrf(session, token if isinstance(token, str) else None):
                 return render(
@@ -102,6 +104,17 @@ def admin_page(handler: PageHandler) -> Handler:
     return page(handler, admin=True)
 
 
+async def read_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The posted form. A body aiohttp cannot read as one (bytes that are not UTF-8, a multipart
+    body without its boundary, an unknown charset) is the client's error: a 400, not a 500."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError, RuntimeError, TypeError, HttpProcessingError) as exc:
+        raise bad_request(f"the form could not be read: {exc}") from None
+
+
 async def form_text(request: web.Request, name: str) -> str:
-    value = (await request.post()).get(name)
+    value = (await read_form(request)).get(name)
     return value.strip() if isinstance(value, str) else ""

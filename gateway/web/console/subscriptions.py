@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.appkeys import sender_key, store_key
 from gateway.models import EVENTS, AttemptRecord, DeliveryRecord, Subscription, mask_password
-from gateway.web.console.render import form_text, page, redirect, render
+from gateway.web.console.render import form_text, page, read_form, redirect, render
 from gateway.web.console.session import Session
 from gateway.web.errors import OctoError, bad_request, not_found
 from gateway.web.webhook_actions import (
@@ -340,7 +340,7 @@ def mask_header(name: str, value: str) -> str:
 
 
 async def _form_values(request: web.Request) -> dict[str, Any]:
-    form = await request.post()
+    form = await read_form(request)
     values: dict[str, Any] = {}
     for name in ("url", "event", "headers", "template"):
         value = form.get(name)
