@@ -129,11 +129,13 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, template: str = "template0") -> str:
-        """A fresh empty database; returns its URL."""
+    def create_database(self, template: str = "template0", icu_locale: str | None = None) -> str:
+        """A fresh empty database (collating as ICU's ``icu_locale``, if given: the server's own
+        is C); returns its URL."""
         self._databases += 1
         name = f"gw_{self._databases}_{uuid.uuid4().hex[:8]}"
-        self.psql(f'create database "{name}" template {template}')
+        locale = f" locale_provider icu icu_locale '{icu_locale}'" if icu_locale else ""
+        self.psql(f'create database "{name}" template {template}{locale}')
         self._made.append(name)
         return self.url(name)
 

@@ -25,6 +25,8 @@ CHUNK = 500  # rows deleted per transaction
 STAY_END = "(substr((booking::jsonb) #>> '{availability,localDateTimeEnd}', 1, 10))"
 DAY = "right(key, 10)"
 IS_DAY = f"{DAY} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$'"
+# A booking_state key without its last ':'-part: "<source>:<booking>" for a room's state.
+ROOM_OWNER = "left(s.key, length(s.key) - strpos(reverse(s.key), ':'))"
 
 
 class RetentionStore(PostgresBase):
@@ -51,13 +53,17 @@ class RetentionStore(PostgresBase):
                 if retention.state_untouched_before is not None
                 else float("inf"),
             )
-            # A room map is needed while its booking has state: it names the rooms' uuids.
+            # A room map is needed while its booking has state: it names the rooms' uuids. A
+            # room's state is "<source>:<booking>:<room>": its booking is what precedes the last
+            # ':'. (Not a range such as key > 'x:B1:' and key < 'x:B1;', as SQLite's: in a
+            # database that does not collate as C those don't sort as bytes, and the range finds
+            # nothing.) Equalities, so one hash anti-join answers for every map.
             removed["room_maps"] += await self._chunked(
                 "delete from room_maps m where (source, booking) in (select source, booking"
                 " from room_maps r where not exists (select 1 from booking_state s"
-                " where s.key = r.source || ':' || r.booking"
-                " or (s.key > r.source || ':' || r.booking || ':'"
-                " and s.key < r.source || ':' || r.booking || ';'))"
+                " where s.key = r.source || ':' || r.booking)"
+                f" and not exists (select 1 from booking_state s where {ROOM_OWNER}"
+                " = r.source || ':' || r.booking)"
                 " limit $1 for update skip locked)"
             )
             removed["availability_state"] += await self._chunked(
@@ -87,14 +93,15 @@ class RetentionStore(PostgresBase):
                 await conn.execute("delete from pushes where seq = any($1::bigint[])", pushes)
             )
             # A room's events are "<source>:<id>:<room>", the booking's own "<source>:<id>".
+            # (starts_with, not a range up to "<source>:<id>;": that sorts as bytes only in a
+            # database collating as C.)
             events = [
                 row["seq"]
                 for row in await conn.fetch(
                     "select seq from events where event = 'booking_update'"
-                    " and (subject = $1 or (subject > $2 and subject < $3))",
+                    " and (subject = $1 or starts_with(subject, $2))",
                     key,
                     key + ":",
-                    key + ";",
                 )
             ]
             messages = [
@@ -116,10 +123,9 @@ class RetentionStore(PostgresBase):
                 )
             removed["booking_state"] = _count(
                 await conn.execute(
-                    "delete from booking_state where key = $1 or (key > $2 and key < $3)",
+                    "delete from booking_state where key = $1 or starts_with(key, $2)",
                     key,
                     key + ":",
-                    key + ";",
                 )
             )
             removed["room_maps"] = _count(
