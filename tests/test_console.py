@@ -295,3 +295,31 @@ async def test_a_body_that_is_no_readable_form_is_a_400_not_a_500(
     )
     assert answer.status == 400, await answer.text()
     assert "the form could not be read" in (await answer.json())["errorMessage"]
+
+
+@pytest.mark.parametrize("public_url, secure", [(None, False), ("https://gw.example/", True)])
+async def test_cookies_are_secure_behind_an_https_public_url(
+    aiohttp_client: Any,
+    make_config: Callable[..., GatewayConfig],
+    public_url: str | None,
+    secure: bool,
+) -> None:
+    """A proxy that ends TLS talks plain http to the gateway: request.secure is False there, yet
+    browsers reach the console over https, so its cookies must never travel over plain http."""
+    server = {"public_url": public_url} if public_url else {}
+    client = await aiohttp_client(create_app(make_config(server=server)))
+    form = await client.get("/console/sign-in")
+    token = re.search(r'name="csrf" value="([^"]+)"', await form.text())
+    assert token is not None
+    assert bool(form.cookies["gateway_console_signin"]["secure"]) is secure
+    # A jar need not send a Secure cookie back over plain http: send the form's token by hand.
+    answer = await client.post(
+        "/console/sign-in",
+        data={"csrf": token.group(1), "api_key": TENANT_A["key"]},
+        headers={"Cookie": f"gateway_console_signin={token.group(1)}"},
+        allow_redirects=False,
+    )
+    assert answer.status == 303
+    cookie = answer.cookies["gateway_console"]
+    assert bool(cookie["secure"]) is secure
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"

@@ -4,8 +4,9 @@ The cookie holds the key's name, an expiry and a random nonce, signed with HMAC-
 that api key: no session table, every gateway process sharing the config accepts it, and changing
 or removing a key ends its sessions at once. Signing out forgets the nonce in this process (and
 the browser drops the cookie). The CSRF token of a session is another HMAC of its nonce; every
-form carries it and every POST is refused without it. The cookie is HttpOnly, SameSite=Strict and
-limited to /console; nothing secret ever goes in a URL.
+form carries it and every POST is refused without it. The cookie is HttpOnly, SameSite=Strict,
+limited to /console, and Secure when the console is served over https (directly, or behind a
+proxy named by an https ``server.public_url``); nothing secret ever goes in a URL.
 """
 
 from __future__ import annotations
@@ -169,5 +170,12 @@ def _set_cookie(
         path=PATH,
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=served_over_https(request),
     )
+
+
+def served_over_https(request: web.Request) -> bool:
+    """Whether browsers reach the console over https: this connection is TLS, or the gateway sits
+    behind a proxy that ends TLS (``server.public_url`` is https) and so sees plain http here."""
+    public_url = request.app[config_key].server.public_url or ""
+    return request.secure or public_url.lower().startswith("https://")
