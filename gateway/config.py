@@ -12,7 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -81,14 +81,27 @@ class StorageConfig(Section):
         return redact_url(self.url) if self.url is not None else str(self.path)
 
 
+# Query parameters of a libpq URL that carry a secret (``?password=...`` is as valid as
+# ``user:password@``).
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def redact_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``, and
+    ``?password=secret`` -> ``?password=***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***"
+        if unquote(pair.partition("=")[0]).lower() in SECRET_PARAMETERS
+        else pair
+        for pair in parts.query.split("&")
+    )
+    if parts.password is None and query == parts.query:
+        return url  # nothing to hide: as written (urlunsplit may respell a URL)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class PluginsConfig(Section):

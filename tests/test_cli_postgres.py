@@ -48,6 +48,16 @@ def test_an_unreachable_database_is_named_without_its_password(tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
+def test_a_password_in_the_query_string_is_not_logged_either(tmp_path: Path) -> None:
+    # libpq and asyncpg take the password as a query parameter as well as before the host.
+    url = f"postgresql://gw@127.0.0.1:{free_port()}/gateway?sslmode=disable&password={PASSWORD}"
+    result = gateway("serve", "--config", str(pg_config(tmp_path, url)), "--port", "0")
+    assert result.returncode == 1
+    assert "/gateway?sslmode=disable&password=***: cannot connect" in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.postgres
 def test_workers_share_one_port_and_stop_on_sigterm(tmp_path: Path, pg_url: str) -> None:
     port = free_port()
