@@ -41,6 +41,7 @@ from gateway.store.factory import make_store
 from gateway.store.interface import Notifying, Store
 from gateway.web import admin, apidocs, console, ingest, octo_reads, ops, webhook_actions, webhooks
 from gateway.web.errors import octo_errors
+from gateway.web.guards import refuse_nul
 from gateway.web.server import body_deadline
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def create_app(
             octo_errors,
             body_deadline(config.server.body_timeout),
             webhooks.require_api_key,
+            refuse_nul,
         ],
     )
     app[config_key] = config

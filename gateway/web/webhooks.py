@@ -9,7 +9,15 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from gateway.appkeys import config_key, deliverer_key, sender_key, store_key
 from gateway.config import ApiKey
@@ -47,6 +55,16 @@ MAX_HEADERS = 50
 MAX_HEADER_BYTES = 8192  # names and values together, as sent
 # A field-value (RFC 9110 5.5): no control characters but horizontal tab.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A URL as written holds none at all (a URL template renders them percent-encoded if it must).
+URL_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def plain_url(url: str | None) -> str | None:
+    """Refuse a URL holding a control character: no receiver has such an address, and
+    PostgreSQL cannot store a NUL (it was a 500 there)."""
+    if url is not None and URL_CONTROL_CHARS.search(url):
+        raise ValueError("may not contain control characters (line breaks, tabs, NUL)")
+    return url
 
 
 class WebhookFields(BaseModel):
@@ -63,11 +81,15 @@ class CreateWebhookBody(WebhookFields):
     url: StrictStr = Field(max_length=2048)
     event: EventName
 
+    _plain_url = field_validator("url")(plain_url)
+
 
 class PatchWebhookBody(WebhookFields):
     url: StrictStr | None = Field(default=None, max_length=2048)
     event: EventName | None = None
     active: StrictBool | None = None
+
+    _plain_url = field_validator("url")(plain_url)
 
 
 def needs_api_key(path: str) -> bool:
