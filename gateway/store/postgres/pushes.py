@@ -215,6 +215,20 @@ class PushStore(PostgresBase):
         """Events with their history, one delivery per matching subscription, and the push
         processed, in one transaction; the number of deliveries to send, or None when the lease
         was lost. Rows go in with a few set-based statements, however many events a push has."""
+        while True:
+            try:
+                return await self._complete(id, lease_token, events, note, room_maps)
+            except _StateRaced:
+                continue  # the state is stored now, and locked by the next read: no loop
+
+    async def _complete(
+        self,
+        id: str,
+        lease_token: str,
+        events: list[NewEvent],
+        note: str | None,
+        room_maps: Sequence[RoomMapUpdate],
+    ) -> int | None:
         now = time.time()
         async with self.pool.acquire() as conn, conn.transaction():
             owner = await conn.fetchrow(
@@ -235,6 +249,11 @@ class PushStore(PostgresBase):
             if created:
                 await conn.execute("select pg_notify($1, '')", DELIVERIES_CHANNEL)
             return created
+
+
+class _StateRaced(Exception):
+    """Another process stored a subject's first state while this transaction judged the subject
+    new: start again (that state is read, and locked, this time)."""
 
 
 async def _lease_new(
@@ -261,7 +280,13 @@ async def _with_history(
 ) -> list[tuple[NewEvent, dict[str, Any]]]:
     """Each event with its body data and what the previous state of its subject says (the booking
     ``diff``); events that change nothing a subscriber would see are dropped. The states are read
-    in one query and written in one, in key order (so two processes never deadlock on them)."""
+    in one query and written in one, in key order (so two processes never deadlock on them).
+
+    A state read is locked (``for update``) until commit, but a subject with no state has no row
+    to lock: two processes may both judge it new. Its first state is therefore inserted only if
+    still absent; if another process stored one meanwhile, ``_StateRaced`` rolls back to start
+    again (else an older booking version, judged against nothing, would be sent after and
+    overwrite the newer one)."""
     booking_keys = sorted({e.state_key for e in events if e.event == "booking_update"})
     availability_keys = sorted({e.state_key for e in events if e.event != "booking_update"})
     bookings: dict[str, tuple[str | None, str | None, Any]] = {}
@@ -285,6 +310,8 @@ async def _with_history(
         ):
             availability[row["key"]] = orjson.loads(row["availability"])
 
+    # The keys that had state when read (and are locked): only these may be overwritten.
+    read_bookings, read_availability = list(bookings), list(availability)
     kept: list[tuple[NewEvent, dict[str, Any]]] = []
     booking_writes: dict[str, tuple[str | None, str | None, Any]] = {}
     availability_writes: dict[str, Any] = {}
@@ -322,29 +349,37 @@ async def _with_history(
         )
     if booking_writes:
         keys = sorted(booking_writes)
-        await conn.execute(
+        stored = await conn.fetch(
             "insert into booking_state (key, revision, version, booking, updated_at)"
             " select k, r, v, b, $5 from unnest($1::text[], $2::text[], $3::text[], $4::text[])"
             " as t(k, r, v, b) on conflict (key) do update set revision = excluded.revision,"
             " version = excluded.version, booking = excluded.booking,"
-            " updated_at = excluded.updated_at",
+            " updated_at = excluded.updated_at"
+            " where booking_state.key = any($6::text[]) returning key",
             keys,
             [booking_writes[k][0] for k in keys],
             [booking_writes[k][1] for k in keys],
             [dumps(booking_writes[k][2]) for k in keys],
             now,
+            read_bookings,
         )
+        if len(stored) != len(keys):
+            raise _StateRaced
     if availability_writes:
         keys = sorted(availability_writes)
-        await conn.execute(
+        stored = await conn.fetch(
             "insert into availability_state (key, availability, updated_at)"
             " select k, a, $3 from unnest($1::text[], $2::text[]) as t(k, a)"
             " on conflict (key) do update set availability = excluded.availability,"
-            " updated_at = excluded.updated_at",
+            " updated_at = excluded.updated_at"
+            " where availability_state.key = any($4::text[]) returning key",
             keys,
             [dumps(availability_writes[k]) for k in keys],
             now,
+            read_availability,
         )
+        if len(stored) != len(keys):
+            raise _StateRaced
     return kept
 
 
