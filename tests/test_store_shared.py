@@ -337,3 +337,84 @@ async def test_retention_drops_old_pushes_and_past_stays(open_store: OpenStore) 
     )
     assert removed == {"pushes": 1, "booking_state": 1}
     assert await store.list_pushes() == []
+
+
+# -- NUL in text from outside --------------------------------------------------------------------
+# A subscriber's answer, a PMS's ids and free text may hold NUL characters. SQLite keeps them;
+# PostgreSQL refuses NUL in any text and any JSON it parses, so its store keeps U+FFFD in their
+# place. Either way the work goes on: nothing fails (to be retried and fail again), nothing is
+# sent twice.
+
+
+def unmasked(text: str | None) -> str | None:
+    """What was given, whichever store kept it (PostgreSQL's U+FFFD read back as NUL)."""
+    return None if text is None else text.replace("\ufffd", "\x00")
+
+
+@pytest.mark.both_stores
+async def test_a_subscriber_answer_holding_nul_is_recorded(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.insert_subscription(subscription("s1"))
+    await emit(store, [booking_event("test:b1"), booking_event("test:b2")])
+    first, second = await store.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+
+    def attempt(record: object, outcome: str, status: int, error: str | None) -> AttemptRecord:
+        return AttemptRecord(
+            delivery_id=first.id if record is first else second.id,
+            subscription_id="s1",
+            attempt=1,
+            attempted_at=time.time(),
+            outcome=outcome,  # type: ignore[arg-type]
+            status=status,
+            latency_ms=1.0,
+            error=error,
+            response="ok\x00\x00 (a body in UTF-16)",
+        )
+
+    settled = await store.settle_deliveries(
+        [
+            Settlement(first, attempt(first, "delivered", 200, None), "delivered"),
+            Settlement(
+                second,
+                attempt(second, "retry", 500, "HTTP 500 \x00"),
+                "pending",
+                next_attempt_at=time.time() + 3600,
+                body=b"{}",
+            ),
+        ]
+    )
+    assert settled == [True, True]
+    attempts = {state: found for _, found, state in await store.list_attempts("s1")}
+    assert unmasked(attempts["delivered"].response) == "ok\x00\x00 (a body in UTF-16)"
+    assert unmasked(attempts["pending"].error) == "HTTP 500 \x00"
+    [waiting] = await store.list_deliveries("s1", state="pending")
+    assert unmasked(waiting.last_error) == "HTTP 500 \x00"
+
+
+@pytest.mark.both_stores
+async def test_a_booking_holding_nul_is_stored_sent_once_and_read_back(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    await store.insert_subscription(subscription("s1"))
+    for n in range(2):  # the PMS sends the same booking twice
+        push, created = await store.insert_push(
+            source="x",
+            kind="booking",
+            payload={"id": "B\x00"},
+            dedupe_key=f"B\x00@{n}",
+            order_key="x:B\x00",
+            lease_seconds=60,
+        )
+        assert created and push.lease_token is not None
+        event = booking_event("x:B\x00")
+        event.data["booking"]["notes"] = "late \x00 arrival"
+        event.revision = "r\x00"
+        assert await store.complete_push(push.id, push.lease_token, [event], note="n\x00") == (
+            1 if n == 0 else 0
+        )
+    [message] = await store.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+    assert unmasked(message.data["booking"]["notes"]) == "late \x00 arrival"
+    latest = await store.latest_booking(event.data["booking"]["uuid"])
+    assert latest is not None
+    assert unmasked(latest.booking["notes"]) == "late \x00 arrival"

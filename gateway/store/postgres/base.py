@@ -190,5 +190,28 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
+# PostgreSQL takes no NUL in any text (nor \u0000 in JSON it parses), where SQLite keeps it. Text
+# from outside (a subscriber's answer, a PMS's ids and free text) has U+FFFD in its place instead,
+# so storing it never fails (a failing settle or push would be retried, and fail, for ever).
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+
+
+def text(value: str | None) -> str | None:
+    """``value`` as PostgreSQL can store it."""
+    return value.replace(NUL, REPLACEMENT) if value is not None and NUL in value else value
+
+
+def without_nul(value: Any) -> Any:
+    """A JSON value with every NUL in its strings (keys included) replaced."""
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT)
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def record(row: asyncpg.Record) -> dict[str, Any]:
     return dict(row.items())

@@ -19,7 +19,7 @@ import orjson
 
 from gateway.models import AttemptRecord, DeliveryRecord
 from gateway.store.interface import ClaimRoom, Settlement
-from gateway.store.postgres.base import DELIVERIES_CHANNEL, Conn, PostgresBase, record
+from gateway.store.postgres.base import DELIVERIES_CHANNEL, Conn, PostgresBase, record, text
 from gateway.store.sqlite.base import _ts, new_id, utcnow
 
 CLAIM_LOCK = 741_102  # pg_try_advisory_xact_lock(CLAIM_LOCK, hashtext(subscription_id))
@@ -177,7 +177,7 @@ class DeliveryStore(PostgresBase):
                     [x.state for x in settlements],
                     [x.next_attempt_at for x in settlements],
                     [x.attempt.status for x in settlements],
-                    [x.attempt.error for x in settlements],
+                    [text(x.attempt.error) for x in settlements],
                     list(range(len(settlements))),
                     now,
                 )
@@ -193,7 +193,7 @@ class DeliveryStore(PostgresBase):
         await self.pool.execute(
             "update deliveries set state = 'skipped', last_error = $1, lease_token = null,"
             " lease_expires_at = null, updated_at = $2 where seq = $3 and lease_token = $4",
-            reason,
+            text(reason),
             time.time(),
             delivery.seq,
             delivery.lease_token,
@@ -403,8 +403,8 @@ async def _record_attempts(conn: Conn, settled: list[Settlement]) -> None:
         [x.attempt.outcome for x in settled],
         [x.attempt.status for x in settled],
         [x.attempt.latency_ms for x in settled],
-        [x.attempt.error for x in settled],
-        [x.attempt.response for x in settled],
+        [text(x.attempt.error) for x in settled],
+        [text(x.attempt.response) for x in settled],
     )
 
 

@@ -24,6 +24,8 @@ from gateway.store.postgres.base import (
     PostgresBase,
     dumps,
     record,
+    text,
+    without_nul,
 )
 from gateway.store.postgres.room_maps import write_room_maps
 from gateway.store.sqlite.base import new_id
@@ -67,16 +69,17 @@ class PushStore(PostgresBase):
         still waiting. With ``lease_seconds`` a new push nothing is ahead of comes back leased."""
         now = time.time()
         push_id = new_id("psh")
+        coalesce_key, order_key = text(coalesce_key), text(order_key)
         row: dict[str, Any] = {
             "id": push_id,
             "source": source,
             "kind": kind,
-            "dedupe_key": dedupe_key or push_id,
+            "dedupe_key": text(dedupe_key) or push_id,
             "coalesce_key": coalesce_key,
             "order_key": order_key,
             "payload": dumps(payload),
             "state": state,
-            "error": error,
+            "error": text(error),
             "attempts": 0,
             "next_attempt_at": now,
             "lease_token": None,
@@ -150,7 +153,7 @@ class PushStore(PostgresBase):
         status = await self.pool.execute(
             "update pushes set error = $1, next_attempt_at = $2, lease_token = null,"
             " lease_expires_at = null where id = $3 and lease_token = $4 and state = 'accepted'",
-            error,
+            text(error),
             time.time() + delay,
             id,
             lease_token,
@@ -162,7 +165,7 @@ class PushStore(PostgresBase):
             "update pushes set state = 'failed', error = $1, processed_at = $2,"
             " lease_token = null, lease_expires_at = null where id = $3"
         )
-        params: list[Any] = [error, time.time(), id]
+        params: list[Any] = [text(error), time.time(), id]
         if lease_token is not None:
             sql += " and lease_token = $4"
             params.append(lease_token)
@@ -215,9 +218,10 @@ class PushStore(PostgresBase):
         """Events with their history, one delivery per matching subscription, and the push
         processed, in one transaction; the number of deliveries to send, or None when the lease
         was lost. Rows go in with a few set-based statements, however many events a push has."""
+        events = [_storable(event) for event in events]
         while True:
             try:
-                return await self._complete(id, lease_token, events, note, room_maps)
+                return await self._complete(id, lease_token, events, text(note), room_maps)
             except _StateRaced:
                 continue  # the state is stored now, and locked by the next read: no loop
 
@@ -249,6 +253,26 @@ class PushStore(PostgresBase):
             if created:
                 await conn.execute("select pg_notify($1, '')", DELIVERIES_CHANNEL)
             return created
+
+
+def _storable(event: NewEvent) -> NewEvent:
+    """The event with no NUL in what PostgreSQL stores as text or parses as JSON (a booking's
+    state is read as jsonb): the booking a subscriber gets is the one compared and kept."""
+    keys = (event.subject, event.product_id, event.option_id, event.state_key, event.revision)
+    nul_in_keys = any(key is not None and "\x00" in key for key in keys)
+    nul_in_booking = event.event == "booking_update" and "\\u0000" in dumps(event.data)
+    if not nul_in_keys and not nul_in_booking:
+        return event
+    return event.model_copy(
+        update={
+            "subject": text(event.subject),
+            "product_id": text(event.product_id),
+            "option_id": text(event.option_id),
+            "state_key": text(event.state_key),
+            "revision": text(event.revision),
+            "data": without_nul(event.data) if nul_in_booking else event.data,
+        }
+    )
 
 
 class _StateRaced(Exception):

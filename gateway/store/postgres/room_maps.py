@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from gateway.models import RoomMap, RoomMapUpdate
 from gateway.store.interface import RoomMapConflict
-from gateway.store.postgres.base import Conn, PostgresBase
+from gateway.store.postgres.base import Conn, PostgresBase, text
 
 
 class RoomMapStore(PostgresBase):
@@ -20,7 +20,7 @@ class RoomMapStore(PostgresBase):
         row = await self.pool.fetchrow(
             "select map, generation from room_maps where source = $1 and booking = $2",
             source,
-            booking,
+            text(booking),
         )
         if row is None:
             return None
@@ -37,7 +37,7 @@ async def write_room_maps(
                 "insert into room_maps (source, booking, generation, map, updated_at)"
                 " values ($1, $2, 1, $3, $4) on conflict (source, booking) do nothing",
                 update.source,
-                update.booking,
+                text(update.booking),
                 update.rooms.model_dump_json(),
                 now,
             )
@@ -46,7 +46,7 @@ async def write_room_maps(
                 "update room_maps set generation = generation + 1, map = $3, updated_at = $4"
                 " where source = $1 and booking = $2 and generation = $5",
                 update.source,
-                update.booking,
+                text(update.booking),
                 update.rooms.model_dump_json(),
                 now,
                 update.generation,
