@@ -57,8 +57,14 @@ def _frame_name(frame: str) -> str:
 
 
 # Leaves where a thread waits rather than works (py-spy can't tell a C-level wait from work):
-# an executor thread waiting for its next job, a lock or event, the checkpoint thread's timer.
-IDLE_LEAVES = ("_worker (thread.py)", "Condition.wait (threading.py)", "Event.wait (threading.py)")
+# an executor thread waiting for its next job, a lock or event, the checkpoint thread's timer,
+# the store's writer thread waiting on its SimpleQueue (a C call: the leaf is its loop).
+IDLE_LEAVES = (
+    "_worker (thread.py)",
+    "Condition.wait (threading.py)",
+    "Event.wait (threading.py)",
+    "WriterThread._run (base.py)",
+)
 
 
 # Where a sample's time goes, by the first of these functions found on its stack (innermost

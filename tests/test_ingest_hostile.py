@@ -414,3 +414,20 @@ async def test_an_ari_push_naming_millions_of_days_fails_instead_of_expanding(gw
     push = await gw.wait_state(answer["id"], "failed")
     assert "200000" in push["error"]
     assert gw.events() == 0
+
+
+def test_nesting_is_refused_past_the_limit_and_only_past_it() -> None:
+    from gateway.sources.pms import MAX_DEPTH, PushRejected, parse_json
+
+    def nested(levels: int) -> bytes:
+        return b'{"a":' * (levels - 1) + b"[1]" + b"}" * (levels - 1)
+
+    assert parse_json(nested(MAX_DEPTH)) is not None
+    with pytest.raises(PushRejected, match="nested more than"):
+        parse_json(nested(MAX_DEPTH + 1))
+    # The bracket count only decides whether the values are walked: brackets inside strings make
+    # a shallow body walked, never refused; a deep one with a BOM (the slow path) is refused too.
+    shallow = json.dumps({"notes": "[{" * 100, "rooms": [{"id": 1}]}).encode()
+    assert parse_json(shallow)["rooms"] == [{"id": 1}]
+    with pytest.raises(PushRejected, match="nested more than"):
+        parse_json("\ufeff".encode() + nested(MAX_DEPTH + 1))

@@ -52,7 +52,7 @@ def parse_json(body: bytes) -> Any:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return _parse_json_slowly(body)
-    if nesting_depth(value) > MAX_DEPTH:
+    if may_nest_too_deep(body) and nesting_depth(value) > MAX_DEPTH:
         raise PushRejected(f"body is nested more than {MAX_DEPTH} levels deep")
     return value
 
@@ -73,7 +73,7 @@ def _parse_json_slowly(body: bytes) -> Any:
     except ValueError:
         # Python refuses integers of more than 4300 digits (int_max_str_digits).
         raise PushRejected("body is not valid JSON: a number in it is too long") from None
-    if nesting_depth(value) > MAX_DEPTH:
+    if may_nest_too_deep(body) and nesting_depth(value) > MAX_DEPTH:
         raise PushRejected(f"body is nested more than {MAX_DEPTH} levels deep")
     try:
         # What Python's json accepts and the store's orjson can't write (a lone surrogate escape
@@ -96,6 +96,13 @@ def _finite_float(text: str) -> float:
 
 def _no_constant(name: str) -> Any:
     raise PushRejected(f"body is not valid JSON: {name} is not a JSON value")
+
+
+def may_nest_too_deep(body: bytes) -> bool:
+    """False when the body has too few brackets to nest more than MAX_DEPTH levels: each level
+    opens one (a bracket inside a string only counts extra). Two C-speed counts spare the walk
+    over every value of an ordinary push (4 % of a Beds24 ingest profile)."""
+    return body.count(b"[") + body.count(b"{") > MAX_DEPTH
 
 
 def nesting_depth(value: Any) -> int:
