@@ -36,6 +36,7 @@ from gateway.pipeline.processing import Processor
 from gateway.plugins import make_plugin_manager
 from gateway.redact import install_redaction
 from gateway.samples import sample_data
+from gateway.scopes import rescope_subscriptions
 from gateway.sources import Source
 from gateway.store.factory import make_store
 from gateway.store.interface import Notifying, Store
@@ -91,6 +92,7 @@ def create_app(
     app[ingest.intake_key] = ingest.NoProcessor()
 
     app.cleanup_ctx.append(_store_ctx(store or make_store(config)))
+    app.cleanup_ctx.append(_scopes_ctx)
     app.cleanup_ctx.append(_sessions_ctx)
     app.cleanup_ctx.append(_startup_ctx)
     if workers:
@@ -153,6 +155,19 @@ def _store_ctx(store: Store) -> Callable[[web.Application], AsyncIterator[None]]
         await store.close()
 
     return ctx
+
+
+async def _scopes_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Subscriptions take their key's products as configured now (gateway/scopes.py)."""
+    try:
+        await rescope_subscriptions(app[store_key], app[config_key].api_keys)
+    except Exception:  # the store unavailable at start must not stop the gateway from serving
+        log.warning(
+            "applying the api keys' products to their subscriptions failed; tried again at"
+            " the next start",
+            exc_info=True,
+        )
+    yield
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
