@@ -103,6 +103,25 @@ async def test_two_claimers_never_take_one_row(open_store: OpenStore) -> None:
 
 
 @pytest.mark.both_stores
+async def test_a_claim_serves_every_subscription_it_has_room_for(open_store: OpenStore) -> None:
+    # A claim's room is shared by what the subscriptions actually have due: one with a single
+    # message due leaves the rest of the room to the others (a claim that reserved a whole
+    # subscription's room for it served only total/per_subscription subscriptions a round, so
+    # the others waited for those to finish, however slow their receivers).
+    store = await open_store()
+    for name in ("s1", "s2", "s3"):
+        await store.insert_subscription(subscription(name))
+    await emit(store, [booking_event("test:b1")])
+    claimed = await store.claim_deliveries(ClaimRoom(3, 3), 60, ordering_max_wait=3600)
+    assert sorted(d.subscription_id for d in claimed) == ["s1", "s2", "s3"]
+    # A tenant's room likewise: its subscriptions share what they take, not what they may take.
+    await emit(store, [booking_event("test:b2")])
+    room = ClaimRoom(10, 5, per_tenant=5, tenant_of=dict.fromkeys(("s1", "s2", "s3"), "reseller-a"))
+    claimed = await store.claim_deliveries(room, 60, ordering_max_wait=3600)
+    assert sorted(d.subscription_id for d in claimed) == ["s1", "s2", "s3"]
+
+
+@pytest.mark.both_stores
 async def test_order_per_booking_holds_across_claimers(open_store: OpenStore) -> None:
     first, second = await open_store(), await open_store()
     await first.insert_subscription(subscription("s1"))

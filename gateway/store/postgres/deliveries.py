@@ -56,26 +56,32 @@ group by subscription_id
 
 # Each locked subscription's oldest due messages, up to its room, each only if no earlier message
 # of its order key is unfinished (unless that one is older than max_wait); rows another process
-# holds locked are skipped, never waited for. The event's data comes back with each message.
+# holds locked are skipped, never waited for. Locked until the claim commits: the claim then
+# leases those its room (shared with the tenant's other subscriptions) takes.
+DUE = """
+select w.subscription_id, c.seq from unnest($1::text[], $2::int[]) with ordinality
+    as w(subscription_id, room, n)
+cross join lateral (
+    select d.seq, d.next_attempt_at from deliveries d
+    where d.subscription_id = w.subscription_id and d.state in ('pending', 'leased')
+      and d.next_attempt_at <= $3
+      and not exists (
+        select 1 from deliveries e
+        where e.order_key = d.order_key and e.seq < d.seq
+          and e.state in ('pending', 'leased') and e.created_at > $3 - $4
+      )
+    order by d.next_attempt_at, d.seq limit w.room
+    for update skip locked
+) as c
+order by w.n, c.next_attempt_at, c.seq
+"""
+
+# Leases the chosen messages; the event's data comes back with each.
 CLAIM = """
 with claimed as (
-    update deliveries set state = 'leased', lease_token = $3, lease_expires_at = $4,
-        next_attempt_at = $4, updated_at = $5
-    where seq in (
-        select c.seq from unnest($1::text[], $2::int[]) as w(subscription_id, room)
-        cross join lateral (
-            select d.seq from deliveries d
-            where d.subscription_id = w.subscription_id and d.state in ('pending', 'leased')
-              and d.next_attempt_at <= $5
-              and not exists (
-                select 1 from deliveries e
-                where e.order_key = d.order_key and e.seq < d.seq
-                  and e.state in ('pending', 'leased') and e.created_at > $5 - $6
-              )
-            order by d.next_attempt_at, d.seq limit w.room
-            for update skip locked
-        ) as c
-    )
+    update deliveries set state = 'leased', lease_token = $2, lease_expires_at = $3,
+        next_attempt_at = $3, updated_at = $4
+    where seq = any($1::bigint[])
     returning *
 )
 select claimed.*, events.event, events.data as event_data, b.body
@@ -118,34 +124,37 @@ class DeliveryStore(PostgresBase):
                 row["subscription_id"]: row["leased"]
                 for row in await conn.fetch(IN_FLIGHT, locked, now)
             }
-            names: list[str] = []
-            rooms: list[int] = []
+            # Each subscription's due messages, as many as it could take on its own...
+            rooms = {
+                subscription_id: min(
+                    room.free(subscription_id),
+                    room.per_subscription - leased.get(subscription_id, 0),
+                    room.total,
+                )
+                for subscription_id in locked
+            }
+            names = [name for name in locked if rooms[name] > 0]
+            due: dict[str, list[int]] = {}
+            for row in await conn.fetch(
+                DUE, names, [rooms[name] for name in names], now, ordering_max_wait
+            ):
+                due.setdefault(row["subscription_id"], []).append(row["seq"])
+            # ...then what the room takes of them, in the same order, counting what each took
+            # (not what it could have: that would leave the room to a few subscriptions).
+            chosen: list[int] = []
             left = room.total
             tally = room.tally()  # this process's room, a tenant's subscriptions sharing its part
-            for subscription_id in locked:
-                free = min(
-                    tally.free(subscription_id),
-                    room.per_subscription - leased.get(subscription_id, 0),
-                    left,
-                )
-                if free > 0:
-                    names.append(subscription_id)
-                    rooms.append(free)
-                    tally.took(subscription_id, free)
-                    left -= free
+            for subscription_id in names:
+                take = min(len(due.get(subscription_id, ())), tally.free(subscription_id), left)
+                if take > 0:
+                    chosen += due[subscription_id][:take]
+                    tally.took(subscription_id, take)
+                    left -= take
                 if left <= 0:
                     break
-            if not names:
+            if not chosen:
                 return []
-            rows = await conn.fetch(
-                CLAIM,
-                names,
-                rooms,
-                new_id("lease"),
-                now + lease_seconds,
-                now,
-                ordering_max_wait,
-            )
+            rows = await conn.fetch(CLAIM, chosen, new_id("lease"), now + lease_seconds, now)
         return [_delivery(row) for row in rows]
 
     async def next_delivery_due(self) -> float | None:
