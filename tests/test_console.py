@@ -323,3 +323,40 @@ async def test_cookies_are_secure_behind_an_https_public_url(
     cookie = answer.cookies["gateway_console"]
     assert bool(cookie["secure"]) is secure
     assert cookie["httponly"] and cookie["samesite"] == "Strict"
+
+
+async def test_every_key_of_a_tenant_name_signs_in(
+    aiohttp_client: Any, make_config: Callable[..., GatewayConfig], receiver: Receiver
+) -> None:
+    """Two keys may share a tenant name (a new key rotated in beside the old one): each one's
+    sessions hold, and both see the tenant's subscriptions."""
+    second = {**TENANT_A, "key": "key-a2-0123456789"}
+    config = make_config(
+        delivery={"allow_private_targets": True}, api_keys=[TENANT_A, second, TENANT_B, ADMIN]
+    )
+    client = await aiohttp_client(create_app(config))
+    webhook = await subscribe(client, receiver.url())
+    for key in (str(TENANT_A["key"]), str(second["key"])):
+        client.session.cookie_jar.clear()
+        await sign_in(client, key)
+        page = await client.get("/console/subscriptions", allow_redirects=False)
+        assert page.status == 200, key
+        assert webhook["id"] in await page.text()
+
+
+async def test_a_replay_time_given_with_an_offset_means_that_moment(
+    console: Any, receiver: Receiver
+) -> None:
+    webhook = await subscribe(console, receiver.url())
+    await sign_in(console, str(TENANT_A["key"]))
+    path = f"/console/subscriptions/{webhook['id']}"
+    answer = await console.post(
+        path + "/replay",
+        data={"csrf": await csrf_of(console, path), "since": "2026-11-29T05:00:00+05:00"},
+        allow_redirects=False,
+    )
+    assert answer.status == 303
+    midnight_utc = 1795910400  # 2026-11-29T00:00:00Z
+    assert answer.headers["Location"] == f"{path}?replayed={midnight_utc}"
+    page = await console.get(answer.headers["Location"])
+    assert "since 2026-11-29 00:00 UTC" in await page.text()

@@ -97,8 +97,15 @@ def current_session(request: web.Request) -> Session | None:
         name, expires, nonce = str(claims["k"]), float(claims["e"]), str(claims["n"])
     except (ValueError, KeyError, TypeError):
         return None
-    key = next((k for k in request.app[config_key].api_keys if k.name == name), None)
-    if key is None or not tokens_equal(signature, _sign(key.key, "session:" + payload)):
+    # Keys sharing a tenant name (one rotated in beside the other) each sign their own sessions:
+    # the session is the one whose key signed it. Every candidate is checked, none skipped.
+    key: ApiKey | None = None
+    for candidate in request.app[config_key].api_keys:
+        if candidate.name == name and tokens_equal(
+            signature, _sign(candidate.key, "session:" + payload)
+        ):
+            key = candidate
+    if key is None:
         return None
     if expires <= time.time() or nonce in request.app[revoked_key]:
         return None

@@ -224,9 +224,13 @@ async def replay(request: web.Request, session: Session) -> web.StreamResponse:
     subscription = await own_subscription(request)
     raw = await form_text(request, "since")
     try:
-        since = datetime.fromisoformat(raw).replace(tzinfo=UTC) if raw else None
+        given = datetime.fromisoformat(raw) if raw else None
     except ValueError:
-        since = None
+        given = None
+    # The form's field is UTC without an offset; a time sent with one means that moment.
+    since = None
+    if given is not None:
+        since = given.replace(tzinfo=UTC) if given.tzinfo is None else given.astimezone(UTC)
     if since is None:
         raise bad_request("since: give a date and time (UTC)")
     replayed = await replay_since(request, subscription, since.timestamp())
