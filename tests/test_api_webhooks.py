@@ -158,6 +158,10 @@ async def test_octo_capabilities_echoed(client: TestClient[Any, Any]) -> None:
         "/octo/webhooks", headers={"Octo-Capabilities": "octo/webhooks"}
     )
     assert unauthorized.headers["Octo-Capabilities"] == "octo/webhooks"
+    # Every answer, whatever produced it: an unknown path, the API docs, a console asset.
+    for path in ("/no/such/path", "/openapi.json", "/console/sign-in"):
+        answer = await client.get(path, allow_redirects=False)
+        assert answer.headers["Octo-Capabilities"] == "octo/webhooks", path
 
 
 @pytest.mark.parametrize(
