@@ -5,16 +5,17 @@ waits until the server says both are waiting, then lets them go."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 
-from gateway.models import NewEvent
-from gateway.store.interface import ClaimRoom
+from gateway.models import AttemptRecord, DeliveryRecord, NewEvent
+from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.postgres import PostgresStore
 from tests.fake_pms import eventually
-from tests.receivers import booking_event
+from tests.receivers import booking_event, emit
 from tests.test_store_shared import subscription
 
 pytestmark = pytest.mark.postgres
@@ -99,3 +100,52 @@ async def test_a_new_booking_stored_by_two_processes_at_once_keeps_the_newer_ver
     assert row["version"] == "2000"
     [message] = await first.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
     assert message.data["booking"]["notes"] == "update 2"
+
+
+def dead(record: DeliveryRecord) -> Settlement:
+    attempt = AttemptRecord(
+        delivery_id=record.id,
+        subscription_id=record.subscription_id,
+        attempt=record.attempts + 1,
+        attempted_at=time.time(),
+        outcome="dead",
+        status=400,
+        latency_ms=1.0,
+    )
+    return Settlement(record, attempt, "dead", disable_after=3600)
+
+
+async def test_two_processes_settling_dead_messages_of_two_subscriptions_do_not_deadlock(
+    stores: tuple[PostgresStore, PostgresStore], admin: asyncpg.Connection
+) -> None:
+    first, second = stores
+    for name in ("s1", "s2"):
+        await first.insert_subscription(subscription(name))
+    await emit(first, [booking_event("test:b1"), booking_event("test:b2")])
+    messages = await first.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+    by_subscription: dict[str, list[DeliveryRecord]] = {"s1": [], "s2": []}
+    for message in messages:
+        by_subscription[message.subscription_id].append(message)
+    # Each process settles a batch holding a dead message of each subscription, in the order its
+    # messages happened to finish: one s1 first, the other s2 first.
+    batches = [
+        [dead(by_subscription["s1"][0]), dead(by_subscription["s2"][0])],
+        [dead(by_subscription["s2"][1]), dead(by_subscription["s1"][1])],
+    ]
+    # Each transaction pauses after its first change to a subscription row (a trigger waiting for
+    # the test's advisory lock), so both hold one subscription before either goes on.
+    await admin.execute(
+        "create function pause() returns trigger language plpgsql as"
+        " $$ begin perform pg_advisory_xact_lock_shared(4242); return new; end $$;"
+        " create trigger pause after update on subscriptions for each row execute function pause()"
+    )
+    async with admin.transaction():
+        await admin.execute("select pg_advisory_xact_lock(4242)")
+        settling = asyncio.ensure_future(first.settle_deliveries(batches[0]))
+        await waiting_for_locks(admin, 1)
+        settling_too = asyncio.ensure_future(second.settle_deliveries(batches[1]))
+        await waiting_for_locks(admin, 2)
+    assert await settling == [True, True]
+    assert await settling_too == [True, True]
+    assert {m.state for m in await first.list_deliveries("s1")} == {"dead"}
+    assert {m.state for m in await first.list_deliveries("s2")} == {"dead"}

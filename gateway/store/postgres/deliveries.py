@@ -438,8 +438,27 @@ async def _keep_bodies(conn: Conn, settled: list[Settlement]) -> None:
 async def _track_health(conn: Conn, settled: list[Settlement], now: float) -> None:
     """A delivered message clears its subscription's failing streak; a dead one starts it (if not
     running) and disables the subscription once it has lasted ``disable_after`` seconds; a
-    ``disable_reason`` (410 Gone) disables it at once."""
+    ``disable_reason`` (410 Gone) disables it at once.
+
+    With a dead message, the rows to change are locked first, in id order: two processes
+    settling batches that touch the same subscriptions in other orders would otherwise deadlock,
+    and the one PostgreSQL aborts would lose its whole batch (its messages sent again once their
+    leases ran out). Delivered ones alone change in one statement, which locks in index order."""
     delivered = sorted({x.delivery.subscription_id for x in settled if x.state == "delivered"})
+    failing = sorted(
+        {
+            x.delivery.subscription_id
+            for x in settled
+            if x.state == "dead" or x.disable_reason is not None
+        }
+    )
+    if failing:
+        await conn.execute(
+            "select 1 from subscriptions where id = any($1::text[])"
+            " or (id = any($2::text[]) and failing_since is not null) order by id for update",
+            failing,
+            delivered,
+        )
     if delivered:
         await conn.execute(
             "update subscriptions set failing_since = null"
