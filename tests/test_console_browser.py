@@ -220,3 +220,19 @@ async def test_admin_sees_pushes_replays_a_failed_one_and_the_live_view(
         assert answer.status == 403
     await reseller.close()
     await context.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_page_refreshing_in_place_goes_to_sign_in_when_the_session_ends(
+    browser: Any, gateway: TestServer
+) -> None:
+    """The live view refreshes its panel every 5 s; once the session is gone that refresh leads
+    the page to sign-in, instead of putting the sign-in page inside the panel."""
+    base = str(gateway.make_url("")).rstrip("/")
+    context, page = await sign_in(browser, base, str(ADMIN["key"]))
+    await page.goto(base + "/console/live")
+    assert await page.locator("#live svg.chart").count() == 3
+    await context.clear_cookies()  # as when the session expires
+    await page.wait_for_url(re.compile(r".*/console/sign-in$"), timeout=4 * WAIT_MS)
+    assert await page.locator("#live").count() == 0
+    await context.close()

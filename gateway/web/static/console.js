@@ -7,7 +7,17 @@ function refresh(element) {
   const every = Number(element.dataset.every || 5000);
   window.setTimeout(async function tick() {
     try {
-      const answer = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+      // A redirect means the session ended (it leads to sign-in): reload the whole page so it
+      // goes there, rather than following it and putting the sign-in page inside this one.
+      const answer = await fetch(url, {
+        credentials: "same-origin",
+        cache: "no-store",
+        redirect: "manual",
+      });
+      if (answer.type === "opaqueredirect") {
+        window.location.reload();
+        return;
+      }
       if (answer.ok) {
         element.innerHTML = await answer.text();
       }
