@@ -114,6 +114,7 @@ async def test_a_claim_serves_every_subscription_it_has_room_for(open_store: Ope
     await emit(store, [booking_event("test:b1")])
     claimed = await store.claim_deliveries(ClaimRoom(3, 3), 60, ordering_max_wait=3600)
     assert sorted(d.subscription_id for d in claimed) == ["s1", "s2", "s3"]
+    assert await store.settle_deliveries([delivered(d) for d in claimed]) == [True] * 3
     # A tenant's room likewise: its subscriptions share what they take, not what they may take.
     await emit(store, [booking_event("test:b2")])
     room = ClaimRoom(10, 5, per_tenant=5, tenant_of=dict.fromkeys(("s1", "s2", "s3"), "reseller-a"))
@@ -270,6 +271,35 @@ async def test_postgres_per_subscription_limit_holds_across_processes(pg_url: st
         assert len(more) == 2
     finally:
         for store in stores:
+            await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_per_tenant_limit_holds_across_processes(pg_url: str) -> None:
+    from gateway.store.postgres import PostgresStore
+
+    first, second = PostgresStore(pg_url), PostgresStore(pg_url)
+    for store in (first, second):
+        await store.open()
+    try:
+        for name in ("s1", "s2"):
+            await first.insert_subscription(subscription(name))
+        await emit(first, [booking_event(f"test:b{n}") for n in range(4)])
+        # Each process has nothing in flight itself and room for 3 of the tenant's messages.
+        room = ClaimRoom(
+            total=100,
+            per_subscription=10,
+            per_tenant=3,
+            tenant_of={"s1": "reseller-a", "s2": "reseller-a"},
+        )
+        leased = await first.claim_deliveries(room, 60, ordering_max_wait=3600)
+        assert len(leased) == 3
+        assert await second.claim_deliveries(room, 60, ordering_max_wait=3600) == []
+        # Settling two frees two, for any process.
+        assert await first.settle_deliveries([delivered(r) for r in leased[:2]]) == [True, True]
+        assert len(await second.claim_deliveries(room, 60, ordering_max_wait=3600)) == 2
+    finally:
+        for store in (second, first):
             await store.close()
 
 

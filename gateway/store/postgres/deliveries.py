@@ -11,6 +11,7 @@ is pending or leased. Leases of a process that died expire and are claimed like 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.store.postgres.base import DELIVERIES_CHANNEL, Conn, PostgresBase, 
 from gateway.store.sqlite.base import _ts, new_id, utcnow
 
 CLAIM_LOCK = 741_102  # pg_try_advisory_xact_lock(CLAIM_LOCK, hashtext(subscription_id))
+TENANT_CLAIM_LOCK = 741_104  # pg_try_advisory_xact_lock(TENANT_CLAIM_LOCK, hashtext(tenant))
 
 # The subscriptions with messages queued or in flight, each with its earliest queued message's
 # next_attempt_at (a leased message's is its lease expiry): a loose index scan, one seek per
@@ -52,6 +54,14 @@ IN_FLIGHT = """
 select subscription_id, count(*) as leased from deliveries
 where subscription_id = any($1::text[]) and state = 'leased' and next_attempt_at > $2
 group by subscription_id
+"""
+
+# Unexpired leases per tenant, held by any process.
+TENANT_IN_FLIGHT = """
+select s.tenant, count(*) as leased from deliveries d
+join subscriptions s on s.id = d.subscription_id
+where s.tenant = any($1::text[]) and d.state = 'leased' and d.next_attempt_at > $2
+group by s.tenant
 """
 
 # Each locked subscription's oldest due messages, up to its room, each only if no earlier message
@@ -95,8 +105,8 @@ class DeliveryStore(PostgresBase):
     async def claim_deliveries(
         self, room: ClaimRoom, lease_seconds: float, *, ordering_max_wait: float
     ) -> list[DeliveryRecord]:
-        """Lease due deliveries within ``room``; the per-subscription limit counts every
-        process's leases. Subscriptions with the oldest due message go first."""
+        """Lease due deliveries within ``room``; the per-subscription and per-tenant limits count
+        every process's leases. Subscriptions with the oldest due message go first."""
         if room.total <= 0:
             return []
         now = time.time()
@@ -118,6 +128,8 @@ class DeliveryStore(PostgresBase):
                     CLAIM_LOCK,
                 )
             ]
+            if room.per_tenant is not None:
+                locked, room = await _tenants_room(conn, room, locked, now)
             if not locked:
                 return []
             leased = {
@@ -342,6 +354,36 @@ def _delivery(found: asyncpg.Record, *, with_data: bool = True) -> DeliveryRecor
         delivered_at=row["delivered_at"],
         data=orjson.loads(text) if with_data and text else {},
     )
+
+
+async def _tenants_room(
+    conn: Conn, room: ClaimRoom, locked: list[str], now: float
+) -> tuple[list[str], ClaimRoom]:
+    """The per-tenant limit across processes, as the per-subscription one: a tenant another
+    process is claiming for right now is passed over this round (its subscriptions dropped from
+    ``locked``); for the others, what the tenant has in flight counts every process's unexpired
+    leases (or this process's own count, if higher: a lease can expire while its attempt lasts)."""
+    tenants = sorted({room.tenant_of[s] for s in locked if s in room.tenant_of})
+    if not tenants:
+        return locked, room
+    held = {
+        row["t"]
+        for row in await conn.fetch(
+            "select t from unnest($1::text[]) as t"
+            " where pg_try_advisory_xact_lock($2, hashtext(t))",
+            tenants,
+            TENANT_CLAIM_LOCK,
+        )
+    }
+    locked = [s for s in locked if s not in room.tenant_of or room.tenant_of[s] in held]
+    counts = {
+        row["tenant"]: int(row["leased"])
+        for row in await conn.fetch(TENANT_IN_FLIGHT, sorted(held), now)
+    }
+    in_flight = dict(room.tenant_in_flight)
+    for tenant, count in counts.items():
+        in_flight[tenant] = max(in_flight.get(tenant, 0), count)
+    return locked, dataclasses.replace(room, tenant_in_flight=in_flight)
 
 
 async def _missed_messages(conn: Conn, subscription_id: str, since: float, now: float) -> int:
