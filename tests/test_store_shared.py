@@ -467,3 +467,16 @@ async def test_a_booking_holding_nul_is_stored_sent_once_and_read_back(
     latest = await store.latest_booking(event.data["booking"]["uuid"])
     assert latest is not None
     assert unmasked(latest.booking["notes"]) == "late \x00 arrival"
+
+
+@pytest.mark.both_stores
+async def test_availability_of_an_id_holding_nul_is_stored_and_known(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    day = "x:room\x00|rate|2030-01-01"
+    assert await store.known_availability([day]) == {}
+    await emit(store, [availability_event(day, 3)])
+    known = await store.known_availability([day, "x:other|rate|2030-01-01"])
+    assert list(known) == [day]
+    assert known[day]["vacancies"] == 3

@@ -201,10 +201,13 @@ class PushStore(PostgresBase):
         return [row["id"] for row in rows]
 
     async def known_availability(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        # Keys as complete_push stores them (no NUL), answered under the keys asked for.
+        asked = {text(key) or key: key for key in keys}
         rows = await self.pool.fetch(
-            "select key, availability from availability_state where key = any($1::text[])", keys
+            "select key, availability from availability_state where key = any($1::text[])",
+            list(asked),
         )
-        return {row["key"]: orjson.loads(row["availability"]) for row in rows}
+        return {asked[row["key"]]: orjson.loads(row["availability"]) for row in rows}
 
     async def complete_push(
         self,
