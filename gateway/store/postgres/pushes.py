@@ -341,6 +341,7 @@ async def _with_history(
     read_bookings, read_availability = list(bookings), list(availability)
     kept: list[tuple[NewEvent, dict[str, Any]]] = []
     booking_writes: dict[str, tuple[str | None, str | None, Any]] = {}
+    version_writes: dict[str, tuple[str | None, str | None]] = {}
     availability_writes: dict[str, Any] = {}
     for event in events:
         if event.event == "booking_update":
@@ -352,11 +353,19 @@ async def _with_history(
                 continue  # an older version of the booking, delivered late by the PMS
             previous = known[2] if known is not None else None
             diff = booking_diff(previous, booking)
-            if previous is not None and not diff:
-                continue
             version = None if event.version is None else str(event.version)
+            if known is not None and not diff:
+                # Nothing to send, but this version is the newest seen: an older one arriving
+                # later must still be judged stale against it (the booking sent stays as it was).
+                bookings[event.state_key] = (event.revision, version or known[1], known[2])
+                if event.state_key in booking_writes:
+                    booking_writes[event.state_key] = bookings[event.state_key]
+                else:
+                    version_writes[event.state_key] = bookings[event.state_key][:2]
+                continue
             bookings[event.state_key] = (event.revision, version, booking)
             booking_writes[event.state_key] = bookings[event.state_key]
+            version_writes.pop(event.state_key, None)
             kept.append((event, {"booking": booking, "diff": diff}))
             continue
         value = event.data["availability"]
@@ -392,6 +401,16 @@ async def _with_history(
         )
         if len(stored) != len(keys):
             raise _StateRaced
+    if version_writes:
+        keys = sorted(version_writes)
+        await conn.execute(
+            "update booking_state set revision = t.r, version = t.v"
+            " from unnest($1::text[], $2::text[], $3::text[]) as t(k, r, v)"
+            " where booking_state.key = t.k",
+            keys,
+            [version_writes[k][0] for k in keys],
+            [version_writes[k][1] for k in keys],
+        )
     if availability_writes:
         keys = sorted(availability_writes)
         stored = await conn.fetch(

@@ -348,6 +348,13 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
             return None  # an older version of the booking, delivered late by the PMS
         diff = booking_diff(previous, booking)
         if previous is not None and not diff:
+            # Nothing to send, but this version is the newest seen: an older one arriving later
+            # must still be judged stale against it (the booking sent stays as it was).
+            db.execute(
+                "update booking_state set revision = ?, version = coalesce(?, version)"
+                " where key = ?",
+                [event.revision, event.version, event.state_key],
+            )
             return None
         db.execute(
             "insert into booking_state (key, revision, version, booking, updated_at)"
