@@ -177,6 +177,28 @@ async def test_a_push_of_one_booking_is_not_leased_while_an_earlier_one_waits(
 
 
 @pytest.mark.both_stores
+async def test_a_push_waiting_behind_an_earlier_one_is_not_due_before_it(
+    open_store: OpenStore,
+) -> None:
+    # The processor sleeps until the next push due: one that can't be claimed yet (an earlier
+    # push of its booking is deferred) must not make it claim again and again meanwhile.
+    store = await open_store()
+    first, _ = await store.insert_push(
+        source="x", kind="k", payload={}, dedupe_key="a", order_key="x:B1", lease_seconds=60
+    )
+    assert first.lease_token is not None
+    assert await store.defer_push(first.id, first.lease_token, "PMS down", 600)
+    await store.insert_push(source="x", kind="k", payload={}, dedupe_key="b", order_key="x:B1")
+    due = await store.next_push_due()
+    assert due is not None and due > time.time() + 300
+    assert await store.claim_pushes(10, 60) == []
+    # A push of another booking is due at once.
+    await store.insert_push(source="x", kind="k", payload={}, dedupe_key="c", order_key="x:B2")
+    due = await store.next_push_due()
+    assert due is not None and due <= time.time()
+
+
+@pytest.mark.both_stores
 async def test_a_room_map_written_meanwhile_fails_the_later_push(open_store: OpenStore) -> None:
     first, second = await open_store(), await open_store()
     pushes = []

@@ -29,7 +29,7 @@ from gateway.store.postgres.base import (
 )
 from gateway.store.postgres.room_maps import write_room_maps
 from gateway.store.sqlite.base import new_id
-from gateway.store.sqlite.pushes import _push
+from gateway.store.sqlite.pushes import NEXT_DUE, _push
 
 ORDER_LOCK = 741_101  # pg_advisory_xact_lock(ORDER_LOCK, hashtext(order_key))
 
@@ -144,9 +144,7 @@ class PushStore(PostgresBase):
         return [_push(record(row)) for row in rows]
 
     async def next_push_due(self) -> float | None:
-        value = await self.pool.fetchval(
-            "select min(next_attempt_at) from pushes where state = 'accepted'"
-        )
+        value = await self.pool.fetchval(NEXT_DUE)  # the SQLite store's query
         return None if value is None else float(value)
 
     async def defer_push(self, id: str, lease_token: str, error: str, delay: float) -> bool:
