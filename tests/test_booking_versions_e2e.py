@@ -56,3 +56,24 @@ async def test_an_older_version_after_a_newer_one_that_changed_nothing_is_not_se
     )
     assert response.status == 200
     assert await response.json() == bookings[-1]
+
+
+async def test_a_cancelled_booking_keeps_its_cancellation_time_without_cancel_time(
+    gw: Harness,
+) -> None:
+    # The sample's cancelTime is null: the cancellation is dated by the version that cancelled.
+    await push_processed(gw, beds24_item(modifiedTime="2026-02-15T10:00:00Z"))
+    await push_processed(gw, beds24_item(modifiedTime="2026-02-15T10:05:00Z", status="cancelled"))
+    # Later versions of the cancelled booking: one changes the notes, one only its modifiedTime.
+    await push_processed(
+        gw, beds24_item(modifiedTime="2026-02-15T10:06:00Z", status="cancelled", comments="late")
+    )
+    await push_processed(
+        gw, beds24_item(modifiedTime="2026-02-15T10:07:00Z", status="cancelled", comments="late")
+    )
+
+    bodies = received(gw)
+    assert [body["booking"]["status"] for body in bodies] == ["CONFIRMED", "CANCELLED", "CANCELLED"]
+    for body in bodies[1:]:
+        assert body["booking"]["cancellation"]["utcCancelledAt"] == "2026-02-15T10:05:00Z"
+    assert [entry["path"] for entry in bodies[2]["diff"]] == ["/notes"]

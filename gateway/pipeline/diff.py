@@ -18,6 +18,21 @@ from typing import Any
 IGNORED_PATHS = frozenset({"/utcUpdatedAt"})
 
 
+def keep_cancellation_time(
+    previous: dict[str, Any] | None, current: dict[str, Any]
+) -> dict[str, Any]:
+    """``current``, with the ``utcCancelledAt`` already sent when the booking was cancelled
+    before and still is: a PMS that gives no cancellation time (Beds24's ``cancelTime`` null)
+    dates it by each version's time, which would move it, and fill a diff, on every later
+    update."""
+    if previous is None or not previous.get("status") == current.get("status") == "CANCELLED":
+        return current
+    was, now = previous.get("cancellation"), current.get("cancellation")
+    if not (isinstance(was, dict) and isinstance(now, dict) and was.get("utcCancelledAt")):
+        return current
+    return {**current, "cancellation": {**now, "utcCancelledAt": was["utcCancelledAt"]}}
+
+
 def booking_diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[dict[str, str]]:
     """The changes from ``previous`` to ``current``; [] for a booking's first update."""
     if previous is None:

@@ -8,7 +8,8 @@ Choices where CONTRACT.md §6 is silent:
 - Times: ``utcCreatedAt`` is ``bookingTime`` (else ``modifiedTime``); ``utcUpdatedAt`` is
   ``modifiedTime`` (else ``utcCreatedAt``); ``utcConfirmedAt`` is ``utcCreatedAt`` for confirmed
   and cancelled bookings, null for requests and inquiries; ``utcCancelledAt`` is ``cancelTime``,
-  else ``utcUpdatedAt``. Beds24 writes UTC, with or without the ``Z``.
+  else ``utcUpdatedAt`` (of the version that cancelled: the store keeps the first one sent while
+  the booking stays cancelled). Beds24 writes UTC, with or without the ``Z``.
 - ``id`` is the booking's ``uuid``.
 - ``cancellation.refund`` is FULL and ``reason`` null: Beds24 says nothing about either.
 - ``cancellable`` is true while the booking is CONFIRMED, PENDING or ON_HOLD.

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.models import NewEvent, PushRecord, PushState, RoomMapUpdate
-from gateway.pipeline.diff import booking_diff
+from gateway.pipeline.diff import booking_diff, keep_cancellation_time
 from gateway.pipeline.versions import is_older
 from gateway.store.postgres.base import (
     DELIVERIES_CHANNEL,
@@ -350,6 +350,7 @@ async def _with_history(
             if known is not None and is_older(event.version, known[1]):
                 continue  # an older version of the booking, delivered late by the PMS
             previous = known[2] if known is not None else None
+            booking = keep_cancellation_time(previous, booking)
             diff = booking_diff(previous, booking)
             version = None if event.version is None else str(event.version)
             if known is not None and not diff:

@@ -16,7 +16,7 @@ from gateway.models import (
     PushState,
     RoomMapUpdate,
 )
-from gateway.pipeline.diff import booking_diff
+from gateway.pipeline.diff import booking_diff, keep_cancellation_time
 from gateway.pipeline.versions import is_older
 from gateway.store.sqlite.base import (
     SQLiteBase,
@@ -360,6 +360,7 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
             return None
         if row is not None and is_older(event.version, row[2]):
             return None  # an older version of the booking, delivered late by the PMS
+        booking = keep_cancellation_time(previous, booking)
         diff = booking_diff(previous, booking)
         if previous is not None and not diff:
             # Nothing to send, but this version is the newest seen: an older one arriving later
