@@ -237,3 +237,52 @@ def test_room_map_keeps_no_card_data_or_room_meta() -> None:
 
     for secret in ("411111", "CARD_TOKEN", "guarantee", "cancel_penalties", "meta"):
         assert secret not in text
+
+
+def test_a_cancelled_room_never_passes_its_uuid_to_a_new_room() -> None:
+    """A room cancelled in one revision and gone from the next leaves its uuid CANCELLED: a room
+    new in that revision (another type and stay, Booking.com's fresh booking_room_ids) gets a
+    new uuid, not the cancelled one's through the order fallback."""
+    _, rooms = translate(two_rooms(), None)
+    revision = two_rooms(3, inserted_at="2020-11-13T08:00:00")
+    revision["rooms"][1]["is_cancelled"] = True
+    first, rooms = translate(revision, rooms)
+    cancelled = by_product(first)[SUITE]
+    assert cancelled["status"] == "CANCELLED"
+
+    later = sample(3, inserted_at="2020-11-14T08:00:00")
+    double = later["rooms"][0]
+    family = suite(
+        double,
+        booking_room_id="family-1",
+        room_type_id="family",
+        checkin_date="2020-11-20",
+        checkout_date="2020-11-22",
+    )
+    later["rooms"] = [double, family]
+    second, _ = translate(later, rooms)
+
+    assert by_product(second)["family"]["status"] == "CONFIRMED"
+    assert by_product(second)["family"]["uuid"] == booking_uuid("channex", BOOKING, 2)
+    assert all(b["uuid"] != cancelled["uuid"] for b in second)
+
+
+def test_cancelled_rooms_pair_with_cancelled_rooms_first_in_the_order_fallback() -> None:
+    _, rooms = translate(two_rooms(), None)
+    revision = two_rooms(3, inserted_at="2020-11-13T08:00:00")
+    revision["rooms"][1]["is_cancelled"] = True
+    first, rooms = translate(revision, rooms)
+
+    # Both rooms listed again with new booking_room_ids and moved dates, the cancelled one first.
+    later = two_rooms(3, inserted_at="2020-11-14T08:00:00")
+    moved = [
+        {**room, "booking_room_id": f"again-{n}", "checkin_date": "2020-11-14"}
+        for n, room in enumerate(later["rooms"])
+    ]
+    moved[1]["is_cancelled"] = True
+    later["rooms"] = [moved[1], moved[0]]
+    second, _ = translate(later, rooms)
+
+    assert {b["productId"]: b["uuid"] for b in second} == {b["productId"]: b["uuid"] for b in first}
+    assert by_product(second)[DOUBLE]["status"] == "CONFIRMED"
+    assert by_product(second)[SUITE]["status"] == "CANCELLED"

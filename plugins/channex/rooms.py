@@ -2,7 +2,9 @@
 
 CONTRACT §6, "Channex rooms across revisions": a room is the same room as one of the previous
 revision when their ``booking_room_id`` match; failing that, when room type, rate plan, check-in and
-check-out match; failing that, the remaining rooms pair up in order. Each room keeps its slot (its
+check-out match; failing that, the remaining rooms pair up in order. In both fallbacks a room the
+previous revision had cancelled pairs only with a room cancelled now (cancelled ones pair up in
+order first), so a CANCELLED uuid never comes back as another, live room. Each room keeps its slot (its
 uuid derives from it) for the life of the booking; a new room gets a slot the booking never had, so
 a uuid never passes from one room to another. Booking.com changes ``booking_room_id`` between
 revisions (Channex's own examples do), which is what the fallbacks are for.
@@ -81,13 +83,24 @@ def match_rooms(rooms: Sequence[Mapping[str, Any]], known: RoomMap | None) -> Ro
         room_id = room.get("booking_room_id")
         if room_id:
             pair(index, lambda details, room_id=room_id: details.get("booking_room_id") == room_id)
+    # Past booking_room_id, a room the previous revision had cancelled is only ever a room
+    # cancelled now: a live room taking its uuid would revive a CANCELLED booking as another room.
     for index, room in enumerate(rooms):
         if index not in chosen:
-            stay = _stay(room)
-            pair(index, lambda details, stay=stay: _stay(details) == stay)
-    for index in range(len(rooms)):
-        if index not in chosen and free:
-            chosen[index] = free.pop(0)
+            stay, live = _stay(room), not room.get("cancelled")
+            pair(
+                index,
+                lambda details, stay=stay, live=live: (
+                    _stay(details) == stay and not (live and details.get("cancelled"))
+                ),
+            )
+    for index, room in enumerate(rooms):
+        if index not in chosen and room.get("cancelled"):
+            pair(index, lambda details: bool(details.get("cancelled")))
+    for index, room in enumerate(rooms):
+        if index not in chosen:
+            live = not room.get("cancelled")
+            pair(index, lambda details, live=live: not (live and details.get("cancelled")))
     slots = []
     next_slot = known.next_slot()
     for index in range(len(rooms)):

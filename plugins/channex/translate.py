@@ -151,7 +151,16 @@ def translate_revision(
     rooms = revision.get("rooms") or []
     if not isinstance(rooms, list) or not all(isinstance(room, Mapping) for room in rooms):
         raise TranslationError("rooms: expected a list of room objects")
-    described = [room_details(room, revision, cancelled=False, cancelled_at=None) for room in rooms]
+    # Whether each room is cancelled now is part of what matches it (see ``match_rooms``).
+    described = [
+        room_details(
+            room,
+            revision,
+            cancelled=bool(room.get("is_cancelled")) or whole_booking_cancelled,
+            cancelled_at=None,
+        )
+        for room in rooms
+    ]
     match = match_rooms(described, known)
     events: list[BookingEvent] = []
     listed: list[MappedRoom] = []
