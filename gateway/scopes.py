@@ -5,6 +5,10 @@ store. Without this, narrowing a key's ``products`` in gateway.toml (a reseller 
 left its older subscriptions receiving every product they had before, while the reads API
 (``/octo/bookings``) already held the key to its new scope. At each start the gateway writes the
 configured products onto every live subscription of each key.
+
+A tenant no api key names any more (a reseller removed from gateway.toml) has no products: its
+subscriptions are kept but receive nothing, and a WARNING names the tenant at each start. Put its
+key back and they receive its products again.
 """
 
 from __future__ import annotations
@@ -31,10 +35,18 @@ def products_by_tenant(keys: Sequence[ApiKey]) -> dict[str, list[str]]:
 
 
 async def rescope_subscriptions(store: Store, keys: Sequence[ApiKey]) -> int:
-    """Give every live subscription of a configured key that key's products; returns how many
-    changed."""
+    """Give every live subscription its key's products (none when no key names its tenant);
+    returns how many changed."""
+    scopes = products_by_tenant(keys)
+    for tenant in await store.subscription_tenants():
+        if tenant not in scopes:
+            log.warning(
+                "tenant %s has subscriptions but no api key in the config: they receive nothing",
+                tenant,
+            )
+            scopes[tenant] = []
     changed = 0
-    for tenant, products in products_by_tenant(keys).items():
+    for tenant, products in scopes.items():
         for listed in await store.list_subscriptions(tenant):
             subscription = listed
             for _ in range(ATTEMPTS):

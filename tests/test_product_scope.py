@@ -53,3 +53,22 @@ def make_keys(*scopes: list[str]) -> list[ApiKey]:
         ApiKey(name="t", key=f"key-{n}-0123456789", products=products)
         for n, products in enumerate(scopes)
     ]
+
+
+async def test_a_tenant_whose_key_is_removed_receives_nothing_until_it_is_back(
+    aiohttp_client: Any, make_config: Callable[..., GatewayConfig]
+) -> None:
+    first = await aiohttp_client(create_app(make_config(delivery=LOOPBACK), workers=False))
+    webhook = await subscribe(first, "http://127.0.0.1:9/hook")
+    await first.close()
+
+    removed = make_config(delivery=LOOPBACK, api_keys=[TENANT_B, ADMIN])
+    second = await aiohttp_client(create_app(removed, workers=False))
+    store = second.app[store_key]
+    assert await emit(store, [booking_event("scope:removed")]) == 0
+    kept = await store.get_subscription(str(TENANT_A["name"]), webhook["id"])
+    assert kept is not None and kept.products == []
+    await second.close()
+
+    back = await aiohttp_client(create_app(make_config(delivery=LOOPBACK), workers=False))
+    assert await emit(back.app[store_key], [booking_event("scope:back")]) == 1

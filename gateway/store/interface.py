@@ -149,6 +149,9 @@ class Store(Protocol):
 
     async def list_subscriptions(self, tenant: str) -> list[Subscription]: ...
 
+    async def subscription_tenants(self) -> list[str]:
+        """The tenants that have live subscriptions (to find ones no api key names any more)."""
+
     async def update_subscription(
         self, subscription: Subscription, *, expected_updated_at: datetime | None = None
     ) -> bool:

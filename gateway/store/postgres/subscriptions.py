@@ -57,6 +57,12 @@ class SubscriptionStore(PostgresBase):
         )
         return [_subscription(record(row)) for row in rows]
 
+    async def subscription_tenants(self) -> list[str]:
+        rows = await self.pool.fetch(
+            "select distinct tenant from subscriptions where deleted_at is null order by tenant"
+        )
+        return [str(row["tenant"]) for row in rows]
+
     async def update_subscription(
         self, subscription: Subscription, *, expected_updated_at: datetime | None = None
     ) -> bool:

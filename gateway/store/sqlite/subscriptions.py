@@ -66,6 +66,15 @@ class SubscriptionStore(SQLiteBase):
 
         return await self._read(list_)
 
+    async def subscription_tenants(self) -> list[str]:
+        def tenants(db: Database) -> list[str]:
+            rows = db.execute(
+                "select distinct tenant from subscriptions where deleted_at is null order by tenant"
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return await self._read(tenants)
+
     async def update_subscription(
         self, subscription: Subscription, *, expected_updated_at: datetime | None = None
     ) -> bool:
