@@ -133,6 +133,25 @@ async def test_expired_or_forged_sessions_are_refused(
     assert ok.status == 200
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [b"[" * 3000, b"[1, 2]", b'{"k": "reseller-a"}', b"\xff", b'{"k": 1, "e": "x", "n": 2}'],
+)
+async def test_a_made_up_session_cookie_is_no_session_and_no_500(
+    console: Any, payload: bytes
+) -> None:
+    """Anyone can send any cookie: one that is not what the gateway signs (nested too deeply to
+    parse, not an object, missing claims) is simply no session."""
+    value = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    answer = await console.get(
+        "/console/subscriptions",
+        headers={"Cookie": f"gateway_console={value}.c2lnbmF0dXJl"},
+        allow_redirects=False,
+    )
+    assert answer.status == 303
+    assert answer.headers["Location"] == "/console/sign-in"
+
+
 async def test_sign_out_ends_the_session_even_for_a_copied_cookie(console: Any) -> None:
     await sign_in(console, str(TENANT_A["key"]))
     copied = console.session.cookie_jar.filter_cookies(console.make_url("/console"))[
