@@ -18,6 +18,7 @@ from gateway.web.openapi import operation_of, route_path
 from tests.openapi_support import assert_documented
 from tests.receivers import Receiver
 from tests.tenants import AUTH_A, AUTH_ADMIN, REPO
+from tests.test_storage_faults import locked
 
 SANDBOX = {
     "sandbox": {"enabled": True},
@@ -195,3 +196,28 @@ async def test_sandbox_calendar_reaches_the_last_day_without_error(
     assert response.status == 200
     days = (await response.json())["data"][0]["calendar"]
     assert [d["from"] for d in days] == ["9999-12-30", "9999-12-31"]
+
+
+async def test_a_storage_fault_answers_a_documented_503(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    """Every /octo and /admin operation reads or writes the store, so each may answer 503 with
+    Retry-After when storage is unavailable; the document says so, and a real one matches it."""
+    config = make_config(storage={"write_timeout": 1})
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config, workers=False))
+    doc = await document(client)
+    for path, methods in doc["paths"].items():
+        if path.startswith(("/octo", "/admin")):
+            for method, operation in methods.items():
+                answer = operation["responses"].get("503")
+                assert answer is not None, f"{method.upper()} {path}"
+                assert "Retry-After" in answer["headers"]
+    async with locked(config.storage.path):  # another process holds the write lock
+        refused = await client.post(
+            "/octo/webhooks",
+            json={"url": "https://93.184.216.34/hook", "event": "booking_update"},
+            headers=AUTH_A,
+        )
+        assert refused.status == 503, await refused.text()
+        assert int(refused.headers["Retry-After"]) > 0
+        assert_documented(doc, "/octo/webhooks", "post", 503, await refused.json())

@@ -35,7 +35,7 @@ ERRORS = {
     409: "it changed meanwhile: read it again and retry",
     413: "the request body is over the size limit",
     429: "too many deliveries in flight: retry after Retry-After seconds",
-    503: "cannot be stored right now: retry after Retry-After seconds",
+    503: "storage is unavailable right now (nothing was stored): retry after Retry-After seconds",
 }
 
 
@@ -268,6 +268,8 @@ def build_document(app: web.Application, *, needs_api_key: Callable[[str], bool]
         if needs_api_key(path) or op.auth in ("api_key", "admin"):
             operation["security"] = [{"apiKey": []}]
             errors.add(401)
+        if needs_api_key(path):
+            errors.add(503)  # every /octo and /admin operation reads or writes the store
         if op.auth == "admin":
             errors.add(403)
         if op.auth == "ingest_token":
