@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.delivery.slots import DeliverySlots
-from gateway.models import AttemptRecord, NewEvent, Subscription
+from gateway.models import AttemptRecord, BookingFilter, NewEvent, Subscription
 from gateway.store import SQLiteStore, utcnow
 from gateway.store.interface import Settlement
 from gateway.store.postgres import PostgresStore
@@ -244,6 +244,66 @@ def test_migrate_store_copies_everything_and_loses_nothing_pending(
     again = gateway("migrate-store", "--from", str(source), "--to", pg_url)
     assert again.returncode == 1
     assert "already has rows in subscriptions" in again.stderr
+
+
+@pytest.mark.postgres
+def test_migrate_store_copies_text_holding_nul(tmp_path: Path, pg_url: str) -> None:
+    # SQLite kept NUL in a subscriber's answer and in a PMS booking's notes; PostgreSQL refuses
+    # it in text and in the JSON its indexes read: the copy keeps U+FFFD in its place, as the
+    # PostgreSQL store does, instead of refusing the whole database.
+    source = tmp_path / "old.db"
+
+    async def fill() -> None:
+        store = SQLiteStore(source)
+        await store.open()
+        try:
+            await store.insert_subscription(subscription("sub-1"))
+            push, _ = await store.insert_push(
+                source="channex",
+                kind="booking",
+                payload={},
+                dedupe_key="p1",
+                order_key=None,
+                lease_seconds=60,
+            )
+            event = booking(1)
+            event.data["booking"]["notes"] = "late \x00 arrival"
+            assert await store.complete_push(push.id, push.lease_token or "", [event]) == 1
+            [record] = await store.claim_deliveries(
+                DeliverySlots(3, 16).room(), 60, ordering_max_wait=3600
+            )
+            attempt = AttemptRecord(
+                delivery_id=record.id,
+                subscription_id=record.subscription_id,
+                attempt=1,
+                attempted_at=time.time(),
+                outcome="delivered",
+                status=200,
+                latency_ms=1.0,
+                response="ok\x00",
+            )
+            assert await store.settle_deliveries([Settlement(record, attempt, "delivered")]) == [
+                True
+            ]
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    result = gateway("migrate-store", "--from", str(source), "--to", pg_url)
+    assert result.returncode == 0, result.stderr
+
+    async def check() -> None:
+        store = PostgresStore(pg_url)
+        await store.open()
+        try:
+            [(_, attempt, _)] = await store.list_attempts("sub-1")
+            assert attempt.response == "ok\ufffd"
+            latest = await store.latest_bookings(BookingFilter())
+            assert [b.booking["notes"] for b in latest] == ["late \ufffd arrival"]
+        finally:
+            await store.close()
+
+    asyncio.run(check())
 
 
 def test_migrate_store_refuses_what_is_not_postgresql(tmp_path: Path) -> None:

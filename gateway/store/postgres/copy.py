@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from gateway.store.postgres import migrations
+from gateway.store.postgres.base import dumps, text, without_nul
 from gateway.store.sqlite.base import connect
 from gateway.store.sqlite.migrations import migrations as sqlite_migrations
 
@@ -91,6 +93,8 @@ async def _copy(lite: sqlite3.Connection, conn: asyncpg.Connection) -> CopyRepor
             for values in cursor:
                 row = dict(zip(columns, values, strict=True))
                 released += _hand_back(table, row, now)
+                if table == "booking_state":
+                    row["booking"] = _parsable(row["booking"])
                 records.append(tuple(_typed(row[c], pg_columns[c]) for c in columns))
             if records:
                 await conn.copy_records_to_table(table, records=records, columns=columns)
@@ -118,10 +122,21 @@ def _hand_back(table: str, row: dict[str, Any], now: float) -> int:
     return 1
 
 
+def _parsable(booking: Any) -> Any:
+    """A booking's JSON as PostgreSQL parses it (its indexes read it as jsonb, which refuses
+    \\u0000): NUL in its strings as U+FFFD, as the PostgreSQL store keeps them."""
+    if isinstance(booking, str) and "\\u0000" in booking:
+        return dumps(without_nul(orjson.loads(booking)))
+    return booking
+
+
 def _typed(value: Any, pg_type: str) -> Any:
-    """SQLite stores whole REALs as integers and has no booleans: give PostgreSQL its types."""
+    """SQLite stores whole REALs as integers and has no booleans: give PostgreSQL its types. Text
+    holding NUL (which SQLite keeps and PostgreSQL refuses) has U+FFFD in its place."""
     if value is None:
         return None
+    if pg_type == "text" and isinstance(value, str):
+        return text(value)
     if pg_type == "double precision":
         return float(value)
     if pg_type in ("integer", "bigint"):
