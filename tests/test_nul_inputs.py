@@ -11,6 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from tests.openapi_support import assert_documented
 from tests.tenants import ADMIN, AUTH_A, AUTH_ADMIN, TENANT_A
 from tests.test_console import csrf_of, sign_in
 
@@ -41,6 +42,13 @@ async def test_a_nul_in_a_path_or_query_is_a_404_or_400(
         answer = await client.get(path, headers=AUTH_ADMIN)
         assert answer.status == 400, (path, await answer.text())
         assert "NUL" in (await answer.json())["errorMessage"]
+    # Any operation may get one, and each documents the 400 it answers.
+    doc = await (await client.get("/openapi.json")).json()
+    for path in ("/octo/webhooks", "/admin/pushes/p1"):
+        answer = await client.get(path + "?anything=%00", headers=AUTH_ADMIN)
+        assert answer.status == 400
+        documented = "/admin/pushes/{id}" if path.startswith("/admin") else path
+        assert_documented(doc, documented, "get", 400, await answer.json())
     # Without a key it is still a 401 first: nothing is said about what exists.
     assert (await client.get("/octo/webhooks/%00")).status == 401
 

@@ -270,6 +270,7 @@ def build_document(app: web.Application, *, needs_api_key: Callable[[str], bool]
             errors.add(401)
         if needs_api_key(path):
             errors.add(503)  # every /octo and /admin operation reads or writes the store
+            errors.add(400)  # and refuses a NUL in any query parameter (web/guards.py)
         if op.auth == "admin":
             errors.add(403)
         if op.auth == "ingest_token":
