@@ -206,9 +206,10 @@ class Templates:
         try:
             return self.env.get_template(template_name)
         except jinja2.TemplateNotFound:
+            # Tenants read this (API answers, attempts in the console): no server paths in it.
             raise TemplateProblem(
                 f"template {template_name!r} not found"
-                + (f" in {self.directory} or the built-in templates" if self.directory else "")
+                + (" in the templates folder or the built-in templates" if self.directory else "")
             ) from None
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateProblem(
