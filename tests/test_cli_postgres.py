@@ -58,6 +58,25 @@ def test_a_password_in_the_query_string_is_not_logged_either(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_a_url_asyncpg_cannot_read_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    url = f"postgresql://gw:{PASSWORD}@127.0.0.1:no-port/gateway"
+    result = gateway("serve", "--config", str(pg_config(tmp_path, url)), "--port", "0")
+    assert result.returncode == 1
+    assert "gateway.toml: storage.url: cannot use postgresql://gw:***@127.0.0.1:no-port" in (
+        result.stderr
+    )
+    assert "not a usable PostgreSQL URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+    source = tmp_path / "old.db"
+    sqlite3.connect(source).close()
+    copy = gateway("migrate-store", "--from", str(source), "--to", url)
+    assert copy.returncode == 1
+    assert "--to: not a usable PostgreSQL URL" in copy.stderr
+    assert "Traceback" not in copy.stderr
+    assert PASSWORD not in copy.stderr + copy.stdout
+
+
 @pytest.mark.postgres
 def test_workers_share_one_port_and_stop_on_sigterm(tmp_path: Path, pg_url: str) -> None:
     port = free_port()

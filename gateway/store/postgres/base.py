@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar, cast
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -62,10 +63,7 @@ class PostgresBase:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        try:
-            conn = await asyncpg.connect(self.url)
-        except (TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"cannot connect: {exc}") from None
+        conn = await connect(self.url)
         try:
             await migrations.apply(conn)
         finally:
@@ -180,6 +178,26 @@ def guard_outages(cls: type[T]) -> type[T]:
         if inspect.iscoroutinefunction(method):
             setattr(cls, name, unavailable_on_outage(method))
     return cls
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """A connection of our own; ``StoreUnavailable`` (saying why, without the URL's password)
+    when the database can't be reached or the URL can't be read (asyncpg's ValueError)."""
+    try:
+        return await asyncpg.connect(url)
+    except (TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"cannot connect: {exc}") from None
+    except ValueError as exc:
+        raise StoreUnavailable(unusable_url(url, exc)) from None
+
+
+def unusable_url(url: str, exc: ValueError) -> str:
+    """What asyncpg found wrong with a URL, without the URL's password."""
+    reason = str(exc)
+    password = urlsplit(url).password
+    if password:
+        reason = reason.replace(password, "***")
+    return f"not a usable PostgreSQL URL: {reason}"
 
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:

@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 
 from gateway.store.postgres import migrations
-from gateway.store.postgres.base import dumps, text, without_nul
+from gateway.store.postgres.base import dumps, text, unusable_url, without_nul
 from gateway.store.sqlite.base import connect
 from gateway.store.sqlite.migrations import migrations as sqlite_migrations
 
@@ -58,7 +58,10 @@ async def copy_sqlite_to_postgres(source: Path, url: str) -> CopyReport:
         unknown = [name for name in names if name not in migrations.NAMES]
         if unknown:
             raise CopyError(f"{source}: migrations this PostgreSQL store lacks: {unknown}")
-        conn = await asyncpg.connect(url)
+        try:
+            conn = await asyncpg.connect(url)
+        except ValueError as exc:
+            raise CopyError(f"--to: {unusable_url(url, exc)}") from None
         try:
             await migrations.apply(conn)
             db.conn.execute("BEGIN IMMEDIATE")  # no writer on the file while we read it
