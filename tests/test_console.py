@@ -379,3 +379,32 @@ async def test_a_replay_time_given_with_an_offset_means_that_moment(
     assert answer.headers["Location"] == f"{path}?replayed={midnight_utc}"
     page = await console.get(answer.headers["Location"])
     assert "since 2026-11-29 00:00 UTC" in await page.text()
+
+
+async def test_every_console_post_needs_the_csrf_token_and_admin_ones_an_admin(
+    console: Any, receiver: Receiver
+) -> None:
+    """Walks the router, so a form added later is held to the same rules: without the session's
+    token every POST is a 403 and changes nothing; with it, a reseller gets 403 from admin ones."""
+    webhook = await subscribe(console, receiver.url())
+    await sign_in(console, str(TENANT_A["key"]))
+    csrf = await csrf_of(console)
+    posts = [
+        route.resource.canonical.format(id=webhook["id"], message="msg_x")
+        for route in console.app.router.routes()
+        if route.method == "POST" and route.resource is not None
+        if route.resource.canonical.startswith("/console")
+        and route.resource.canonical != "/console/sign-in"  # its own token: tested above
+    ]
+    assert len(posts) >= 12, posts
+    for path in posts:
+        for data in ({}, {"csrf": csrf + "x"}):
+            refused = await console.post(path, data=data, allow_redirects=False)
+            assert refused.status == 403, (path, data)
+            assert "CSRF" in await refused.text()
+    for path in ("/console/pushes/replay-failed", "/console/pushes/p1/replay"):
+        refused = await console.post(path, data={"csrf": csrf}, allow_redirects=False)
+        assert refused.status == 403, path
+        assert "for admins" in await refused.text()
+    still = await console.get(f"/octo/webhooks/{webhook['id']}", headers=AUTH_A)
+    assert still.status == 200 and (await still.json())["active"] is True
