@@ -3,6 +3,7 @@ which stays GET-able and replayable (CONTRACT §3, §4 admin)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import io
@@ -16,6 +17,7 @@ import pytest
 from tests.conftest import AUTH_ADMIN
 from tests.fake_pms import BEDS24_INGEST_TOKEN, CHANNEX_TOKEN, Gateways, Harness, eventually
 from tests.octo_schema import load_fixture
+from tests.tenants import TENANT_A
 
 DEEP_LIST = b"[" * 10_000 + b"]" * 10_000
 DEEP_OBJECT = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
@@ -431,3 +433,52 @@ def test_nesting_is_refused_past_the_limit_and_only_past_it() -> None:
     assert parse_json(shallow)["rooms"] == [{"id": 1}]
     with pytest.raises(PushRejected, match="nested more than"):
         parse_json("\ufeff".encode() + nested(MAX_DEPTH + 1))
+
+
+async def raw_request(gw: Harness, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send bytes no HTTP client library would (header values that are not UTF-8); the status
+    and the JSON body of the answer."""
+    server = gw.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("what", "headers", "status"),
+    [
+        ("a wrong ingest token", b"X-Gateway-Token: \xff" + CHANNEX_TOKEN.encode(), 401),
+        ("a wrong api key", b"Authorization: Bearer \xff" + TENANT_A["key"].encode(), 401),
+    ],
+)
+async def test_header_bytes_that_are_not_utf8_answer_401_not_500(
+    gw: Harness, caplog: pytest.LogCaptureFixture, what: str, headers: bytes, status: int
+) -> None:
+    path = b"/octo/webhooks" if b"Authorization" in headers else b"/ingest/channex"
+    request = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    request += headers + b"\r\nContent-Length: 2\r\n\r\n{}"
+    code, answer = await raw_request(gw, request)
+    assert (code, answer["error"]) == (status, "UNAUTHORIZED"), (what, answer)
+    no_unhandled_errors(caplog)
+
+
+async def test_a_content_type_that_is_not_utf8_keeps_the_rejected_push(
+    gw: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = (
+        b"POST /ingest/beds24 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"X-Gateway-Token: " + BEDS24_INGEST_TOKEN.encode() + b"\r\n"
+        b"Content-Type: application/json\xff\r\nContent-Length: 3\r\n\r\n{x}"
+    )
+    code, answer = await raw_request(gw, request)
+    assert code == 400, answer
+    assert "not valid JSON" in answer["errorMessage"]
+    push = await gw.admin_push(answer["id"])
+    assert push["state"] == "failed"
+    no_unhandled_errors(caplog)

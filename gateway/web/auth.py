@@ -9,7 +9,11 @@ from gateway.web.errors import OctoError
 
 
 def tokens_equal(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    # aiohttp reads header bytes that are not UTF-8 as lone surrogates: "surrogatepass" encodes
+    # them (to bytes no configured secret holds) instead of raising, which was a 500.
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def find_api_key(header: str | None, keys: list[ApiKey]) -> ApiKey:

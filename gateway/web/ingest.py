@@ -104,13 +104,21 @@ def keepable_body(body: bytes) -> bytes | None:
         return None if any(hint in lowered for hint in CARD_HINTS) else body
 
 
+def storable_text(value: str | None) -> str | None:
+    """A header value as text the store can keep: aiohttp reads bytes that are not UTF-8 as lone
+    surrogates, which JSON storage refuses (a rejected push was then lost with a 500)."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def raw_payload(push: IncomingPush, *, keep_body: bool) -> dict[str, Any]:
     """How a push that could not be parsed is kept, so it can be parsed again after a fix."""
     body = keepable_body(push.body) if keep_body and push.body else None
     return {
         "method": push.method,
         "query": dict(push.query),
-        "contentType": push.headers.get("Content-Type"),
+        "contentType": storable_text(push.headers.get("Content-Type")),
         "body": base64.b64encode(body).decode("ascii") if body else None,
     }
 
