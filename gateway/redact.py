@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 MASK = "***"
 # ?token=..., &api_token=..., token=... in a repr or a request line: the value up to a separator.
 TOKEN_PARAM = re.compile(r"(?i)(token=)[^&\s'\"#;,]+")
@@ -20,6 +22,17 @@ SECRET_HEADER = re.compile(
     r"(?i)(\b(?:proxy-)?authorization|\bx-gateway-token|\bcookie|\bset-cookie|\buser-api-key)"
     r"(['\"]?\s*[:=]\s*['\"]?)[^'\"\r\n]*"
 )
+
+
+# A piece of a request quoted by aiohttp in a parse error (``b'...'``, ``bytearray(b'...')``): an
+# over-long header line is quoted as its value alone, without the name that marks it secret.
+_BYTES = r"""b(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+QUOTED_BYTES = re.compile(rf"(?<!\w)(?:bytearray\({_BYTES}\)|{_BYTES})")
+
+
+def without_quoted_bytes(text: str) -> str:
+    """``text`` with every quoted piece of a raw request replaced by ``b'***'``."""
+    return QUOTED_BYTES.sub(f"b'{MASK}'", text)
 
 
 def redact(text: str) -> str:
@@ -44,6 +57,8 @@ class RedactSecrets(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
+            if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+                record.exc_text = without_quoted_bytes(record.exc_text)
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)

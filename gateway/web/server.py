@@ -27,6 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from gateway.config import ServerConfig
+from gateway.redact import without_quoted_bytes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,7 +55,8 @@ class QuietMalformedRequests(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            problem = (exc.message or type(exc).__name__).strip().splitlines()[0].rstrip(":")
+            problem = (exc.message or type(exc).__name__).strip().splitlines()[0]
+            problem = without_quoted_bytes(problem).rstrip(":")
             record.msg, record.args = (
                 "malformed request from %s: %s (answered %d)",
                 (
