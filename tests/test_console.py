@@ -408,3 +408,50 @@ async def test_every_console_post_needs_the_csrf_token_and_admin_ones_an_admin(
         assert "for admins" in await refused.text()
     still = await console.get(f"/octo/webhooks/{webhook['id']}", headers=AUTH_A)
     assert still.status == 200 and (await still.json())["active"] is True
+
+
+class Counted(float):
+    """A time that counts how often it is compared."""
+
+    compared = 0
+
+    def __lt__(self, other: object) -> bool:
+        Counted.compared += 1
+        return float(self) < other  # type: ignore[operator]
+
+    def __le__(self, other: object) -> bool:
+        Counted.compared += 1
+        return float(self) <= other  # type: ignore[operator]
+
+    def __gt__(self, other: object) -> bool:
+        Counted.compared += 1
+        return float(self) > other  # type: ignore[operator]
+
+    def __ge__(self, other: object) -> bool:
+        Counted.compared += 1
+        return float(self) >= other  # type: ignore[operator]
+
+
+def test_a_sign_out_looks_at_a_few_revoked_sessions_not_all_of_them() -> None:
+    """A tenant signing in and out in a loop must not make each sign-out slower than the last
+    (it runs on the event loop): one sign-out compares a handful of expiry times, not every one."""
+    revoked = console_session.Revoked()
+    later = time.time() + 3600
+    for n in range(2000):
+        revoked.add(f"nonce-{n}", Counted(later + n))
+    Counted.compared = 0
+    revoked.add("one-more", Counted(later + 5000))
+    assert Counted.compared < 50, Counted.compared
+    assert "nonce-0" in revoked and "one-more" in revoked and len(revoked) == 2001
+
+
+def test_revoked_sessions_are_forgotten_when_expired_and_kept_within_a_limit() -> None:
+    revoked = console_session.Revoked(limit=3)
+    now = time.time()
+    revoked.add("expired", now - 1)
+    revoked.add("a", now + 100)
+    assert "expired" not in revoked and len(revoked) == 1  # dropped at the next sign-out
+    revoked.add("b", now + 300)
+    revoked.add("c", now + 200)
+    revoked.add("d", now + 400)  # over the limit: the one closest to expiry goes
+    assert "a" not in revoked and {"b", "c", "d"} == {n for n in "abcd" if n in revoked}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import hmac
 import json
 import secrets
@@ -45,15 +46,27 @@ class Session:
 
 
 class Revoked:
-    """Nonces of sessions signed out in this process, kept until they would have expired."""
+    """Nonces of sessions signed out in this process, kept until they would have expired.
 
-    def __init__(self) -> None:
+    A heap finds the expired ones, so a sign-out costs O(log n): rebuilding the whole set on each
+    one let a tenant signing in and out in a loop block the event loop longer with every round.
+    At most ``limit`` are kept (the ones closest to expiry go first), bounding memory too."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
         self._until: dict[str, float] = {}
+        self._expiring: list[tuple[float, str]] = []  # (until, nonce), soonest first
 
     def add(self, nonce: str, until: float) -> None:
         now = time.time()
-        self._until = {n: t for n, t in self._until.items() if t > now}
+        while self._expiring and (self._expiring[0][0] <= now or len(self._expiring) >= self.limit):
+            _, gone = heapq.heappop(self._expiring)
+            self._until.pop(gone, None)
         self._until[nonce] = until
+        heapq.heappush(self._expiring, (until, nonce))
+
+    def __len__(self) -> int:
+        return len(self._until)
 
     def __contains__(self, nonce: str) -> bool:
         return self._until.get(nonce, 0) > time.time()
