@@ -94,7 +94,21 @@ def test_parse_retry_after_seconds() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [None, "", "  ", "soon", "-5", "1.5", "12abc", "Wed, 99 Foo", "²", "1٣"]
+    "value",
+    [
+        None,
+        "",
+        "  ",
+        "soon",
+        "-5",
+        "1.5",
+        "12abc",
+        "Wed, 99 Foo",
+        "²",
+        "1٣",
+        "Mon, 01 Jan 99999999999999999999 00:00:00 GMT",  # OverflowError in email.utils
+        "Mon, 01 Jan 2020 00:00:00 +99999999999999999999",
+    ],
 )
 def test_parse_retry_after_garbage_is_ignored(value: str | None) -> None:
     assert parse_retry_after(value, time.time()) is None

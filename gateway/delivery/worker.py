@@ -120,7 +120,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return float(value)
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # OverflowError: a year or zone of twenty digits; a 200 carrying one is still delivered.
         return None
     if moment.tzinfo is None:  # "-0000": UTC, with no zone information
         moment = moment.replace(tzinfo=UTC)
