@@ -189,6 +189,9 @@ NESTED_LOOPS = "{% for i in range(20000) %}{% for j in range(20000) %}{% endfor 
         ("{% set x = 1 %}{{ x }}", "no {% %} statements"),
         ("{{ " + "(" * 900 + "1" + ")" * 900 + " }}", "url template"),
         ("{{ booking.uuid", "url template"),
+        # Each name may stand for a whole booking of a megabyte, stringified once per name.
+        ("{{ " + "booking ~ " * 16 + "booking }}", "at most 16"),
+        ("{{ booking.uuid }}" * 17, "at most 16"),
     ],
     ids=lambda value: value[:30],
 )

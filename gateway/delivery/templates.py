@@ -10,9 +10,10 @@ URL templates are written by tenants, so they are held to a small grammar checke
 template before it is ever rendered: ``{{ ... }}`` expressions only (no ``{% %}`` statements, so no
 loops), made of names of the event, attribute and item look-ups, constants, ``~``, ``if``/``else``,
 comparisons, ``and``/``or``/``not``, and a few filters that never grow their input (``lower``,
-``urlencode``, ``default``...). No calls, no arithmetic, no ``range``. Rendering such a template
-touches each value it names once, so it costs time linear in the template and the event, on the
-event loop as cheaply as building the body; and what it renders is capped at ``MAX_URL_CHARS``.
+``urlencode``, ``default``...), naming at most ``MAX_URL_NAMES`` values. No calls, no arithmetic,
+no ``range``. Rendering such a template touches each value it names once, so it costs at most a
+few times what building the body costs, on the event loop; and what it renders is capped at
+``MAX_URL_CHARS``.
 Body templates are the operator's files; their output is capped at ``MAX_BODY_CHARS`` while it is
 generated, and in every template ``*`` and ``**`` refuse results that would be huge.
 """
@@ -37,6 +38,10 @@ DEFAULT_TEMPLATES = {
 }
 TEMPLATE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 MAX_URL_CHARS = 4096  # what a URL template may render to
+# Values a URL template may name: each may stand for the whole booking (``booking ~ booking ~ ...``
+# stringifies it once per name, before the output cap sees anything), so this bounds a render's
+# time and memory to a few times the event's size.
+MAX_URL_NAMES = 16
 MAX_BODY_CHARS = 8 * 1024 * 1024  # what a body template may render to
 MAX_REPEAT = 1024 * 1024  # the longest string or list ``*`` may make
 MAX_POWER_BITS = 4096  # the largest integer ``**`` may make
@@ -137,6 +142,11 @@ def check_url_template(env: jinja2.Environment, url: str) -> None:
         raise TemplateProblem(f"url template: {exc.message}") from None
     except RecursionError:
         raise TemplateProblem("url template: nested too deeply") from None
+    names = sum(1 for _ in tree.find_all(nodes.Name))
+    if names > MAX_URL_NAMES:
+        raise TemplateProblem(
+            f"url template: names {names} values; at most {MAX_URL_NAMES} are allowed"
+        )
     stack: list[nodes.Node] = [tree]
     while stack:
         node = stack.pop()
