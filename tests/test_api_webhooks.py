@@ -397,6 +397,27 @@ async def test_headers_that_can_never_be_delivered_are_refused(
     await expect_error(patched, 400, "BAD_REQUEST", mention)
 
 
+@pytest.mark.parametrize(
+    "capabilities", [["c" * 201], ["octo/pricing"] * 51], ids=["a long one", "too many"]
+)
+async def test_capabilities_are_bounded(
+    client: TestClient[Any, Any], capabilities: list[str]
+) -> None:
+    # Every delivery's body carries them: 50 of 20 kB each made a megabyte per delivery.
+    body = {"url": PUBLIC_URL, "event": "booking_update", "capabilities": capabilities}
+    response = await client.post("/octo/webhooks", json=body, headers=AUTH_A)
+    await expect_error(response, 400, "BAD_REQUEST", "capabilities")
+    webhook = await create(client, {"url": PUBLIC_URL, "event": "booking_update"})
+    patched = await client.patch(
+        f"/octo/webhooks/{webhook['id']}", json={"capabilities": capabilities}, headers=AUTH_A
+    )
+    await expect_error(patched, 400, "BAD_REQUEST", "capabilities")
+    ok = await client.patch(
+        f"/octo/webhooks/{webhook['id']}", json={"capabilities": ["c" * 200] * 50}, headers=AUTH_A
+    )
+    assert ok.status == 200, await ok.text()
+
+
 async def test_headers_within_the_limits_are_kept(client: TestClient[Any, Any]) -> None:
     headers = {"X-Tab": "a\tb", "X-Utf8": "café €", f"X-{'n' * 60}": "v" * 2000}
     headers.update({f"X-H{n}": "v" for n in range(47)})

@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import (
@@ -73,7 +73,10 @@ class WebhookFields(BaseModel):
     headers: dict[StrictStr, StrictStr] | None = None
     retryOnError: StrictBool | None = None
     useContactLanguage: StrictBool | None = None
-    capabilities: list[StrictStr] | None = Field(default=None, max_length=50)
+    # Sent in every delivery's webhook object: bounded like the headers (OCTO's are "octo/...").
+    capabilities: list[Annotated[StrictStr, Field(max_length=200)]] | None = Field(
+        default=None, max_length=50
+    )
     template: StrictStr | None = None
 
 
