@@ -185,3 +185,25 @@ async def test_the_feed_applies_one_bookings_revisions_oldest_first(gw: Harness)
         (SUITE, "CONFIRMED"),
     ]
     assert all(b["utcCreatedAt"] == "2020-11-12T11:39:50Z" for b in latest.values())
+
+
+async def test_revisions_answered_in_the_booking_message_shape(gw: Harness) -> None:
+    """Channex's Booking.com examples as the API's answers, unchanged: ``type: booking``, whose
+    ``id`` is the booking's (and whose ``revision_id`` is the same in all three). Each revision
+    is the one the push named: the modification and the cancellation are sent, and each named
+    revision is acknowledged (never the booking id)."""
+    for number in (2, 3, 4):
+        data = copy.deepcopy(load_fixture(f"channex-booking-revision-{number}.json")["data"])
+        assert (data["type"], data["id"]) == ("booking", BOOKING)
+        gw.pms.channex_revisions[f"rev-{number}"] = data
+        await push_revision(gw, f"rev-{number}")
+    await gw.settled()
+
+    bodies = gw.bookings.bodies("booking_update")
+    bookings = [body["booking"] for body in bodies]
+    for booking in bookings:
+        validate_octo("Booking", booking)
+    assert [b["status"] for b in bookings] == ["CONFIRMED", "CONFIRMED", "CANCELLED"]
+    assert len({b["uuid"] for b in bookings}) == 1
+    assert bookings[1]["contact"]["firstName"] == "New Customer Name"
+    await eventually(lambda: gw.pms.acked == ["rev-2", "rev-3", "rev-4"])

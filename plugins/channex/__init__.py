@@ -226,9 +226,13 @@ class ChannexSource:
             raise PushRejected("Channex API answer has no booking revision data")
         outcome = Outcome(note=f"{doc.get('event')}: {len(revisions)} revision(s)")
         attributes = [without_card_data(revision_attributes({"data": r})) for r in revisions]
+        # The revision read by id is the one the push named, whatever its answer calls itself: in
+        # the booking message shape (``type: booking``) ``id`` is the booking's, so every revision
+        # of the booking would look like one already sent, and be acknowledged under that id.
+        named = [{**revisions[0], "id": str(revision_id)}] if revision_id else revisions
         stale = 0
         # Oldest first, so a feed holding several revisions of one booking applies them in order.
-        for revision, attrs in sorted(zip(revisions, attributes, strict=True), key=_inserted):
+        for revision, attrs in sorted(zip(named, attributes, strict=True), key=_inserted):
             _limit_guests(attrs, str(revision.get("id")))
             booking_id = text(attrs.get("booking_id")) or text(attrs.get("id"))
             if booking_id is None:
