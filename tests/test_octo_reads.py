@@ -291,3 +291,44 @@ async def test_reads_use_the_indexes(tmp_path: Path) -> None:
         {"a": "p|o|2030-01-01", "b": "p|o|2030-12-31"},
     )
     assert any("availability_state_slot" in step for step in slots), slots
+
+
+async def test_a_walk_through_the_pages_misses_no_booking_updated_or_added_meanwhile(
+    gw: Harness,
+) -> None:
+    """A reseller re-syncing page by page while bookings change: one it has not reached yet that
+    changes moves ahead of its cursor, one booked meanwhile is ahead of it too. Both still come
+    (after the pages the walk started with), each version at most once."""
+    item = load_fixture("beds24-v2-booking-1.json")[0]
+
+    async def beds24(number: int, modified: str) -> None:
+        push = copy.deepcopy(item)
+        push["booking"].update(id=900 + number, modifiedTime=modified, comments=modified)
+        answer = await gw.push_ok("beds24", push)
+        await gw.wait_state(answer["id"], "processed")
+
+    for number in range(4):
+        await beds24(number, f"2026-02-15T1{number}:00:00Z")
+    _, everything = await get(gw, "/octo/bookings", limit="500")
+    assert len(everything) == 6
+
+    seen: list[dict[str, Any]] = []
+    url: str | None = "/octo/bookings?limit=2"
+    while url is not None:
+        response = await gw.client.get(url, headers=AUTH_A)
+        assert response.status == 200
+        seen += await response.json()
+        if len(seen) == 2:  # after the first page: the oldest booking changes, one is added
+            await beds24(0, "2026-02-15T20:00:00Z")
+            await beds24(9, "2026-02-15T21:00:00Z")
+        link = response.headers.get("Link")
+        url = None if link is None else link[1 : -len('>; rel="next"')]
+
+    versions = [(b["uuid"], b["utcUpdatedAt"]) for b in seen]
+    assert len(versions) == len(set(versions))  # no version twice
+    latest = {b["uuid"]: b for b in seen}  # the last seen of each booking
+    assert len(latest) == 7
+    assert latest == {uuid: b for uuid, b in last_sent(gw).items()}
+    assert [b["notes"] for b in seen if b["supplierReference"] == "900"][-1] == (
+        "2026-02-15T20:00:00Z"
+    )

@@ -11,6 +11,8 @@ import base64
 import binascii
 import math
 import re
+import time
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -89,24 +91,37 @@ async def get_booking(request: web.Request) -> web.Response:
 async def list_bookings(request: web.Request) -> web.Response:
     """The last Booking sent per booking, newest first by when the gateway sent it; filtered by
     ``supplierReference``, ``resellerReference`` and ``updatedSince``, paged with ``limit`` and
-    the ``cursor`` of the ``Link: <…>; rel="next"`` header."""
+    the ``cursor`` of the ``Link: <…>; rel="next"`` header. Bookings sent during the walk come
+    after the pages it started with (newest first again), so following Link misses none."""
     query = request.query
     limit = _limit(query.get("limit"))
+    since = _instant(query.get("updatedSince"), "updatedSince")
+    walk = _cursor(query.get("cursor")) or _Walk.starting(time.time())
     where = BookingFilter(
         products=list(caller(request).products),
         supplier_reference=query.get("supplierReference"),
         reseller_reference=query.get("resellerReference"),
-        updated_since=_instant(query.get("updatedSince"), "updatedSince"),
-        after=_cursor(query.get("cursor")),
+        updated_since=_latest_of(since, walk.lower),
+        after=walk.after,
         limit=limit + 1,  # one more says whether there is a next page
     )
-    rows = await request.app[store_key].latest_bookings(where)
+    store = request.app[store_key]
+    rows = await store.latest_bookings(where)
     response = web.json_response([row.booking for row in rows[:limit]])
+    following: _Walk | None = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_url = request.rel_url.update_query(
-            cursor=_encode_cursor(last.updated_at, last.key), limit=limit
+        following = _Walk((last.updated_at, last.key), walk.lower, walk.started)
+    elif walk.started is not None:
+        # This pass is done. A booking sent since it started (new, or one the walk had not reached
+        # that changed and so moved ahead of the cursor) comes in one more pass, newest first.
+        newer = where.model_copy(
+            update={"updated_since": _latest_of(since, walk.started), "after": None, "limit": 1}
         )
+        if await store.latest_bookings(newer):
+            following = _Walk.starting(time.time(), lower=walk.started)
+    if following is not None:
+        next_url = request.rel_url.update_query(cursor=following.encode(), limit=limit)
         response.headers["Link"] = f'<{next_url}>; rel="next"'
     return response
 
@@ -184,12 +199,41 @@ def _day(raw: str | None, name: str) -> date:
         raise bad_request(f"{name}: not a date (YYYY-MM-DD)") from None
 
 
-def _encode_cursor(updated_at: float, key: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([updated_at, key])).decode().rstrip("=")
+@dataclass(frozen=True)
+class _Walk:
+    """Where a walk through the pages is. A pass lists, newest first, the bookings recorded from
+    ``lower`` until it ``started``; the rows before ``after`` are the ones still to come. A booking
+    recorded once a pass started (booked meanwhile, or changed and so moved ahead of the cursor)
+    is the next pass's: a walk misses none, and lists each version once."""
+
+    after: tuple[float, str]  # (updated_at, key): this pass's rows still to come are before it
+    lower: float | None  # the pass lists rows recorded at or after it (None: any)
+    started: float | None  # when the pass started (None: a cursor from before passes)
+
+    @classmethod
+    def starting(cls, now: float, lower: float | None = None) -> _Walk:
+        # (now, "") is after every row recorded before now, whatever its key.
+        return cls(after=(now, ""), lower=lower, started=now)
+
+    def encode(self) -> str:
+        value = [*self.after, self.lower, self.started]
+        return base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip("=")
 
 
-def _cursor(raw: str | None) -> tuple[float, str] | None:
-    """The position a cursor from a Link header names; anything else is a 400."""
+def _latest_of(*moments: float | None) -> float | None:
+    return max((moment for moment in moments if moment is not None), default=None)
+
+
+def _number(value: Any, *, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cursor(raw: str | None) -> _Walk | None:
+    """The walk a cursor from a Link header continues; anything else is a 400. A cursor of two
+    items ([updated_at, key]) is one given before walks had passes: it goes on without a next
+    pass."""
     if raw is None:
         return None
     try:
@@ -198,13 +242,17 @@ def _cursor(raw: str | None) -> tuple[float, str] | None:
         value = None
     if (
         isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], (int, float))
-        and not isinstance(value[0], bool)
-        and math.isfinite(value[0])
+        and len(value) in (2, 4)
+        and _number(value[0])
         and isinstance(value[1], str)
+        and all(_number(item, optional=True) for item in value[2:])
     ):
-        return float(value[0]), value[1]
+        lower, started = (value[2], value[3]) if len(value) == 4 else (None, None)
+        return _Walk(
+            after=(float(value[0]), value[1]),
+            lower=None if lower is None else float(lower),
+            started=None if started is None else float(started),
+        )
     raise bad_request("cursor: not a cursor this API gave (take it from the Link header)")
 
 
