@@ -51,7 +51,7 @@ async def waiting_for_locks(admin: asyncpg.Connection, count: int) -> None:
         )
         return bool(found == count)
 
-    await eventually(waiting)
+    await eventually(waiting, timeout=30)  # a loaded machine may take a while to get there
 
 
 def versioned(subject: str, n: int, version: int) -> NewEvent:
