@@ -326,6 +326,26 @@ async def test_postgres_per_tenant_limit_holds_across_processes(pg_url: str) -> 
 
 
 @pytest.mark.postgres
+async def test_postgres_commits_wait_for_the_disk_whatever_the_database_says(
+    pg_server: Any, pg_url: str
+) -> None:
+    # "Acknowledged only once stored": a push's commit must be flushed before its 200, also on a
+    # database set to synchronous_commit = off; a stronger setting is the operator's and stays.
+    from gateway.store.postgres import PostgresStore
+
+    database = pg_url.rsplit("/", 1)[1]
+    for setting, expected in (("off", "on"), ("remote_apply", "remote_apply")):
+        pg_server.psql(f'alter database "{database}" set synchronous_commit = {setting}')
+        store = PostgresStore(pg_url)
+        await store.open()
+        try:
+            async with store.pool.acquire() as conn:
+                assert await conn.fetchval("show synchronous_commit") == expected
+        finally:
+            await store.close()
+
+
+@pytest.mark.postgres
 async def test_postgres_notify_wakes_the_other_processes(pg_url: str) -> None:
     from gateway.store.postgres import PostgresStore
 

@@ -69,7 +69,7 @@ class PostgresBase:
         finally:
             await conn.close()
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=1, max_size=self.pool_size, command_timeout=60
+            self.url, min_size=1, max_size=self.pool_size, command_timeout=60, init=_durable
         )
         self._listen_task = asyncio.create_task(self._listen_forever(), name="store-listener")
 
@@ -198,6 +198,14 @@ def unusable_url(url: str, exc: ValueError) -> str:
     if password:
         reason = reason.replace(password, "***")
     return f"not a usable PostgreSQL URL: {reason}"
+
+
+async def _durable(conn: asyncpg.Connection) -> None:
+    """A commit is on disk before it returns (a push is acknowledged only then), even where the
+    server or database is set to ``synchronous_commit = off``; a stronger setting (waiting for
+    standbys) is kept as it is."""
+    if await conn.fetchval("show synchronous_commit") == "off":
+        await conn.execute("set synchronous_commit = on")
 
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:
