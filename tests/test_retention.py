@@ -139,6 +139,85 @@ async def test_replay_sends_what_a_disabled_subscription_missed_in_order(
     }
 
 
+async def settle_all(store: SQLiteStore, records: list[DeliveryRecord]) -> None:
+    settlements = [
+        Settlement(
+            record,
+            AttemptRecord(
+                delivery_id=record.id,
+                subscription_id=record.subscription_id,
+                attempt=record.attempts + 1,
+                attempted_at=time.time(),
+                outcome="delivered",
+                status=200,
+            ),
+            "delivered",
+        )
+        for record in records
+    ]
+    assert await store.settle_deliveries(settlements) == [True] * len(records)
+
+
+async def test_a_replay_larger_than_its_chunks_sends_everything_in_order(
+    store: SQLiteStore,
+) -> None:
+    from gateway.store.sqlite.deliveries import REPLAY_CHUNK
+
+    subjects = REPLAY_CHUNK // 2 + 50  # each subject's three updates span the chunks
+    await store.insert_subscription(subscription("off", active=False))
+    since = time.time() - 1
+    for n in range(3):
+        await emit(store, [booking_event(f"test:b{k}", n) for k in range(subjects)])
+    found = await store.get_subscription(None, "off")
+    assert found is not None
+    assert await store.update_subscription(found.model_copy(update={"active": True}))
+
+    assert await store.replay_deliveries("off", since) == 3 * subjects
+    sent: dict[str, list[str]] = {}
+    while claimed := await claim(store):
+        for record in claimed:
+            subject = record.order_key.split("|", 1)[1]
+            sent.setdefault(subject, []).append(record.data["booking"]["notes"])
+        await settle_all(store, claimed)
+    assert sent == {f"test:b{k}": ["update 0", "update 1", "update 2"] for k in range(subjects)}
+
+    # Once delivered, all of them again (more than a chunk of requeued messages), ids kept.
+    before = {row[0] for row in store._wdb.execute("select id from deliveries")}
+    assert await store.replay_deliveries("off", since) == 3 * subjects
+    assert states(store, "off") == ["pending"] * (3 * subjects)
+    assert {row[0] for row in store._wdb.execute("select id from deliveries")} == before
+
+
+async def test_a_replay_sends_no_missed_update_older_than_one_queued_while_it_ran(
+    store: SQLiteStore,
+) -> None:
+    """The replay reads what to send on a reader, then writes in chunks: an update of a booking
+    queued in between must not be followed by the older one the replay found missing."""
+    from functools import partial
+
+    from gateway.store.sqlite.deliveries import _replay_plan
+
+    await store.insert_subscription(subscription("s", active=False))
+    since = time.time() - 1
+    await emit(store, [booking_event("test:b", 0), booking_event("test:c", 0)])
+    found = await store.get_subscription(None, "s")
+    assert found is not None
+    assert await store.update_subscription(found.model_copy(update={"active": True}))
+
+    plan = await store._read(partial(_replay_plan, subscription_id="s", since=since))
+    assert [subject for _, subject in plan.missed] == ["test:b", "test:c"]
+    await emit(store, [booking_event("test:b", 1)])  # queued while the replay runs
+    queued = await store._write(
+        partial(store._queue_missed, "s", plan.missed, plan.last_seq, set())
+    )
+    assert queued == 1  # c's update; b's older one would undo the newer
+    notes = [
+        (record.order_key.split("|", 1)[1], record.data["booking"]["notes"])
+        for record in await claim(store)
+    ]
+    assert sorted(notes) == [("test:b", "update 1"), ("test:c", "update 0")]
+
+
 # -- pruning finished messages ---------------------------------------------------------------
 
 

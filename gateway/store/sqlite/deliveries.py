@@ -8,7 +8,11 @@ must be tried again, so every attempt of one message sends the same bytes.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
 
 import orjson
 from sqlite_utils import Database
@@ -151,29 +155,76 @@ class DeliveryStore(SQLiteBase):
         and gets the whole retry schedule again. Events since then that the subscription got no
         message for (it was disabled: it gets none meanwhile) get one now, unless a later update
         of the same booking or day was sent since (sending the older one after it would undo it).
-        Returns how many messages will be sent."""
+        Returns how many messages will be sent.
 
-        def replay() -> int:
-            now = time.time()
-            with self._immediate() as db:
-                # A replay renders the message afresh (the subscription may have changed since).
+        What to send is worked out on a reader and written in chunks of ``REPLAY_CHUNK``, each
+        its own short transaction: done in one writer transaction, a replay over 150,000 messages
+        held the single writer for 14 s and every push waiting behind it answered 503."""
+        plan = await self._read(partial(_replay_plan, subscription_id=subscription_id, since=since))
+        replayed = 0
+        for seqs in _chunks(plan.requeue, REPLAY_CHUNK):
+            replayed += await self._write(partial(self._requeue, seqs))
+        inserted: set[int] = set()
+        for missed in _chunks(plan.missed, REPLAY_CHUNK):
+            replayed += await self._write(
+                partial(self._queue_missed, subscription_id, missed, plan.last_seq, inserted)
+            )
+        return replayed
+
+    def _requeue(self, seqs: list[int]) -> int:
+        now = time.time()
+        marks = ",".join("?" * len(seqs))
+        # Only messages still finished: one queued again meanwhile keeps its state and body.
+        finished = f"seq in ({marks}) and state in ('delivered', 'dead', 'skipped')"
+        with self._immediate() as db:
+            # A replay renders the message afresh (the subscription may have changed since).
+            db.execute(
+                f"delete from delivery_bodies where delivery_seq in"
+                f" (select seq from deliveries where {finished})",
+                seqs,
+            )
+            return int(
                 db.execute(
-                    "delete from delivery_bodies where delivery_seq in (select seq from deliveries"
-                    " where subscription_id = ? and created_at >= ?"
-                    " and state in ('delivered', 'dead', 'skipped'))",
-                    [subscription_id, since],
-                )
-                requeued = int(
-                    db.execute(
-                        "update deliveries set state = 'pending', replayed_after = attempts,"
-                        " next_attempt_at = ?, updated_at = ? where subscription_id = ?"
-                        " and created_at >= ? and state in ('delivered', 'dead', 'skipped')",
-                        [now, now, subscription_id, since],
-                    ).rowcount
-                )
-                return requeued + _missed_messages(db, subscription_id, since, now)
+                    "update deliveries set state = 'pending', replayed_after = attempts,"
+                    f" next_attempt_at = ?, updated_at = ? where {finished}",
+                    [now, now, *seqs],
+                ).rowcount
+            )
 
-        return await self._write(replay)
+    def _queue_missed(
+        self,
+        subscription_id: str,
+        missed: list[tuple[int, str]],
+        last_seq: int,
+        inserted: set[int],
+    ) -> int:
+        """Queue the chunk's missed events, but none of a subject that got a message since the
+        plan was read (a newer event, or another replay's): it must not be followed by an older one."""
+        now = time.time()
+        with self._immediate() as db:
+            newer = {
+                order_key
+                for seq, order_key in db.execute(
+                    "select seq, order_key from deliveries where subscription_id = ? and seq > ?",
+                    [subscription_id, last_seq],
+                )
+                if seq not in inserted
+            }
+            queued = 0
+            for event_seq, subject in missed:
+                order_key = f"{subscription_id}|{subject}"
+                if order_key in newer:
+                    continue
+                cursor = db.execute(
+                    "insert into deliveries (id, event_seq, subscription_id, order_key, state,"
+                    " next_attempt_at, created_at, updated_at)"
+                    " values (?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    [new_id("msg"), event_seq, subscription_id, order_key, now, now, now],
+                )
+                assert cursor.lastrowid is not None
+                inserted.add(cursor.lastrowid)
+                queued += 1
+            return queued
 
     async def queue_stats(self) -> dict[str, float]:
         def stats(db: Database) -> dict[str, float]:
@@ -201,50 +252,81 @@ class DeliveryStore(SQLiteBase):
         return await self._read(progress)
 
 
-def _missed_messages(db: Database, subscription_id: str, since: float, now: float) -> int:
-    """Queue a message for each event since ``since`` the subscription matches but got none
-    (it was disabled), in event order; for availability only each day's latest. An event is left
-    out when the subscription has a message for it or for a later event of its subject."""
-    found = db.execute(
-        "select event, products from subscriptions where id = ? and deleted_at is null",
-        [subscription_id],
-    ).fetchone()
-    if found is None:
-        return 0
-    event, products = found[0], set(orjson.loads(found[1]))
-    prefix = len(subscription_id) + 1  # order_key is "<subscription id>|<subject>"
-    latest: dict[str, int] = {}
-    for order_key, event_seq in db.execute(
-        "select order_key, event_seq from deliveries where subscription_id = ?", [subscription_id]
-    ):
-        subject = order_key[prefix:]
-        latest[subject] = max(latest.get(subject, 0), event_seq)
-    missed: dict[str, list[int]] = {}
-    for seq, subject, product_id in db.execute(
-        "select seq, subject, product_id from events where event = ? and created_at >= ?"
-        " order by seq",
-        [event, since],
-    ):
-        if "*" not in products and product_id not in products:
-            continue
-        if latest.get(subject, 0) >= seq:
-            continue
-        if event == "availability_update":
-            missed[subject] = [seq]  # what the subscriber must end up holding: the last
-        else:
-            missed.setdefault(subject, []).append(seq)
-    rows = [
-        (new_id("msg"), seq, subscription_id, f"{subscription_id}|{subject}", now, now, now)
-        for subject, seqs in missed.items()
-        for seq in seqs
-    ]
-    rows.sort(key=lambda row: row[1])  # seq order is delivery order within a subject
-    db.conn.executemany(
-        "insert into deliveries (id, event_seq, subscription_id, order_key, state,"
-        " next_attempt_at, created_at, updated_at) values (?, ?, ?, ?, 'pending', ?, ?, ?)",
-        rows,
-    )
-    return len(rows)
+REPLAY_CHUNK = 500
+
+
+@dataclass
+class _ReplayPlan:
+    requeue: list[int]  # finished messages to send again
+    missed: list[tuple[int, str]]  # (event seq, subject) to queue, in event order
+    last_seq: int  # the newest message when this was read
+
+
+def _replay_plan(db: Database, *, subscription_id: str, since: float) -> _ReplayPlan:
+    """What a replay sends, read in one snapshot. Missed: each event since ``since`` the
+    subscription matches but got no message for (it was disabled), in event order; for
+    availability only each day's latest. An event is left out when the subscription has a message
+    for it or for a later event of its subject."""
+    with _snapshot(db):
+        last_seq = db.execute("select coalesce(max(seq), 0) from deliveries").fetchone()[0]
+        requeue = [
+            row[0]
+            for row in db.execute(
+                "select seq from deliveries where subscription_id = ? and created_at >= ?"
+                " and state in ('delivered', 'dead', 'skipped') order by seq",
+                [subscription_id, since],
+            )
+        ]
+        found = db.execute(
+            "select event, products from subscriptions where id = ? and deleted_at is null",
+            [subscription_id],
+        ).fetchone()
+        if found is None:
+            return _ReplayPlan(requeue, [], last_seq)
+        event, products = found[0], set(orjson.loads(found[1]))
+        prefix = len(subscription_id) + 1  # order_key is "<subscription id>|<subject>"
+        latest: dict[str, int] = {}
+        for order_key, event_seq in db.execute(
+            "select order_key, event_seq from deliveries where subscription_id = ?",
+            [subscription_id],
+        ):
+            subject = order_key[prefix:]
+            latest[subject] = max(latest.get(subject, 0), event_seq)
+        missed: dict[str, list[int]] = {}
+        for seq, subject, product_id in db.execute(
+            "select seq, subject, product_id from events where event = ? and created_at >= ?"
+            " order by seq",
+            [event, since],
+        ):
+            if "*" not in products and product_id not in products:
+                continue
+            if latest.get(subject, 0) >= seq:
+                continue
+            if event == "availability_update":
+                missed[subject] = [seq]  # what the subscriber must end up holding: the last
+            else:
+                missed.setdefault(subject, []).append(seq)
+    # Event order is delivery order within a subject.
+    ordered = sorted((seq, subject) for subject, seqs in missed.items() for seq in seqs)
+    return _ReplayPlan(requeue, ordered, last_seq)
+
+
+@contextmanager
+def _snapshot(db: Database) -> Iterator[None]:
+    """One read transaction: every query inside sees the same committed state."""
+    db.conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.conn.execute("COMMIT")
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 # The subscriptions with messages queued or in flight: a loose index scan (one seek per
