@@ -97,11 +97,29 @@ def mask_password(url: str) -> str:
 
 
 def restore_password(url: str, stored: str) -> str:
-    """A URL sent back with its password masked (what GET showed) keeps the stored password."""
+    """A URL sent back with its password masked (what GET showed) keeps the stored password, as
+    long as it still goes to the same scheme, user and host: the masked password is never sent
+    somewhere else by someone who never saw it (ValueError)."""
     span, old = _password_span(url), _password_span(stored)
     if span is None or old is None or url[span[0] : span[1]] != MASK:
         return url
+    if url[: span[0]] != stored[: old[0]] or _authority_end(url, span[1]) != _authority_end(
+        stored, old[1]
+    ):
+        raise ValueError(
+            f"the password shows as {MASK}: give it again to send it to another scheme, user or host"
+        )
     return url[: span[0]] + stored[old[0] : old[1]] + url[span[1] :]
+
+
+def _authority_end(url: str, at: int) -> str:
+    """What follows the password up to the path: ``@host:port``."""
+    end = len(url)
+    for stop in "/?#":
+        found = url.find(stop, at)
+        if found >= 0:
+            end = min(end, found)
+    return url[at:end]
 
 
 def iso(moment: datetime) -> str:

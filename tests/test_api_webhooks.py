@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
+from gateway.appkeys import store_key
 from tests.conftest import AUTH_A, AUTH_B, TENANT_A, TENANT_B
 
 PUBLIC_URL = "https://93.184.216.34/hooks/octo"
@@ -262,6 +263,34 @@ async def test_url_password_masked_everywhere_but_creation(
     deleted = await client.delete(f"/octo/webhooks/{webhook['id']}", headers=AUTH_A)
     assert (await deleted.json())["url"] == masked
     assert "s3cr3t-pw" not in caplog.text
+
+
+async def test_a_masked_password_is_kept_only_for_the_same_scheme_user_and_host(
+    client: TestClient[Any, Any],
+) -> None:
+    """PATCH with the URL as GET showed it keeps the stored password; the same *** with another
+    scheme, user or host would send a password the caller never saw elsewhere: a 400."""
+    url = "https://alice:s3cr3t-pw@93.184.216.34/hook"
+    webhook = await create(client, {"url": url, "event": "booking_update"})
+    path = f"/octo/webhooks/{webhook['id']}"
+    for moved in (
+        "https://alice:***@93.184.216.35/hook",
+        "http://alice:***@93.184.216.34/hook",
+        "https://bob:***@93.184.216.34/hook",
+        "https://alice:***@93.184.216.34:8443/hook",
+    ):
+        refused = await client.patch(path, json={"url": moved}, headers=AUTH_A)
+        await expect_error(refused, 400, "BAD_REQUEST", "url:", "give it again")
+    kept = await client.patch(
+        path, json={"url": "https://alice:***@93.184.216.34/other"}, headers=AUTH_A
+    )
+    assert kept.status == 200, await kept.text()
+    stored = await client.app[store_key].get_subscription(str(TENANT_A["name"]), webhook["id"])
+    assert stored is not None and stored.url == "https://alice:s3cr3t-pw@93.184.216.34/other"
+    retyped = await client.patch(
+        path, json={"url": "https://alice:new-pw@93.184.216.35/hook"}, headers=AUTH_A
+    )
+    assert retyped.status == 200
 
 
 @pytest.mark.parametrize(

@@ -293,14 +293,14 @@ async def change_subscription(
             raise bad_request(f"{field}: may not be null")
     if body.headers is not None:
         check_headers(body.headers)
+    try:
+        # A URL sent back as GET showed it (password masked) keeps the stored password.
+        url = subscription.url if body.url is None else restore_password(body.url, subscription.url)
+    except ValueError as exc:
+        raise bad_request(f"url: {exc}") from None
     updated = subscription.model_copy(
         update={
-            # A URL sent back as GET showed it (password masked) keeps the stored password.
-            "url": (
-                restore_password(body.url, subscription.url)
-                if body.url is not None
-                else subscription.url
-            ),
+            "url": url,
             "event": body.event or subscription.event,
             "headers": body.headers if body.headers is not None else subscription.headers,
             "retry_on_error": _pick(body.retryOnError, subscription.retry_on_error),
