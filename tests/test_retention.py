@@ -27,6 +27,7 @@ from gateway.store import SQLiteStore, connect, utcnow
 from gateway.store.interface import ClaimRoom, Retention, Settlement
 from gateway.store.sqlite.migrations import migrations
 from tests.receivers import availability_event, booking_event, emit
+from tests.test_store_shared import delivered
 
 ROOM = ClaimRoom(total=1000, per_subscription=1000)
 
@@ -140,21 +141,7 @@ async def test_replay_sends_what_a_disabled_subscription_missed_in_order(
 
 
 async def settle_all(store: SQLiteStore, records: list[DeliveryRecord]) -> None:
-    settlements = [
-        Settlement(
-            record,
-            AttemptRecord(
-                delivery_id=record.id,
-                subscription_id=record.subscription_id,
-                attempt=record.attempts + 1,
-                attempted_at=time.time(),
-                outcome="delivered",
-                status=200,
-            ),
-            "delivered",
-        )
-        for record in records
-    ]
+    settlements = [delivered(record) for record in records]
     assert await store.settle_deliveries(settlements) == [True] * len(records)
 
 

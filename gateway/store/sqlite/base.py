@@ -472,6 +472,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_random.take().hex()}"
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    """``items`` in slices of ``size``: one statement's parameters or one short transaction."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

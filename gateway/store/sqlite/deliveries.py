@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from sqlite_utils import Database
@@ -26,6 +26,7 @@ from gateway.models import (
 from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.sqlite.base import (
     SQLiteBase,
+    _chunks,
     _ts,
     new_id,
     utcnow,
@@ -319,14 +320,6 @@ def _snapshot(db: Database) -> Iterator[None]:
         yield
     finally:
         db.conn.execute("COMMIT")
-
-
-T = TypeVar("T")
-
-
-def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # The subscriptions with messages queued or in flight: a loose index scan (one seek per

@@ -10,17 +10,14 @@ a chunk at a time.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
-from typing import TypeVar
 
 from sqlite_utils import Database
 
 from gateway.store.interface import Retention
-from gateway.store.sqlite.base import SQLiteBase, _ts
+from gateway.store.sqlite.base import SQLiteBase, _chunks, _ts
 
-T = TypeVar("T")
 CHUNK = 500  # rows deleted per write transaction
 PAGES = 2000  # pages given back per write transaction
 
@@ -85,7 +82,7 @@ class RetentionStore(SQLiteBase):
         def messages(db: Database) -> list[int]:
             return [row[0] for row in db.execute(FINISHED_CANDIDATES, {"before": before})]
 
-        for chunk in _chunks(await self._read(messages)):
+        for chunk in _chunks(await self._read(messages), CHUNK):
             removed.update(await self._write(partial(self._prune_messages, chunk, before)))
 
         # Events no message refers to. A message created after this read refers to a new event
@@ -100,7 +97,7 @@ class RetentionStore(SQLiteBase):
             return [row[0] for row in rows], int(newest)
 
         unreferenced, newest = await self._read(events)
-        for chunk in _chunks(unreferenced):
+        for chunk in _chunks(unreferenced, CHUNK):
             removed["events"] += await self._write(partial(self._delete_events, chunk, newest))
 
         # A deleted subscription (its secret, its URL's password) goes for good once none of its
@@ -139,7 +136,7 @@ class RetentionStore(SQLiteBase):
                 )
 
         gone = 0
-        for chunk in _chunks(await self._read(candidates)):
+        for chunk in _chunks(await self._read(candidates), CHUNK):
             gone += await self._write(partial(delete, chunk))
         return gone
 
@@ -167,7 +164,7 @@ class RetentionStore(SQLiteBase):
                     ).rowcount
                 )
 
-        for keys in _chunks(await self._read(bookings)):
+        for keys in _chunks(await self._read(bookings), CHUNK):
             removed["booking_state"] += await self._write(partial(delete_bookings, keys))
 
         # A room map is needed while its booking has state: it names the rooms' uuids.
@@ -195,7 +192,7 @@ class RetentionStore(SQLiteBase):
                     ).rowcount
                 return gone
 
-        for maps in _chunks(await self._read(orphan_maps)):
+        for maps in _chunks(await self._read(orphan_maps), CHUNK):
             removed["room_maps"] += await self._write(partial(delete_maps, maps))
 
         def days(db: Database) -> list[str]:
@@ -213,7 +210,7 @@ class RetentionStore(SQLiteBase):
                     ).rowcount
                 )
 
-        for day_keys in _chunks(await self._read(days)):
+        for day_keys in _chunks(await self._read(days), CHUNK):
             removed["availability_state"] += await self._write(partial(delete_days, day_keys))
         return removed
 
@@ -245,8 +242,3 @@ class RetentionStore(SQLiteBase):
                     [*seqs, newest_message],
                 ).rowcount
             )
-
-
-def _chunks(items: list[T]) -> Iterator[list[T]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
