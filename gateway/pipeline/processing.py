@@ -181,6 +181,16 @@ class Processor:
         self._running: set[asyncio.Task[None]] = set()
         self._reserved = 0  # slots promised to ingest requests storing a push leased to us
         self._stopping = False
+        # When to claim: a claim is a write transaction (and a read for the next due time), so
+        # the processor claims only when unleased pushes may be waiting, not after every push it
+        # was handed at ingest. ``_signalled``: something stored or freed pushes to claim (a push
+        # stored unleased, a replay, another process); it holds until a claim runs. ``_more``:
+        # the last claim filled its room, so more may be due. ``_wake_on_done``: running pushes
+        # another may wait behind (same order key): one that was claimed, or that was running
+        # when a signal came (the signal may be a push stored behind it).
+        self._signalled = True
+        self._more = False
+        self._wake_on_done: set[asyncio.Task[None]] = set()
         self._settings_cache: dict[str, tuple[SourceConfig, SourceConfig]] = {}
 
     @property
@@ -188,6 +198,9 @@ class Processor:
         return self.config.lease_seconds
 
     def wake(self) -> None:
+        """Pushes may wait unleased (stored without a free slot or behind an unfinished push of
+        their booking, replayed, stored by another process): claim them."""
+        self._signalled = True
         self._wake.set()
 
     def reserve(self) -> bool:
@@ -204,9 +217,10 @@ class Processor:
         self._start(push)
 
     def release(self) -> None:
-        """Give back a reservation that was not used (the push was a repeat, or waits its turn)."""
+        """Give back a reservation that was not used (the push was a repeat, or waits its turn:
+        ingest then calls ``wake`` too)."""
         self._reserved -= 1
-        self._wake.set()
+        self._slot_freed()
 
     def _effective(self, name: str, settings: SourceConfig) -> SourceConfig:
         """``effective_settings``, worked out once per source (a copy of the settings each push
@@ -220,10 +234,11 @@ class Processor:
     def _room(self) -> int:
         return self.config.concurrency - len(self._running) - self._reserved
 
-    def _start(self, push: PushRecord) -> None:
+    def _start(self, push: PushRecord) -> asyncio.Task[None]:
         task = asyncio.create_task(self.process(push))
         self._running.add(task)
         task.add_done_callback(self._done)
+        return task
 
     async def run(self) -> None:
         while not self._stopping:
@@ -231,8 +246,7 @@ class Processor:
             try:
                 room = self._room()
                 if room > 0:
-                    for push in await self.store.claim_pushes(room, self.config.lease_seconds):
-                        self._start(push)
+                    await self._claim(room)
                 await self._sleep()
             except StorageUnavailable:
                 # Logged by the store (once per interval); the pushes wait, stored.
@@ -242,9 +256,33 @@ class Processor:
                 log.exception("push processor: claiming pushes failed; trying again shortly")
                 await asyncio.sleep(self.config.poll_interval)
 
+    async def _claim(self, room: int) -> None:
+        signalled, self._signalled = self._signalled, False
+        if signalled:
+            # What signalled may be a push stored behind one running now: claim again when each
+            # of those is done.
+            self._wake_on_done.update(self._running)
+        try:
+            pushes = await self.store.claim_pushes(room, self.config.lease_seconds)
+        except BaseException:
+            self._signalled = self._signalled or signalled
+            raise
+        self._more = len(pushes) >= room
+        for push in pushes:
+            # A claimed push may have others waiting behind it (stored while it was deferred).
+            self._wake_on_done.add(self._start(push))
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        self._wake.set()
+        behind = task in self._wake_on_done
+        self._wake_on_done.discard(task)
+        self._slot_freed(behind)
+
+    def _slot_freed(self, behind: bool = False) -> None:
+        """A slot came free: claim only if unleased pushes may be waiting for one. A push handed
+        over at ingest that finishes wakes nobody (that claim found nothing, once per push)."""
+        if behind or self._signalled or self._more:
+            self._wake.set()
 
     async def _sleep(self) -> None:
         timeout = self.config.poll_interval
@@ -355,3 +393,4 @@ class Processor:
             delay = push_retry_delay(push.attempts, self.config)
         await self.store.defer_push(push.id, push.lease_token, error, delay)
         log.warning("push %s: %s; retrying in %.1f s", push.id, error, delay)
+        self._wake.set()  # it is due at a new time: the loop reads when

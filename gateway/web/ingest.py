@@ -216,7 +216,8 @@ def _hand_over(
     intake: PushIntake, reserved: bool, write: asyncio.Future[tuple[PushRecord, bool]]
 ) -> None:
     """A push stored leased under a reservation starts processing at once; any other new push
-    wakes the processor; a failed write gives the reservation back."""
+    waiting to be processed wakes the processor to claim it; a failed write gives the
+    reservation back."""
     if write.cancelled() or write.exception() is not None:
         if reserved:
             intake.release()
@@ -224,9 +225,10 @@ def _hand_over(
     record, created = write.result()
     if reserved and created and record.lease_token is not None:
         intake.adopt(record)
-    elif reserved:
+        return
+    if reserved:
         intake.release()
-    elif created:
+    if created and record.state == "accepted":
         intake.wake()
 
 
