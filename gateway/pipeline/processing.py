@@ -3,6 +3,8 @@
 Pushes are leased from the store, so a crash mid-processing (or kill -9) only means the lease runs out
 and the push is processed again; nothing acknowledged is lost. A PMS API outage defers the push with
 backoff; a push that can't be turned into events is marked ``failed`` with its error, replayable.
+A self-contained push is translated here too, but in its ingest request (``Processor.translate``),
+and stored processed in the transaction that stores it; should that fail, it comes here as any other.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from gateway.config import IngestConfig, ServerConfig, SourceConfig
 from gateway.models import NewEvent, PushRecord, RoomMap, RoomMapUpdate, trusted
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.pipeline.versions import version_micros
-from gateway.sources import Outcome, PushRejected, RetryLater, Source, StoredPush
+from gateway.sources import AcceptedPush, Outcome, PushRejected, RetryLater, Source, StoredPush
 from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import RoomMapConflict, Store
+from gateway.store.sqlite.base import new_id
 from gateway.web.ingest import REJECTED_KIND, incoming_from_raw
 
 log = logging.getLogger(__name__)
@@ -151,6 +154,17 @@ def effective_settings(name: str, settings: SourceConfig, server: ServerConfig) 
     return settings.model_copy(update={"api_url": f"http://{host}:{server.port}/sandbox/{name}"})
 
 
+@dataclass
+class Translated:
+    """A self-contained push processed in its ingest request, before it is stored."""
+
+    id: str  # the id the push is stored under, if it is new
+    source: Source
+    context: Context
+    outcome: Outcome
+    events: list[NewEvent]
+
+
 class Outbox(Protocol):
     """Who sends what processed pushes store: the delivery worker, woken to claim it."""
 
@@ -191,6 +205,7 @@ class Processor:
         self._signalled = True
         self._more = False
         self._wake_on_done: set[asyncio.Task[None]] = set()
+        self._acks: set[asyncio.Task[None]] = set()  # acknowledging pushes processed at ingest
         self._settings_cache: dict[str, tuple[SourceConfig, SourceConfig]] = {}
 
     @property
@@ -221,6 +236,57 @@ class Processor:
         ingest then calls ``wake`` too)."""
         self._reserved -= 1
         self._slot_freed()
+
+    async def translate(self, name: str, accepted: AcceptedPush) -> Translated | None:
+        """Process a self-contained push now, in its ingest request, for the transaction that
+        stores it; None when it is to be stored and processed afterwards, as any other push: the
+        source failed in any way (its failure is then recorded there, retried or failed as
+        always), or the gateway is stopping."""
+        source = self.sources.get(name)
+        settings = self.settings.get(name)
+        if self._stopping or source is None or settings is None:
+            return None
+        context = Context(name, self._effective(name, settings), self.http, self.store)
+        push_id = new_id("psh")
+        try:
+            stored = StoredPush(push_id, name, accepted.kind, accepted.payload, 1)
+            outcome = await source.process(stored, context)
+            events = new_events(name, outcome)
+        except Exception as exc:
+            log.debug("source %s could not process a push at ingest: %r", name, exc)
+            return None
+        return Translated(push_id, source, context, outcome, events)
+
+    def stored(
+        self, translated: Translated, write: asyncio.Future[tuple[PushRecord, bool, int]]
+    ) -> None:
+        """After the transaction that stored a push processed at ingest: its deliveries go out
+        and the source acknowledges it, as after ``complete_push``. One that waits its turn
+        behind an unfinished push of its booking is claimed when that one is done."""
+        if write.cancelled() or write.exception() is not None:
+            return  # nothing stored (a room map conflict goes the usual way)
+        record, created, deliveries = write.result()
+        if not created:
+            return
+        if record.state == "accepted":
+            self.wake()
+            return
+        if deliveries:
+            self.outbox.wake()
+        task = asyncio.create_task(
+            self._acknowledge(translated.source, translated.outcome, translated.context, record)
+        )
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _acknowledge(
+        self, source: Source, outcome: Outcome, context: Context, push: PushRecord
+    ) -> None:
+        try:
+            await source.acknowledge(outcome, context)
+        except Exception as exc:
+            # The events are stored; the PMS will resend an unacknowledged push, which is recognised.
+            log.warning("source %s could not acknowledge push %s: %s", push.source, push.id, exc)
 
     def _effective(self, name: str, settings: SourceConfig) -> SourceConfig:
         """``effective_settings``, worked out once per source (a copy of the settings each push
@@ -298,8 +364,8 @@ class Processor:
         its push back, so the next start processes it at once)."""
         self._stopping = True
         self._wake.set()
-        if self._running:
-            _, pending = await asyncio.wait(set(self._running), timeout=grace)
+        if self._running or self._acks:
+            _, pending = await asyncio.wait(self._running | self._acks, timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -367,11 +433,7 @@ class Processor:
             return
         if created:
             self.outbox.wake()
-        try:
-            await source.acknowledge(outcome, context)
-        except Exception as exc:
-            # The events are stored; the PMS will resend an unacknowledged push, which is recognised.
-            log.warning("source %s could not acknowledge push %s: %s", push.source, push.id, exc)
+        await self._acknowledge(source, outcome, context, push)
 
     def _stored(self, push: PushRecord, source: Source) -> StoredPush:
         if push.kind == REJECTED_KIND:

@@ -7,7 +7,9 @@ A push goes through two steps:
    body that can't be parsed (400, kept as ``failed``).
 2. ``process(stored, context)`` runs after the 200, in background work that survives restarts: it may
    read the PMS API (``context.http``) and returns the OCTO events. Raise ``RetryLater`` when the PMS
-   API is down; the push is retried with backoff and never dropped.
+   API is down; the push is retried with backoff and never dropped. A push accepted as
+   ``self_contained`` (it carries all its data) is processed before the 200 instead, and stored
+   with its events in one transaction; should that fail, it is processed afterwards as in 2.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class AcceptedPush:
     # For pushes that only say "go and read": a push with the same coalesce key that is still
     # waiting to be processed stands for this one too (its read will see the same data).
     coalesce_key: str | None = None
+    # True when ``process`` needs nothing but the payload (no PMS API call; it may still use the
+    # context's store reads): the push is then processed inside the ingest request and stored
+    # processed, events and all, in the one transaction that stores it. Should ``process`` fail
+    # there in any way, the push is stored and processed afterwards, as any other.
+    self_contained: bool = False
 
 
 @dataclass(frozen=True)

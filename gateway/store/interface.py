@@ -177,6 +177,30 @@ class Store(Protocol):
         """Store durably; returns (push, False) for a push already known. With ``lease_seconds``
         a new push that nothing is ahead of comes back leased to the caller."""
 
+    async def insert_processed_push(
+        self,
+        *,
+        id: str,
+        source: str,
+        kind: str,
+        payload: Any,
+        dedupe_key: str | None,
+        order_key: str | None,
+        coalesce_key: str | None = None,
+        events: list[NewEvent],
+        note: str | None = None,
+        room_maps: Sequence[RoomMapUpdate] = (),
+    ) -> tuple[PushRecord, bool, int]:
+        """Store a push processed before it was stored (a self-contained push, translated in the
+        ingest request), in one transaction; returns (push, created, deliveries to send).
+
+        A repeat (dedupe key, or a coalesce key still waiting) is (stored push, False, 0), as
+        with ``insert_push``. A push of an ``order_key`` with an unfinished push is stored
+        ``accepted`` and unleased, to wait its turn (the events are dropped; it is processed
+        again after that one): (push, True, 0). Any other is stored ``processed`` under ``id``
+        with its events, history, room maps and deliveries, as ``complete_push`` stores them.
+        Raises ``RoomMapConflict``, storing nothing, when a room map moved on since it was read."""
+
     async def get_push(self, id: str) -> PushRecord | None: ...
 
     async def list_pushes(

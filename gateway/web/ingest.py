@@ -1,4 +1,6 @@
-"""/ingest/{source}: verify the sender, store the push durably, answer. Processing comes after."""
+"""/ingest/{source}: verify the sender, store the push durably, answer. Processing comes after,
+except for a self-contained push (it carries all its data): that one is processed first and stored
+with its events in one transaction."""
 
 from __future__ import annotations
 
@@ -8,20 +10,25 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable
-from typing import Any, Protocol, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.appkeys import config_key, metrics_key, store_key
 from gateway.models import PushRecord
-from gateway.sources import IncomingPush, PushRejected, Source
+from gateway.sources import AcceptedPush, IncomingPush, PushRejected, Source
 from gateway.sources.pms import without_card_data
 from gateway.store.errors import StorageUnavailable
+from gateway.store.interface import RoomMapConflict
 from gateway.web.auth import tokens_equal
 from gateway.web.errors import OctoError, error_response
 from gateway.web.openapi import describe
 from gateway.web.schemas import Ingested, IngestRejected
+
+if TYPE_CHECKING:
+    from gateway.pipeline.processing import Translated
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,8 +40,9 @@ REJECTED_KIND = "rejected"
 
 
 class PushIntake(Protocol):
-    """The processor as ingest sees it: a push stored leased under a reservation is handed over
-    directly; any other new push just wakes it."""
+    """The processor as ingest sees it: a self-contained push is processed by it before it is
+    stored; a push stored leased under a reservation is handed over directly; any other new push
+    just wakes it."""
 
     @property
     def lease_seconds(self) -> float: ...
@@ -47,6 +55,12 @@ class PushIntake(Protocol):
 
     def release(self) -> None: ...
 
+    async def translate(self, name: str, accepted: AcceptedPush) -> Translated | None: ...
+
+    def stored(
+        self, translated: Translated, write: asyncio.Future[tuple[PushRecord, bool, int]]
+    ) -> None: ...
+
 
 class NoProcessor:
     """Stands in when the app runs without workers: pushes are only stored."""
@@ -55,6 +69,14 @@ class NoProcessor:
 
     def wake(self) -> None:
         pass
+
+    async def translate(self, name: str, accepted: AcceptedPush) -> Translated | None:
+        return None
+
+    def stored(
+        self, translated: Translated, write: asyncio.Future[tuple[PushRecord, bool, int]]
+    ) -> None:
+        raise AssertionError("nothing was processed")
 
     def reserve(self) -> bool:
         return False
@@ -189,6 +211,10 @@ async def ingest(request: web.Request) -> web.Response:
         return await reject(request, push, exc)
     key = None if accepted.coalesce_key else accepted.dedupe_key or raw_dedupe_key(push)
     intake = request.app[intake_key]
+    if accepted.self_contained:
+        answer = await ingest_processed(request, name, accepted, key)
+        if answer is not None:
+            return answer
     reserved = intake.reserve()
     write = asyncio.ensure_future(
         store.insert_push(
@@ -204,6 +230,45 @@ async def ingest(request: web.Request) -> web.Response:
     # Whether the answer waits for it or not, the stored push goes to the processor.
     write.add_done_callback(lambda done: _hand_over(intake, reserved, done))
     record, created = await within_write_timeout(request, write)
+    return stored_answer(request, name, record, created)
+
+
+async def ingest_processed(
+    request: web.Request, name: str, accepted: AcceptedPush, dedupe_key: str | None
+) -> web.Response | None:
+    """A self-contained push, processed now and stored with its events in one transaction (one
+    round trip to the store, no hand-over to the processor). None when it goes the usual way:
+    the source failed on it (the failure is recorded there), or a room map it read moved on."""
+    intake = request.app[intake_key]
+    translated = await intake.translate(name, accepted)
+    if translated is None:
+        return None
+    write = asyncio.ensure_future(
+        request.app[store_key].insert_processed_push(
+            id=translated.id,
+            source=name,
+            kind=accepted.kind,
+            payload=accepted.payload,
+            dedupe_key=dedupe_key,
+            order_key=accepted.order_key,
+            coalesce_key=accepted.coalesce_key,
+            events=translated.events,
+            note=translated.outcome.note,
+            room_maps=translated.context.room_map_updates(),
+        )
+    )
+    # Whether the answer waits for it or not, what was stored goes on (deliveries, acks).
+    write.add_done_callback(partial(intake.stored, translated))
+    try:
+        record, created, _ = await within_write_timeout(request, write)
+    except RoomMapConflict:
+        return None
+    return stored_answer(request, name, record, created)
+
+
+def stored_answer(
+    request: web.Request, name: str, record: PushRecord, created: bool
+) -> web.Response:
     request.app[metrics_key].pushes.labels(name, "stored" if created else "duplicate").inc()
     if not created:
         log.info("push from %s is a repeat of %s", name, record.id)

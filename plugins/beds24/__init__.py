@@ -110,7 +110,11 @@ class Beds24Source:
         digest = hashlib.sha256(json.dumps(versions).encode("utf-8")).hexdigest()
         order_key = f"beds24:{bookings[0]['id']}" if len(bookings) == 1 else None
         return AcceptedPush(
-            kind="v2", payload=bookings, dedupe_key=f"v2:{digest}", order_key=order_key
+            kind="v2",
+            payload=bookings,
+            dedupe_key=f"v2:{digest}",
+            order_key=order_key,
+            self_contained=True,  # the bookings themselves: no API read
         )
 
     def _accept_v1(self, push: IncomingPush) -> AcceptedPush:

@@ -194,6 +194,8 @@ class ChannexSource:
             payload=without_card_data(doc),
             order_key=order_key,
             coalesce_key=coalesce_key,
+            # ARI rows and events with no OCTO event need no API call; bookings read revisions.
+            self_contained=kind != "booking",
         )
 
     async def process(self, push: StoredPush, context: SourceContext) -> Outcome:

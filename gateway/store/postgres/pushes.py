@@ -68,60 +68,88 @@ class PushStore(PostgresBase):
         """Store a push durably; (stored one, False) for a known dedupe key or a coalesce key
         still waiting. With ``lease_seconds`` a new push nothing is ahead of comes back leased."""
         now = time.time()
-        push_id = new_id("psh")
         coalesce_key, order_key = text(coalesce_key), text(order_key)
-        row: dict[str, Any] = {
-            "id": push_id,
-            "source": source,
-            "kind": kind,
-            "dedupe_key": text(dedupe_key) or push_id,
-            "coalesce_key": coalesce_key,
-            "order_key": order_key,
-            "payload": dumps(payload),
-            "state": state,
-            "error": text(error),
-            "attempts": 0,
-            "next_attempt_at": now,
-            "lease_token": None,
-            "lease_expires_at": None,
-            "received_at": now,
-            "processed_at": now if state != "accepted" else None,
-        }
+        row = _push_row(
+            new_id("psh"), source, kind, payload, text(dedupe_key), order_key, coalesce_key, now
+        )
+        row.update(state=state, error=text(error))
+        if state != "accepted":
+            row["processed_at"] = now
         async with self.pool.acquire() as conn, conn.transaction():
-            found = await conn.fetchrow(
-                "select * from pushes where source = $1 and dedupe_key = $2",
-                source,
-                row["dedupe_key"],
-            )
-            if found is None and coalesce_key is not None:
-                found = await conn.fetchrow(
-                    "select * from pushes where source = $1 and coalesce_key = $2"
-                    " and state = 'accepted' and lease_token is null limit 1",
-                    source,
-                    coalesce_key,
-                )
+            found = await _known(conn, source, row["dedupe_key"], coalesce_key)
             if found is not None:
-                return _push(record(found)), False
+                return found, False
             if lease_seconds is not None and state == "accepted":
                 await _lease_new(conn, row, order_key, now + lease_seconds)
-            columns = ", ".join(row)
-            marks = ", ".join(f"${i}" for i in range(1, len(row) + 1))
-            inserted = await conn.fetchval(
-                f"insert into pushes ({columns}) values ({marks})"
-                " on conflict (source, dedupe_key) do nothing returning seq",
-                *row.values(),
-            )
-            if inserted is None:  # another process stored the same push a moment ago
-                found = await conn.fetchrow(
-                    "select * from pushes where source = $1 and dedupe_key = $2",
-                    source,
-                    row["dedupe_key"],
-                )
-                assert found is not None
-                return _push(record(found)), False
-            if state == "accepted" and row["lease_token"] is None:
-                await conn.execute("select pg_notify($1, '')", PUSHES_CHANNEL)
+            found = await _insert(conn, row)
+            if found is not None:
+                return found, False
         return _push(row), True
+
+    async def insert_processed_push(
+        self,
+        *,
+        id: str,
+        source: str,
+        kind: str,
+        payload: Any,
+        dedupe_key: str | None,
+        order_key: str | None,
+        coalesce_key: str | None = None,
+        events: list[NewEvent],
+        note: str | None = None,
+        room_maps: Sequence[RoomMapUpdate] = (),
+    ) -> tuple[PushRecord, bool, int]:
+        """``insert_push`` and ``complete_push`` in one transaction, for a push processed before
+        it was stored (the interface says what each outcome means)."""
+        events = [_storable(event) for event in events]
+        while True:
+            try:
+                return await self._insert_processed(
+                    id,
+                    source,
+                    kind,
+                    payload,
+                    text(dedupe_key),
+                    text(order_key),
+                    text(coalesce_key),
+                    events,
+                    text(note),
+                    room_maps,
+                )
+            except _StateRaced:
+                continue  # the state is stored now, and locked by the next read: no loop
+
+    async def _insert_processed(
+        self,
+        id: str,
+        source: str,
+        kind: str,
+        payload: Any,
+        dedupe_key: str | None,
+        order_key: str | None,
+        coalesce_key: str | None,
+        events: list[NewEvent],
+        note: str | None,
+        room_maps: Sequence[RoomMapUpdate],
+    ) -> tuple[PushRecord, bool, int]:
+        now = time.time()
+        row = _push_row(id, source, kind, payload, dedupe_key, order_key, coalesce_key, now)
+        async with self.pool.acquire() as conn, conn.transaction():
+            found = await _known(conn, source, row["dedupe_key"], coalesce_key)
+            if found is not None:
+                return found, False, 0
+            if order_key is not None and await _ahead(conn, order_key):
+                # An earlier push of its booking is unfinished: this one waits its turn, stored
+                # as any other, and is processed again after that one.
+                found = await _insert(conn, row)
+                return (found, False, 0) if found is not None else (_push(row), True, 0)
+            row.update(state="processed", attempts=1, processed_at=now, note=note)
+            found = await _insert(conn, row)
+            if found is not None:
+                return found, False, 0
+            created = await _store_outcome(conn, id, source, events, room_maps, now)
+        return _push(row), True, created
 
     async def get_push(self, id: str) -> PushRecord | None:
         row = await self.pool.fetchrow("select * from pushes where id = $1", id)
@@ -241,9 +269,7 @@ class PushStore(PostgresBase):
             )
             if owner is None or owner["lease_token"] != lease_token or owner["state"] != "accepted":
                 return None
-            await write_room_maps(conn, room_maps, now)
-            kept = await _with_history(conn, events, now)
-            created = await _fan_out(conn, kept, id, owner["source"], now)
+            created = await _store_outcome(conn, id, owner["source"], events, room_maps, now)
             await conn.execute(
                 "update pushes set state = 'processed', processed_at = $1, note = $2,"
                 " error = null, lease_token = null, lease_expires_at = null where id = $3",
@@ -251,9 +277,97 @@ class PushStore(PostgresBase):
                 note,
                 id,
             )
-            if created:
-                await conn.execute("select pg_notify($1, '')", DELIVERIES_CHANNEL)
             return created
+
+
+def _push_row(
+    id: str,
+    source: str,
+    kind: str,
+    payload: Any,
+    dedupe_key: str | None,
+    order_key: str | None,
+    coalesce_key: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """A new push's row, accepted and unleased (keys already without NUL)."""
+    return {
+        "id": id,
+        "source": source,
+        "kind": kind,
+        "dedupe_key": dedupe_key or id,
+        "coalesce_key": coalesce_key,
+        "order_key": order_key,
+        "payload": dumps(payload),
+        "state": "accepted",
+        "error": None,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "received_at": now,
+        "processed_at": None,
+    }
+
+
+async def _known(
+    conn: Conn, source: str, dedupe_key: str, coalesce_key: str | None
+) -> PushRecord | None:
+    """The stored push a new one repeats: the same dedupe key, or the same coalesce key on one
+    still waiting (unleased) to be processed."""
+    found = await conn.fetchrow(
+        "select * from pushes where source = $1 and dedupe_key = $2", source, dedupe_key
+    )
+    if found is None and coalesce_key is not None:
+        found = await conn.fetchrow(
+            "select * from pushes where source = $1 and coalesce_key = $2"
+            " and state = 'accepted' and lease_token is null limit 1",
+            source,
+            coalesce_key,
+        )
+    return None if found is None else _push(record(found))
+
+
+async def _insert(conn: Conn, row: dict[str, Any]) -> PushRecord | None:
+    """Insert a new push; the stored one if another process stored the same push a moment ago
+    (nothing inserted). A push left waiting to be claimed wakes every process's processor."""
+    columns = ", ".join(row)
+    marks = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+    inserted = await conn.fetchval(
+        f"insert into pushes ({columns}) values ({marks})"
+        " on conflict (source, dedupe_key) do nothing returning seq",
+        *row.values(),
+    )
+    if inserted is None:
+        found = await conn.fetchrow(
+            "select * from pushes where source = $1 and dedupe_key = $2",
+            row["source"],
+            row["dedupe_key"],
+        )
+        assert found is not None
+        return _push(record(found))
+    if row["state"] == "accepted" and row["lease_token"] is None:
+        await conn.execute("select pg_notify($1, '')", PUSHES_CHANNEL)
+    return None
+
+
+async def _store_outcome(
+    conn: Conn,
+    push_id: str,
+    source: str,
+    events: list[NewEvent],
+    room_maps: Sequence[RoomMapUpdate],
+    now: float,
+) -> int:
+    """What processing a push produced: its room maps (``RoomMapConflict`` when one moved on),
+    its events with their history, and their deliveries (every process's worker is told).
+    Returns how many deliveries to send."""
+    await write_room_maps(conn, room_maps, now)
+    kept = await _with_history(conn, events, now)
+    created = await _fan_out(conn, kept, push_id, source, now)
+    if created:
+        await conn.execute("select pg_notify($1, '')", DELIVERIES_CHANNEL)
+    return created
 
 
 def _storable(event: NewEvent) -> NewEvent:
@@ -285,19 +399,24 @@ async def _lease_new(
     conn: Conn, row: dict[str, Any], order_key: str | None, expires: float
 ) -> None:
     """Lease a push about to be inserted, as a claim would, if nothing is ahead of it."""
-    if order_key is not None:
-        await conn.execute("select pg_advisory_xact_lock($1, hashtext($2))", ORDER_LOCK, order_key)
-        ahead = await conn.fetchval(
-            "select 1 from pushes where order_key = $1 and state = 'accepted' limit 1", order_key
-        )
-        if ahead is not None:
-            return
+    if order_key is not None and await _ahead(conn, order_key):
+        return
     row.update(
         lease_token=new_id("lease"),
         lease_expires_at=expires,
         next_attempt_at=expires,
         attempts=1,
     )
+
+
+async def _ahead(conn: Conn, order_key: str) -> bool:
+    """Whether a push of this order key (booking) is unfinished. The order key's advisory lock,
+    held until commit, makes another process inserting a push of the booking wait for this one."""
+    await conn.execute("select pg_advisory_xact_lock($1, hashtext($2))", ORDER_LOCK, order_key)
+    ahead = await conn.fetchval(
+        "select 1 from pushes where order_key = $1 and state = 'accepted' limit 1", order_key
+    )
+    return ahead is not None
 
 
 async def _with_history(

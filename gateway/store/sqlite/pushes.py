@@ -80,45 +80,57 @@ class PushStore(SQLiteBase):
         round trip), unless an earlier push for the same booking is unfinished: then it waits its
         turn unleased, as ``claim_pushes`` would have left it."""
         now = time.time()
-        push_id = new_id("psh")
-        row = {
-            "id": push_id,
-            "source": source,
-            "kind": kind,
-            "dedupe_key": dedupe_key or push_id,
-            "coalesce_key": coalesce_key,
-            "order_key": order_key,
-            "payload": _dumps(payload),
-            "state": state,
-            "error": error,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "received_at": now,
-            "processed_at": now if state != "accepted" else None,
-        }
+        row = _push_row(new_id("psh"), source, kind, payload, dedupe_key, order_key, now)
+        row.update(coalesce_key=coalesce_key, state=state, error=error)
+        if state != "accepted":
+            row["processed_at"] = now
 
         def insert() -> tuple[PushRecord, bool]:
             with self._immediate() as db:
-                found = list(
-                    db.query(
-                        "select * from pushes where source = ? and dedupe_key = ?",
-                        [source, row["dedupe_key"]],
-                    )
-                )
-                if not found and coalesce_key is not None:
-                    found = list(
-                        db.query(
-                            "select * from pushes where source = ? and coalesce_key = ?"
-                            " and state = 'accepted' and lease_token is null",
-                            [source, coalesce_key],
-                        )
-                    )
-                if found:
-                    return _push(found[0]), False
+                found = _known(db, source, row["dedupe_key"], coalesce_key)
+                if found is not None:
+                    return _push(found), False
                 if lease_seconds is not None and state == "accepted":
                     _lease_new(db, row, order_key, now + lease_seconds)
                 _insert(db, "pushes", row)
             return _push(row), True
+
+        return await self._write(insert)
+
+    async def insert_processed_push(
+        self,
+        *,
+        id: str,
+        source: str,
+        kind: str,
+        payload: Any,
+        dedupe_key: str | None,
+        order_key: str | None,
+        coalesce_key: str | None = None,
+        events: list[NewEvent],
+        note: str | None = None,
+        room_maps: Sequence[RoomMapUpdate] = (),
+    ) -> tuple[PushRecord, bool, int]:
+        """``insert_push`` and ``complete_push`` in one transaction, for a push processed before
+        it was stored (the interface says what each outcome means)."""
+        now = time.time()
+        row = _push_row(id, source, kind, payload, dedupe_key, order_key, now)
+        row["coalesce_key"] = coalesce_key
+
+        def insert() -> tuple[PushRecord, bool, int]:
+            with self._immediate() as db:
+                found = _known(db, source, row["dedupe_key"], coalesce_key)
+                if found is not None:
+                    return _push(found), False, 0
+                if order_key is not None and _ahead(db, order_key):
+                    # An earlier push of its booking is unfinished: this one waits its turn,
+                    # stored as any other, and is processed again after that one.
+                    _insert(db, "pushes", row)
+                    return _push(row), True, 0
+                row.update(state="processed", attempts=1, processed_at=now, note=note)
+                _insert(db, "pushes", row)
+                created = _store_outcome(db, id, source, events, room_maps, now)
+            return _push(row), True, created
 
         return await self._write(insert)
 
@@ -256,15 +268,7 @@ class PushStore(SQLiteBase):
                 ).fetchone()
                 if owner is None or owner[0] != lease_token or owner[1] != "accepted":
                     return None
-                source = owner[2]
-                write_room_maps(db, room_maps, now)
-                subscribers = _Subscribers(db)
-                created = 0
-                for event in events:
-                    data = _with_history(db, event, now)
-                    if data is None:
-                        continue
-                    created += _fan_out(db, event, data, id, source, subscribers, now)
+                created = _store_outcome(db, id, owner[2], events, room_maps, now)
                 db.execute(
                     "update pushes set state = 'processed', processed_at = ?, note = ?, error = null,"
                     " lease_token = null, lease_expires_at = null where id = ?",
@@ -293,14 +297,64 @@ class PushStore(SQLiteBase):
         return await self._write(replay)
 
 
+def _push_row(
+    id: str,
+    source: str,
+    kind: str,
+    payload: Any,
+    dedupe_key: str | None,
+    order_key: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """A new push's row, accepted and unleased."""
+    return {
+        "id": id,
+        "source": source,
+        "kind": kind,
+        "dedupe_key": dedupe_key or id,
+        "coalesce_key": None,
+        "order_key": order_key,
+        "payload": _dumps(payload),
+        "state": "accepted",
+        "error": None,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "received_at": now,
+        "processed_at": None,
+    }
+
+
+def _known(
+    db: Database, source: str, dedupe_key: str, coalesce_key: str | None
+) -> dict[str, Any] | None:
+    """The stored push a new one repeats: the same dedupe key, or the same coalesce key on one
+    still waiting (unleased) to be processed."""
+    for row in db.query(
+        "select * from pushes where source = ? and dedupe_key = ?", [source, dedupe_key]
+    ):
+        return row
+    if coalesce_key is not None:
+        for row in db.query(
+            "select * from pushes where source = ? and coalesce_key = ?"
+            " and state = 'accepted' and lease_token is null",
+            [source, coalesce_key],
+        ):
+            return row
+    return None
+
+
+def _ahead(db: Database, order_key: str) -> bool:
+    """Whether a push of this order key (booking) is unfinished."""
+    row = db.execute(
+        "select 1 from pushes where order_key = ? and state = 'accepted' limit 1", [order_key]
+    ).fetchone()
+    return row is not None
+
+
 def _lease_new(db: Database, row: dict[str, Any], order_key: str | None, expires: float) -> None:
     """Lease a push about to be inserted, as ``claim_pushes`` would, if nothing is ahead of it."""
-    if order_key is not None:
-        ahead = db.execute(
-            "select 1 from pushes where order_key = ? and state = 'accepted' limit 1", [order_key]
-        ).fetchone()
-        if ahead is not None:
-            return
+    if order_key is not None and _ahead(db, order_key):
+        return
     row.update(
         lease_token=new_id("lease"),
         lease_expires_at=expires,
@@ -325,6 +379,27 @@ def _push(row: dict[str, Any]) -> PushRecord:
         processed_at=row.get("processed_at"),
         lease_token=row.get("lease_token"),
     )
+
+
+def _store_outcome(
+    db: Database,
+    push_id: str,
+    source: str,
+    events: list[NewEvent],
+    room_maps: Sequence[RoomMapUpdate],
+    now: float,
+) -> int:
+    """What processing a push produced: its room maps (``RoomMapConflict`` when one moved on),
+    its events with their history, and their deliveries. Returns how many deliveries to send."""
+    write_room_maps(db, room_maps, now)
+    subscribers = _Subscribers(db)
+    created = 0
+    for event in events:
+        data = _with_history(db, event, now)
+        if data is None:
+            continue
+        created += _fan_out(db, event, data, push_id, source, subscribers, now)
+    return created
 
 
 class _Subscribers:
