@@ -204,6 +204,8 @@ def test_the_hot_statements_seek_by_index_and_never_scan_the_deliveries(tmp_path
         "queued": deliveries.SUBSCRIPTIONS_QUEUED,
         "next due": deliveries.NEXT_DUE,
         "claim pushes": pushes.CLAIM_PUSHES,
+        "fan-out lease: backlog": deliveries.BACKLOG,
+        "fan-out lease: unfinished": deliveries.UNFINISHED,
     }
     for name, sql in statements.items():
         params: Any = {k: 1 for k in re.findall(r":(\w+)", sql)} or [1] * sql.count("?")

@@ -43,7 +43,7 @@ from gateway.models import (
 from gateway.octo import Supplier, SupplierContact
 from gateway.store import utcnow
 from gateway.store.errors import StorageUnavailable
-from gateway.store.interface import ClaimRoom, Settlement, Store
+from gateway.store.interface import ClaimRoom, HandOver, Settlement, Store
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +428,10 @@ class Deliverer:
         self.lease_seconds = self.delivery.timeout * 2 + 5
         self._outcome_counters: dict[str, Any] = {}
         self._new_work = False
+        # A claim and a fan-out lending the room (``lend``) each get all of it: never both at once.
+        self._claiming = False
+        self._lent = False
+        self._releasing: set[asyncio.Task[None]] = set()
         self._finished = 0  # messages finished since the last claim
         self._due: float | None = None
         self._due_read_at = -DUE_READ_EVERY
@@ -436,6 +440,37 @@ class Deliverer:
         """New messages are stored: claim at once."""
         self._new_work = True
         self._wake.set()
+
+    def lend(self) -> HandOver | None:
+        """The room for the next push's fan-out to lease its fresh messages in (``HandOver``), so
+        they start the moment they are stored, without a claim round trip; None while a claim or
+        another fan-out holds the room, or there is none. ``adopt`` must follow, whatever
+        happened to the push."""
+        if self._stopping or self._claiming or self._lent:
+            return None
+        room = self._without_held_back(self.slots.room())
+        if room.total <= 0:
+            return None
+        self._lent = True
+        return HandOver(room, self.lease_seconds)
+
+    def adopt(self, hand_over: HandOver) -> None:
+        """Send what a fan-out leased under ``lend`` (nothing when it failed); the room is ours
+        to claim in again."""
+        self._lent = False
+        self._wake.set()
+        if not hand_over.leased:
+            return
+        if self._stopping:  # hand them back, so the next start sends them at once
+            task = asyncio.create_task(self._release(hand_over.leased))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            return
+        self._start(hand_over.leased)
+
+    async def _release(self, records: list[DeliveryRecord]) -> None:
+        with contextlib.suppress(StorageUnavailable):  # else their leases run out
+            await self.store.release_deliveries(records)
 
     def _counted(self, outcome: str) -> Any:
         """The deliveries counter of one outcome (``labels()`` looks its child up each call)."""
@@ -478,12 +513,19 @@ class Deliverer:
 
     async def _claim(self) -> bool:
         """Claim what there is room for; True when the batch was full."""
+        if self._lent:  # a fan-out has the room: claim once it hands it back (``adopt``)
+            self._new_work = True
+            return False
         room = self._without_held_back(self.slots.room())
         if room.total <= 0:
             return False
-        claimed = await self.store.claim_deliveries(
-            room, self.lease_seconds, ordering_max_wait=self.delivery.ordering_max_wait
-        )
+        self._claiming = True
+        try:
+            claimed = await self.store.claim_deliveries(
+                room, self.lease_seconds, ordering_max_wait=self.delivery.ordering_max_wait
+            )
+        finally:
+            self._claiming = False
         if self._stopping:  # stopped while claiming: hand them back untouched
             await self.store.release_deliveries(claimed)
             return False
@@ -573,6 +615,8 @@ class Deliverer:
         if self._loop_started:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._loop_exited.wait(), max(grace, 1.0))
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
         if not self._running:
             return
         _, pending = await asyncio.wait(set(self._running), timeout=grace)

@@ -26,7 +26,7 @@ from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.pipeline.versions import version_micros
 from gateway.sources import AcceptedPush, Outcome, PushRejected, RetryLater, Source, StoredPush
 from gateway.store.errors import StorageUnavailable
-from gateway.store.interface import RoomMapConflict, Store
+from gateway.store.interface import HandOver, RoomMapConflict, Store
 from gateway.store.sqlite.base import new_id
 from gateway.web.ingest import REJECTED_KIND, incoming_from_raw
 
@@ -166,9 +166,14 @@ class Translated:
 
 
 class Outbox(Protocol):
-    """Who sends what processed pushes store: the delivery worker, woken to claim it."""
+    """Who sends what processed pushes store: the delivery worker, woken to claim it, or lending
+    its room so a push's fan-out leases fresh messages to it (``HandOver``)."""
 
     def wake(self) -> None: ...
+
+    def lend(self) -> HandOver | None: ...
+
+    def adopt(self, hand_over: HandOver) -> None: ...
 
 
 class Processor:
@@ -417,13 +422,7 @@ class Processor:
             await self.store.fail_push(push.id, push.lease_token, f"{type(exc).__name__}: {exc}")
             return
         try:
-            created = await self.store.complete_push(
-                push.id,
-                push.lease_token,
-                new_events(push.source, outcome),
-                outcome.note,
-                room_maps=context.room_map_updates(),
-            )
+            created = await self._complete(push, outcome, context)
         except RoomMapConflict as exc:
             # Another push for the same booking stored its map first: start again from that one.
             await self._defer(push, str(exc), delay=0.0)
@@ -431,9 +430,28 @@ class Processor:
         if created is None:
             log.warning("lost the lease on push %s; another worker has it", push.id)
             return
-        if created:
-            self.outbox.wake()
         await self._acknowledge(source, outcome, context, push)
+
+    async def _complete(self, push: PushRecord, outcome: Outcome, context: Context) -> int | None:
+        """Store the push's events and messages; fresh messages the delivery worker has room for
+        are leased to it in the same transaction and start at once, the rest wait for its claim."""
+        assert push.lease_token is not None
+        hand_over = self.outbox.lend()
+        try:
+            created = await self.store.complete_push(
+                push.id,
+                push.lease_token,
+                new_events(push.source, outcome),
+                outcome.note,
+                room_maps=context.room_map_updates(),
+                hand_over=hand_over,
+            )
+        finally:
+            if hand_over is not None:
+                self.outbox.adopt(hand_over)
+        if created and created > (0 if hand_over is None else len(hand_over.leased)):
+            self.outbox.wake()  # some are stored pending: claim them
+        return created
 
     def _stored(self, push: PushRecord, source: Source) -> StoredPush:
         if push.kind == REJECTED_KIND:

@@ -87,6 +87,20 @@ class ClaimTally:
             self.by_tenant[tenant] += count
 
 
+@dataclass
+class HandOver:
+    """Room the delivery worker lends one push's fan-out, so the messages it stores come back
+    already leased, with their event data, without a claim round trip (as ingest leases a push
+    to the processor). The store leases fresh messages as a claim of ``room`` would: within its
+    limits, none whose subscription has older messages due (those go first, by a claim) and none
+    behind an unfinished message of its ``order_key``; the rest are stored pending. ``leased``
+    holds what was leased once the transaction committed; a store may lease none."""
+
+    room: ClaimRoom
+    lease_seconds: float
+    leased: list[DeliveryRecord] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Settlement:
     """One attempt's outcome for a leased delivery: the attempt to log and the message's new
@@ -233,9 +247,11 @@ class Store(Protocol):
         note: str | None = None,
         *,
         room_maps: Sequence[RoomMapUpdate] = (),
+        hand_over: HandOver | None = None,
     ) -> int | None:
-        """Events + history + fan-out (deliveries stored pending) + room maps + push processed,
-        atomically; returns the number of deliveries to send, or None if the lease was lost.
+        """Events + history + fan-out (deliveries stored pending, or leased within
+        ``hand_over``'s room) + room maps + push processed, atomically; returns the number of
+        deliveries to send (leased ones included), or None if the lease was lost.
         Raises ``RoomMapConflict``, storing nothing, when a room map's generation moved on since
         it was read."""
 

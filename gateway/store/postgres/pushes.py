@@ -17,6 +17,7 @@ import orjson
 from gateway.models import NewEvent, PushRecord, PushState, RoomMapUpdate
 from gateway.pipeline.diff import booking_diff, keep_cancellation_time
 from gateway.pipeline.versions import is_older
+from gateway.store.interface import HandOver
 from gateway.store.postgres.base import (
     DELIVERIES_CHANNEL,
     PUSHES_CHANNEL,
@@ -243,10 +244,12 @@ class PushStore(PostgresBase):
         note: str | None = None,
         *,
         room_maps: Sequence[RoomMapUpdate] = (),
+        hand_over: HandOver | None = None,
     ) -> int | None:
         """Events with their history, one delivery per matching subscription, and the push
         processed, in one transaction; the number of deliveries to send, or None when the lease
-        was lost. Rows go in with a few set-based statements, however many events a push has."""
+        was lost. Rows go in with a few set-based statements, however many events a push has.
+        Every message is stored pending (``hand_over`` leases none here: the worker claims them)."""
         events = [_storable(event) for event in events]
         while True:
             try:

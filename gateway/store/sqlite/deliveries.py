@@ -23,7 +23,7 @@ from gateway.models import (
     EventName,
     trusted,
 )
-from gateway.store.interface import ClaimRoom, Settlement
+from gateway.store.interface import ClaimRoom, HandOver, Settlement
 from gateway.store.sqlite.base import (
     SQLiteBase,
     _chunks,
@@ -420,6 +420,123 @@ def _claim_due(
         left -= len(batch)
         tally.took(subscription_id, len(batch))
     return rows
+
+
+# Leases at fan-out (``FreshLeases``): whether a subscription has messages due that a claim would
+# take before a fresh one, and whether a message of the same subject is unfinished.
+BACKLOG = """
+select 1 from deliveries indexed by deliveries_due_by_subscription
+where subscription_id = ? and state in ('pending', 'leased') and next_attempt_at <= ? limit 1
+"""
+UNFINISHED = (
+    "select 1 from deliveries where order_key = ? and state in ('pending', 'leased') limit 1"
+)
+INSERT_LEASED = (
+    "insert into deliveries (id, event_seq, subscription_id, order_key, state, lease_token,"
+    " lease_expires_at, next_attempt_at, created_at, updated_at)"
+    " values (?, ?, ?, ?, 'leased', ?, ?, ?, ?, ?)"
+)
+
+
+class FreshLeases:
+    """Leases a fan-out's fresh messages to the delivery worker within the room it lent
+    (``HandOver``), in the transaction that stores them: no claim statement, no events re-read.
+
+    A message is leased only where a claim would have leased it first: its subscription and
+    tenant have room, the subscription has nothing older due (a claim serves the oldest first),
+    and no message of its subject (booking, day) is unfinished (per-booking order)."""
+
+    def __init__(self, hand_over: HandOver, now: float) -> None:
+        self.tally = hand_over.room.tally()
+        self.left = hand_over.room.total
+        self.token = new_id("lease")
+        self.expires = now + hand_over.lease_seconds
+        self.now = now
+        self.records: list[DeliveryRecord] = []
+        self._backlog: dict[str, bool] = {}
+
+    def lease(
+        self,
+        db: Database,
+        event_seq: int,
+        event: EventName,
+        data_text: str,
+        rows: list[tuple[Any, ...]],
+    ) -> list[tuple[Any, ...]]:
+        """Insert leased what may be leased of one event's delivery rows (``INSERT_DELIVERY``'s
+        parameters); returns the rest, to be stored pending."""
+        if self.left <= 0:
+            return rows
+        conn = db.conn
+        rest: list[tuple[Any, ...]] = []
+        data: dict[str, Any] | None = None
+        for row in rows:
+            id, _, subscription_id, order_key = row[:4]
+            if (
+                self.left <= 0
+                or self.tally.free(subscription_id) <= 0
+                or self._has_backlog(conn, subscription_id)
+                or conn.execute(UNFINISHED, [order_key]).fetchone() is not None
+            ):
+                rest.append(row)
+                continue
+            cursor = conn.execute(
+                INSERT_LEASED,
+                [
+                    id,
+                    event_seq,
+                    subscription_id,
+                    order_key,
+                    self.token,
+                    self.expires,
+                    self.expires,
+                    self.now,
+                    self.now,
+                ],
+            )
+            if data is None:
+                # What a claim would read back: the stored text, not the dict it was made from.
+                data = orjson.loads(data_text)
+            self.records.append(self._record(cursor.lastrowid, row, event, data))
+            self.tally.took(subscription_id, 1)
+            self.left -= 1
+        return rest
+
+    def _has_backlog(self, conn: Any, subscription_id: str) -> bool:
+        """Whether the subscription had messages due before this fan-out (asked once: rows this
+        fan-out stores pending are behind the ones it leases anyway)."""
+        known = self._backlog.get(subscription_id)
+        if known is None:
+            known = conn.execute(BACKLOG, [subscription_id, self.now]).fetchone() is not None
+            self._backlog[subscription_id] = known
+        return known
+
+    def _record(
+        self, seq: int | None, row: tuple[Any, ...], event: EventName, data: dict[str, Any]
+    ) -> DeliveryRecord:
+        assert seq is not None
+        return trusted(
+            DeliveryRecord,
+            {
+                "seq": seq,
+                "id": row[0],
+                "event_seq": row[1],
+                "subscription_id": row[2],
+                "event": event,
+                "order_key": row[3],
+                "state": "leased",
+                "attempts": 0,
+                "replayed_after": 0,
+                "next_attempt_at": self.expires,
+                "lease_token": self.token,
+                "body": None,
+                "last_status": None,
+                "last_error": None,
+                "created_at": self.now,
+                "delivered_at": None,
+                "data": data,
+            },
+        )
 
 
 def _events(db: Database, seqs: list[int]) -> dict[int, tuple[EventName, dict[str, Any]]]:

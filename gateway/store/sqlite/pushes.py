@@ -11,6 +11,7 @@ import orjson
 from sqlite_utils import Database
 
 from gateway.models import (
+    DeliveryRecord,
     NewEvent,
     PushRecord,
     PushState,
@@ -18,6 +19,7 @@ from gateway.models import (
 )
 from gateway.pipeline.diff import booking_diff, keep_cancellation_time
 from gateway.pipeline.versions import is_older
+from gateway.store.interface import HandOver
 from gateway.store.sqlite.base import (
     SQLiteBase,
     _chunks,
@@ -25,6 +27,7 @@ from gateway.store.sqlite.base import (
     _insert,
     new_id,
 )
+from gateway.store.sqlite.deliveries import FreshLeases
 from gateway.store.sqlite.room_maps import write_room_maps
 
 # Leases due pushes; ordered as the due index is, so it reads a few rows however long the backlog.
@@ -254,29 +257,35 @@ class PushStore(SQLiteBase):
         note: str | None = None,
         *,
         room_maps: Sequence[RoomMapUpdate] = (),
+        hand_over: HandOver | None = None,
     ) -> int | None:
         """Store a push's events with their history and fan them out to matching subscriptions,
         store its sources' room maps, and mark the push processed, in one transaction. Returns the
         number of deliveries to send, or None when the lease was lost (another worker owns the
-        push now); raises ``RoomMapConflict`` (nothing stored) when a room map moved on."""
+        push now); raises ``RoomMapConflict`` (nothing stored) when a room map moved on. Fresh
+        messages that fit ``hand_over``'s room are stored leased and put in its ``leased``."""
 
-        def complete() -> int | None:
+        def complete() -> tuple[int | None, list[DeliveryRecord]]:
             now = time.time()
+            leases = None if hand_over is None else FreshLeases(hand_over, now)
             with self._immediate() as db:
                 owner = db.execute(
                     "select lease_token, state, source from pushes where id = ?", [id]
                 ).fetchone()
                 if owner is None or owner[0] != lease_token or owner[1] != "accepted":
-                    return None
-                created = _store_outcome(db, id, owner[2], events, room_maps, now)
+                    return None, []
+                created = _store_outcome(db, id, owner[2], events, room_maps, now, leases)
                 db.execute(
                     "update pushes set state = 'processed', processed_at = ?, note = ?, error = null,"
                     " lease_token = null, lease_expires_at = null where id = ?",
                     [now, note, id],
                 )
-                return created
+                return created, [] if leases is None else leases.records
 
-        return await self._write(complete)
+        created, leased = await self._write(complete)
+        if hand_over is not None:  # committed: the leases hold
+            hand_over.leased = leased
+        return created
 
     async def replay_failed_pushes(self, ids: list[str] | None = None) -> list[str]:
         """Queue failed pushes (all, or the given ids) for processing again; returns their ids."""
@@ -388,9 +397,11 @@ def _store_outcome(
     events: list[NewEvent],
     room_maps: Sequence[RoomMapUpdate],
     now: float,
+    leases: FreshLeases | None = None,
 ) -> int:
     """What processing a push produced: its room maps (``RoomMapConflict`` when one moved on),
-    its events with their history, and their deliveries. Returns how many deliveries to send."""
+    its events with their history, and their deliveries (leased where ``leases`` has room).
+    Returns how many deliveries to send."""
     write_room_maps(db, room_maps, now)
     subscribers = _Subscribers(db)
     created = 0
@@ -398,7 +409,7 @@ def _store_outcome(
         data = _with_history(db, event, now)
         if data is None:
             continue
-        created += _fan_out(db, event, data, push_id, source, subscribers, now)
+        created += _fan_out(db, event, data, push_id, source, subscribers, now, leases)
     return created
 
 
@@ -493,10 +504,12 @@ def _fan_out(
     source: str,
     subscribers: _Subscribers,
     now: float,
+    leases: FreshLeases | None = None,
 ) -> int:
     """Store the event once and one small delivery row per active subscription whose event and
     products match; a newer availability for the same subject supersedes one still waiting. Returns the
     number of deliveries to send."""
+    data_text = _dumps(data)
     cursor = db.execute(
         "insert into events (id, push_id, source, event, subject, product_id, option_id, data,"
         " created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -508,7 +521,7 @@ def _fan_out(
             event.subject,
             event.product_id,
             event.option_id,
-            _dumps(data),
+            data_text,
             now,
         ],
     )
@@ -524,5 +537,8 @@ def _fan_out(
         )
     if event.event == "availability_update":
         db.conn.executemany(SUPERSEDE, [(now, row[3]) for row in rows])
+    created = len(rows)
+    if leases is not None:
+        rows = leases.lease(db, event_seq, event.event, data_text, rows)
     db.conn.executemany(INSERT_DELIVERY, rows)
-    return len(rows)
+    return created

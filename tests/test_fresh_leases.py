@@ -1,0 +1,182 @@
+"""Fresh messages leased at fan-out: the delivery worker lends its room (``HandOver``) to a push's
+fan-out, which stores the messages that fit already leased to it, with their event data, so they
+start without a claim. Everything a claim respects must hold for them: the room (total, per
+subscription, per tenant), older messages due first, order per booking, and lease fencing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app, deliverer_key, store_key
+from gateway.config import GatewayConfig
+from gateway.models import NewEvent
+from gateway.store import SQLiteStore
+from gateway.store.interface import ClaimRoom, HandOver, Store
+from tests.receivers import Receiver, booking_event, emit, subscribe
+from tests.test_delivery_claims import rows
+from tests.test_delivery_claims import subscribe as subscribe_in
+from tests.test_store_shared import delivered
+
+EVERYTHING = ClaimRoom(total=100, per_subscription=100)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "fresh.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def emit_handed(store: Store, events: list[NewEvent], hand_over: HandOver) -> int:
+    """``emit``, with the worker's room lent to the fan-out."""
+    push, _ = await store.insert_push(
+        source="test", kind="events", payload={}, dedupe_key=None, order_key=None, lease_seconds=60
+    )
+    assert push.lease_token is not None
+    created = await store.complete_push(push.id, push.lease_token, events, hand_over=hand_over)
+    assert created is not None
+    return created
+
+
+async def test_a_fan_out_leases_what_fits_the_room_and_stores_the_rest_pending(
+    store: SQLiteStore,
+) -> None:
+    for id in ("a", "b", "c"):
+        await subscribe_in(store, id, tenant="t")
+    await subscribe_in(store, "d", tenant="u")
+    room = ClaimRoom(
+        total=3,
+        per_subscription=1,
+        per_tenant=2,
+        tenant_of={"a": "t", "b": "t", "c": "t", "d": "u"},
+    )
+    hand_over = HandOver(room, lease_seconds=60)
+
+    assert await emit_handed(store, [booking_event("s:b1"), booking_event("s:b2")], hand_over) == 8
+
+    # One per subscription, two for tenant t (a and b, the first it met), three in all.
+    leased = hand_over.leased
+    assert sorted((r.subscription_id, r.order_key) for r in leased) == [
+        ("a", "a|s:b1"),
+        ("b", "b|s:b1"),
+        ("d", "d|s:b1"),
+    ]
+    stored = rows(store)
+    for record in leased:
+        assert stored[record.id] == ("leased", record.lease_token)
+        # What a claim would have given: the stored row with its event's data.
+        read = await store.get_delivery(record.subscription_id, record.id)
+        assert read is not None and read.model_dump() == record.model_dump()
+        assert record.data["booking"]["notes"] == "update 0"
+    # The rest wait, pending, for the worker's claim, which does not take the leased ones again.
+    claimed = await store.claim_deliveries(EVERYTHING, 60, ordering_max_wait=3600)
+    assert {r.id for r in claimed} == {id for id in stored if id not in {r.id for r in leased}}
+    assert len(claimed) == 5
+
+
+async def test_a_message_behind_an_unfinished_one_of_its_booking_is_not_leased(
+    store: SQLiteStore,
+) -> None:
+    await subscribe_in(store, "a")
+    await emit(store, [booking_event("s:b1", 0)])
+    [sending] = await store.claim_deliveries(EVERYTHING, 60, ordering_max_wait=3600)
+
+    hand_over = HandOver(EVERYTHING, lease_seconds=60)
+    events = [booking_event("s:b1", 1), booking_event("s:b2", 0), booking_event("s:b2", 1)]
+    assert await emit_handed(store, events, hand_over) == 3
+
+    # b1's update waits for update 0, still being sent; of b2's two updates in one push only the
+    # first goes now.
+    [leased] = hand_over.leased
+    assert leased.order_key == "a|s:b2" and leased.data["booking"]["notes"] == "update 0"
+    assert await store.claim_deliveries(EVERYTHING, 60, ordering_max_wait=3600) == []
+    # Each second update goes once its first is finished.
+    assert await store.settle_deliveries([delivered(sending), delivered(leased)]) == [True, True]
+    claimed = await store.claim_deliveries(EVERYTHING, 60, ordering_max_wait=3600)
+    assert sorted((r.order_key, r.data["booking"]["notes"]) for r in claimed) == [
+        ("a|s:b1", "update 1"),
+        ("a|s:b2", "update 1"),
+    ]
+
+
+async def test_a_subscription_with_older_messages_due_gets_no_fresh_lease(
+    store: SQLiteStore,
+) -> None:
+    await subscribe_in(store, "a")
+    await emit(store, [booking_event("s:old")])  # due for a, waiting for a claim
+    await subscribe_in(store, "b")
+
+    hand_over = HandOver(EVERYTHING, lease_seconds=60)
+    assert await emit_handed(store, [booking_event("s:new")], hand_over) == 2
+
+    # a's older message goes first (by the claim, oldest due first); b had nothing waiting.
+    assert [(r.subscription_id, r.order_key) for r in hand_over.leased] == [("b", "b|s:new")]
+    claimed = await store.claim_deliveries(ClaimRoom(1, 1), 60, ordering_max_wait=3600)
+    assert [r.order_key for r in claimed] == ["a|s:old"]
+
+
+async def test_a_fresh_lease_that_runs_out_is_claimed_again_and_the_first_settle_is_fenced(
+    store: SQLiteStore,
+) -> None:
+    """A worker killed right after the fan-out: its leases run out and the messages are sent
+    again with the same webhook-id; the dead worker's settle changes nothing."""
+    await subscribe_in(store, "a")
+    hand_over = HandOver(EVERYTHING, lease_seconds=-1)  # already run out
+    await emit_handed(store, [booking_event("s:b1")], hand_over)
+    [first] = hand_over.leased
+
+    [again] = await store.claim_deliveries(EVERYTHING, 60, ordering_max_wait=3600)
+    assert again.id == first.id and again.lease_token != first.lease_token
+    assert await store.settle_deliveries([delivered(first)]) == [False]
+    assert rows(store)[first.id] == ("leased", again.lease_token)
+    assert await store.settle_deliveries([delivered(again)]) == [True]
+    assert rows(store)[first.id] == ("delivered", None)
+
+
+async def test_a_failed_fan_out_leases_nothing(store: SQLiteStore) -> None:
+    await subscribe_in(store, "a")
+    push, _ = await store.insert_push(
+        source="test", kind="events", payload={}, dedupe_key=None, order_key=None, lease_seconds=60
+    )
+    hand_over = HandOver(EVERYTHING, lease_seconds=60)
+    # Another lease token: the push is not ours, nothing is stored and nothing leased.
+    assert (
+        await store.complete_push(push.id, "lease_other", [booking_event()], hand_over=hand_over)
+        is None
+    )
+    assert hand_over.leased == [] and rows(store) == {}
+
+
+# -- the worker: lending its room, and sending what was leased -------------------------------
+
+
+async def test_the_worker_sends_what_a_fan_out_leased_in_the_room_it_lent(
+    aiohttp_client: Any, fast_config: Callable[..., GatewayConfig], receiver: Receiver
+) -> None:
+    client: TestClient[Any, Any] = await aiohttp_client(
+        create_app(fast_config(per_subscriber_concurrency=1))
+    )
+    store: Store = client.app[store_key]
+    deliverer = client.app[deliverer_key]
+    webhook = await subscribe(client, receiver.url())
+
+    hand_over = deliverer.lend()
+    assert hand_over is not None
+    assert hand_over.room.per_subscription == 1
+    assert deliverer.lend() is None  # one lender at a time: the room is lent whole
+    events = [booking_event("s:b1"), booking_event("s:b2")]
+    assert await emit_handed(store, events, hand_over) == 2
+    [leased] = hand_over.leased  # one slot per subscription
+    deliverer.adopt(hand_over)
+    deliverer.wake()  # as the processor does when some are left pending
+
+    got = await receiver.wait_for(2)
+    assert got[0].webhook_id == leased.id  # the leased one went first, without a claim
+    assert {r.webhook_id for r in got} == {r.id for r in await store.list_deliveries(webhook["id"])}
+    assert deliverer.lend() is not None  # the room is the worker's again
