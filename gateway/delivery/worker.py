@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import aiohttp
 from yarl import URL
@@ -393,6 +393,15 @@ class SubscriptionCache:
         self._entries.pop(id, None)
 
 
+class _Settling(NamedTuple):
+    """An outcome queued to be written, with what its logs and hooks need."""
+
+    settlement: Settlement
+    outcome: Outcome
+    response: Response
+    url: str
+
+
 class Deliverer:
     """Claims due deliveries and sends them, within overall and per-subscription limits; woken at
     once when new deliveries are stored, polling only for due retries."""
@@ -421,7 +430,7 @@ class Deliverer:
         self._loop_started = False
         self._loop_exited = asyncio.Event()
         # Settlements wait here while one batch is being written, then go as the next batch.
-        self._settlements: list[tuple[Settlement, asyncio.Future[bool]]] = []
+        self._settlements: list[_Settling] = []
         self._settler: asyncio.Task[None] | None = None
         # An attempt lasts at most timeout + 1 s (Sender.post); the lease covers that twice over
         # plus time to render and settle, and a crashed worker's messages are re-sent soon after.
@@ -553,8 +562,6 @@ class Deliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         record = self._running.pop(task)
-        self._finished += 1
-        self._wake.set()
         if task.cancelled():
             return
         if task.exception() is not None:
@@ -617,27 +624,37 @@ class Deliverer:
                 await asyncio.wait_for(self._loop_exited.wait(), max(grace, 1.0))
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
-        if not self._running:
-            return
-        _, pending = await asyncio.wait(set(self._running), timeout=grace)
-        unfinished = [self._running[t] for t in pending]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if unfinished:
-            # Storage down: their leases run out instead, and the next start sends them.
-            with contextlib.suppress(StorageUnavailable):
-                await self.store.release_deliveries(unfinished)
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=grace)
+            unfinished = [self._running[t] for t in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if unfinished:
+                # Storage down: their leases run out instead, and the next start sends them.
+                with contextlib.suppress(StorageUnavailable):
+                    await self.store.release_deliveries(unfinished)
+        if self._settler is not None:  # the outcomes of the requests that finished
+            await asyncio.wait({self._settler}, timeout=max(grace, 1.0))
 
     async def deliver(self, record: DeliveryRecord) -> None:
+        settling = False
         try:
-            await self._deliver(record)
+            settling = await self._deliver(record)
         except StorageUnavailable:
             # Logged by the store. The outcome is not recorded: the lease runs out and the
             # message is sent again, with the same webhook-id.
             pass
         finally:
             self._free_slot(record)
+            if not settling:  # else it counts once its outcome is written
+                self._finished_one()
+
+    def _finished_one(self) -> None:
+        """A message is finished (its outcome written, or given up on): the next claim may
+        follow, and see it finished (a later message of its booking may go now)."""
+        self._finished += 1
+        self._wake.set()
 
     def _free_slot(self, record: DeliveryRecord) -> None:
         """The request is over: its concurrency slot is free even while the outcome is still
@@ -645,12 +662,13 @@ class Deliverer:
         if self.slots.release(record.seq):
             self._wake.set()
 
-    async def _deliver(self, record: DeliveryRecord) -> None:
+    async def _deliver(self, record: DeliveryRecord) -> bool:
+        """Send one message; True once its outcome is queued to be written (``_settle``)."""
         subscription = await self.subscriptions.get(record.subscription_id)
         if subscription is None or not subscription.active:
             await self.store.skip_delivery(record, "subscription disabled or deleted")
             self._counted("skipped").inc()
-            return
+            return False
         attempt_number = record.attempts + 1
         try:
             body = record.body or self.sender.render_message(record, subscription)
@@ -661,42 +679,43 @@ class Deliverer:
             if not isinstance(exc, TemplateProblem):
                 log.exception("rendering delivery %s failed", record.id)
             response = Response(None, None, None, f"cannot render: {exc}", 0.0)
-            await self._settle(
-                record, subscription, attempt_number, response, None, subscription.url
-            )
-            return
+            self._settle(record, subscription, attempt_number, response, None, subscription.url)
+            return True
         response = await self.sender.post(record.id, record.event, url, body, subscription)
         self._free_slot(record)
-        await self._settle(record, subscription, attempt_number, response, body, url)
-
-    async def _record(self, settlement: Settlement) -> bool:
-        """Settle in batches: every settlement that arrives while a batch is being written goes
-        into the next one (one transaction, a few statements, whatever its size)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._settlements.append((settlement, future))
-        if self._settler is None:
-            self._settler = asyncio.create_task(self._write_settlements())
-        return await future
+        self._settle(record, subscription, attempt_number, response, body, url)
+        return True
 
     async def _write_settlements(self) -> None:
+        """Settle in batches: every settlement queued while a batch is being written goes into
+        the next one (one transaction, a few statements, whatever its size). The delivery tasks
+        do not wait for it: what follows a written outcome (metrics, logs, hooks, the next claim)
+        is done here, per message, each failure on its own."""
         try:
             while self._settlements:
                 await asyncio.sleep(0)  # requests ending in this same turn join the batch
                 batch, self._settlements = self._settlements, []
                 try:
-                    results = await self.store.settle_deliveries([s for s, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), settled in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(settled)
+                    results = await self.store.settle_deliveries([s.settlement for s in batch])
+                except StorageUnavailable:
+                    # Logged by the store. Not recorded: the leases run out and the messages are
+                    # sent again, with the same webhook-ids.
+                    results = None
+                except Exception:
+                    log.exception("recording %d delivery outcomes failed", len(batch))
+                    results = None
+                for i, settling in enumerate(batch):
+                    try:
+                        if results is not None:
+                            self._settled(settling, results[i])
+                    except Exception:
+                        log.exception("after settling delivery %s", settling.settlement.delivery.id)
+                    finally:
+                        self._finished_one()
         finally:
             self._settler = None
 
-    async def _settle(
+    def _settle(
         self,
         record: DeliveryRecord,
         subscription: Subscription,
@@ -747,16 +766,26 @@ class Deliverer:
                 "response": response.excerpt,
             },
         )
-        settled = await self._record(
-            Settlement(
-                record,
-                attempt,
-                state,
-                next_attempt_at=next_at,
-                body=body,
-                disable_reason=disable_reason,
-                disable_after=self.delivery.disable_after_hours * 3600,
-            )
+        settlement = Settlement(
+            record,
+            attempt,
+            state,
+            next_attempt_at=next_at,
+            body=body,
+            disable_reason=disable_reason,
+            disable_after=self.delivery.disable_after_hours * 3600,
+        )
+        self._settlements.append(_Settling(settlement, outcome, response, url))
+        if self._settler is None:
+            self._settler = asyncio.create_task(self._write_settlements())
+
+    def _settled(self, settling: _Settling, settled: bool) -> None:
+        """What follows a message's written outcome."""
+        settlement, outcome, response, url = settling
+        record, state, attempt_number = (
+            settlement.delivery,
+            settlement.state,
+            settlement.attempt.attempt,
         )
         if not settled:
             log.warning("lost the lease on delivery %s before settling it", record.id)
