@@ -5,7 +5,10 @@ subscription, per tenant), older messages due first, order per booking, and leas
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,19 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app, deliverer_key, store_key
 from gateway.config import GatewayConfig
 from gateway.models import NewEvent
+from gateway.sources import IncomingPush
 from gateway.store import SQLiteStore
 from gateway.store.interface import ClaimRoom, HandOver, Store
-from tests.receivers import Receiver, booking_event, emit, subscribe
+from gateway.web.ingest import intake_key, sources_key
+from tests.octo_schema import load_fixture
+from tests.receivers import (
+    FAST_DELIVERY,
+    QUIET_INGEST,
+    Receiver,
+    booking_event,
+    emit,
+    subscribe,
+)
 from tests.test_delivery_claims import rows
 from tests.test_delivery_claims import subscribe as subscribe_in
 from tests.test_store_shared import delivered
@@ -180,3 +193,70 @@ async def test_the_worker_sends_what_a_fan_out_leased_in_the_room_it_lent(
     assert got[0].webhook_id == leased.id  # the leased one went first, without a claim
     assert {r.webhook_id for r in got} == {r.id for r in await store.list_deliveries(webhook["id"])}
     assert deliverer.lend() is not None  # the room is the worker's again
+
+
+async def test_a_push_processed_at_ingest_leases_its_fresh_messages_too(
+    store: SQLiteStore,
+) -> None:
+    for id in ("a", "b"):
+        await subscribe_in(store, id)
+    hand_over = HandOver(ClaimRoom(total=1, per_subscription=1), lease_seconds=60)
+
+    record, created, deliveries = await store.insert_processed_push(
+        id="psh_inline",
+        source="test",
+        kind="events",
+        payload={},
+        dedupe_key=None,
+        order_key=None,
+        events=[booking_event("s:b1")],
+        hand_over=hand_over,
+    )
+
+    assert (record.state, created, deliveries) == ("processed", True, 2)
+    [leased] = hand_over.leased
+    assert rows(store)[leased.id] == ("leased", leased.lease_token)
+    [other] = await store.claim_deliveries(EVERYTHING, 60, ordering_max_wait=3600)
+    assert other.id != leased.id and other.order_key.endswith("|s:b1")
+
+
+async def test_a_self_contained_push_is_sent_from_the_room_its_ingest_lent(
+    aiohttp_client: Any, make_config: Callable[..., GatewayConfig], receiver: Receiver
+) -> None:
+    """Translated in its ingest request, the push's fan-out leases its messages in the worker's
+    room; ``stored`` gives the room back and the worker sends them."""
+    # An ARI push needs no PMS call: the API settings are never used.
+    channex = {"token": "t", "api_url": "http://127.0.0.1:9/api", "api_key": "k"}
+    config = make_config(delivery=FAST_DELIVERY, ingest=QUIET_INGEST, sources={"channex": channex})
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    store: Store = client.app[store_key]
+    intake = client.app[intake_key]
+    await subscribe(client, receiver.url(), "availability_update")
+    ari = load_fixture("channex-ari-1.json")
+    accepted = client.app[sources_key]["channex"].accept(
+        IncomingPush("channex", "POST", {}, {}, json.dumps(ari).encode())
+    )
+    assert accepted.self_contained
+
+    translated = await intake.translate("channex", accepted)
+    assert translated is not None and translated.hand_over is not None
+    write = asyncio.ensure_future(
+        store.insert_processed_push(
+            id=translated.id,
+            source="channex",
+            kind=accepted.kind,
+            payload=accepted.payload,
+            dedupe_key=None,
+            order_key=accepted.order_key,
+            events=translated.events,
+            hand_over=translated.hand_over,
+        )
+    )
+    write.add_done_callback(partial(intake.stored, translated))
+    _, _, deliveries = await write
+
+    leased = translated.hand_over.leased
+    assert deliveries >= 1 and len(leased) == deliveries  # room for all of them
+    got = await receiver.wait_for(deliveries)
+    assert {r.webhook_id for r in got} == {r.id for r in leased}
+    assert client.app[deliverer_key].lend() is not None  # the room was given back

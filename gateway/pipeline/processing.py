@@ -163,6 +163,9 @@ class Translated:
     context: Context
     outcome: Outcome
     events: list[NewEvent]
+    # The delivery worker's room, lent for the fan-out in that transaction (given back by
+    # ``Processor.stored``, whatever happened to the write).
+    hand_over: HandOver | None = None
 
 
 class Outbox(Protocol):
@@ -260,7 +263,7 @@ class Processor:
         except Exception as exc:
             log.debug("source %s could not process a push at ingest: %r", name, exc)
             return None
-        return Translated(push_id, source, context, outcome, events)
+        return Translated(push_id, source, context, outcome, events, self.outbox.lend())
 
     def stored(
         self, translated: Translated, write: asyncio.Future[tuple[PushRecord, bool, int]]
@@ -268,6 +271,9 @@ class Processor:
         """After the transaction that stored a push processed at ingest: its deliveries go out
         and the source acknowledges it, as after ``complete_push``. One that waits its turn
         behind an unfinished push of its booking is claimed when that one is done."""
+        hand_over = translated.hand_over
+        if hand_over is not None:
+            self.outbox.adopt(hand_over)  # nothing leased when the write failed
         if write.cancelled() or write.exception() is not None:
             return  # nothing stored (a room map conflict goes the usual way)
         record, created, deliveries = write.result()
@@ -276,8 +282,8 @@ class Processor:
         if record.state == "accepted":
             self.wake()
             return
-        if deliveries:
-            self.outbox.wake()
+        if deliveries > (0 if hand_over is None else len(hand_over.leased)):
+            self.outbox.wake()  # some are stored pending: claim them
         task = asyncio.create_task(
             self._acknowledge(translated.source, translated.outcome, translated.context, record)
         )

@@ -204,9 +204,11 @@ class Store(Protocol):
         events: list[NewEvent],
         note: str | None = None,
         room_maps: Sequence[RoomMapUpdate] = (),
+        hand_over: HandOver | None = None,
     ) -> tuple[PushRecord, bool, int]:
         """Store a push processed before it was stored (a self-contained push, translated in the
-        ingest request), in one transaction; returns (push, created, deliveries to send).
+        ingest request), in one transaction; returns (push, created, deliveries to send). Its
+        fresh messages are leased within ``hand_over``'s room, as ``complete_push`` leases them.
 
         A repeat (dedupe key, or a coalesce key still waiting) is (stored push, False, 0), as
         with ``insert_push``. A push of an ``order_key`` with an unfinished push is stored

@@ -255,6 +255,7 @@ async def ingest_processed(
             events=translated.events,
             note=translated.outcome.note,
             room_maps=translated.context.room_map_updates(),
+            hand_over=translated.hand_over,
         )
     )
     # Whether the answer waits for it or not, what was stored goes on (deliveries, acks).

@@ -100,9 +100,11 @@ class PushStore(PostgresBase):
         events: list[NewEvent],
         note: str | None = None,
         room_maps: Sequence[RoomMapUpdate] = (),
+        hand_over: HandOver | None = None,
     ) -> tuple[PushRecord, bool, int]:
         """``insert_push`` and ``complete_push`` in one transaction, for a push processed before
-        it was stored (the interface says what each outcome means)."""
+        it was stored (the interface says what each outcome means; ``hand_over`` leases none
+        here, as in ``complete_push``)."""
         events = [_storable(event) for event in events]
         while True:
             try:

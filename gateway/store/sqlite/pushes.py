@@ -113,6 +113,7 @@ class PushStore(SQLiteBase):
         events: list[NewEvent],
         note: str | None = None,
         room_maps: Sequence[RoomMapUpdate] = (),
+        hand_over: HandOver | None = None,
     ) -> tuple[PushRecord, bool, int]:
         """``insert_push`` and ``complete_push`` in one transaction, for a push processed before
         it was stored (the interface says what each outcome means)."""
@@ -120,22 +121,26 @@ class PushStore(SQLiteBase):
         row = _push_row(id, source, kind, payload, dedupe_key, order_key, now)
         row["coalesce_key"] = coalesce_key
 
-        def insert() -> tuple[PushRecord, bool, int]:
+        def insert() -> tuple[PushRecord, bool, int, list[DeliveryRecord]]:
+            leases = None if hand_over is None else FreshLeases(hand_over, now)
             with self._immediate() as db:
                 found = _known(db, source, row["dedupe_key"], coalesce_key)
                 if found is not None:
-                    return _push(found), False, 0
+                    return _push(found), False, 0, []
                 if order_key is not None and _ahead(db, order_key):
                     # An earlier push of its booking is unfinished: this one waits its turn,
                     # stored as any other, and is processed again after that one.
                     _insert(db, "pushes", row)
-                    return _push(row), True, 0
+                    return _push(row), True, 0, []
                 row.update(state="processed", attempts=1, processed_at=now, note=note)
                 _insert(db, "pushes", row)
-                created = _store_outcome(db, id, source, events, room_maps, now)
-            return _push(row), True, created
+                created = _store_outcome(db, id, source, events, room_maps, now, leases)
+            return _push(row), True, created, [] if leases is None else leases.records
 
-        return await self._write(insert)
+        record, new, created, leased = await self._write(insert)
+        if hand_over is not None:  # committed: the leases hold
+            hand_over.leased = leased
+        return record, new, created
 
     async def get_push(self, id: str) -> PushRecord | None:
         def get(db: Database) -> PushRecord | None:
