@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app, deliverer_key, store_key
+from gateway.app import create_app
+from gateway.appkeys import deliverer_key, store_key
 from gateway.config import GatewayConfig
-from gateway.models import NewEvent
+from gateway.delivery.worker import SubscriptionCache
+from gateway.models import NewEvent, Subscription
 from gateway.sources import IncomingPush
 from gateway.store import SQLiteStore
 from gateway.store.interface import ClaimRoom, HandOver, Store
@@ -260,3 +262,43 @@ async def test_a_self_contained_push_is_sent_from_the_room_its_ingest_lent(
     got = await receiver.wait_for(deliveries)
     assert {r.webhook_id for r in got} == {r.id for r in leased}
     assert client.app[deliverer_key].lend() is not None  # the room was given back
+
+
+# -- the subscriptions the worker delivers to ------------------------------------------------
+
+
+class CountingStore(SQLiteStore):
+    """The real store, counting its subscription reads."""
+
+    reads = 0
+
+    async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None:
+        self.reads += 1
+        return await super().get_subscription(tenant, id)
+
+
+async def test_messages_in_flight_to_one_subscription_share_one_read_of_it(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "cache.db")
+    await store.open()
+    try:
+        await subscribe_in(store, "a")
+        cache = SubscriptionCache(store, ttl=3600)
+
+        found = await asyncio.gather(*(cache.get("a") for _ in range(16)))
+
+        assert store.reads == 1
+        assert {s.id for s in found if s is not None} == {"a"} and None not in found
+        await cache.get("a")
+        assert store.reads == 1  # kept
+        # A change made here is read afresh, even when it lands while a read is under way.
+        cache.forget("a")
+        reading = asyncio.ensure_future(cache.get("a"))
+        await asyncio.sleep(0)  # the read is under way
+        cache.forget("a")
+        await reading
+        await cache.get("a")
+        assert store.reads == 3
+    finally:
+        await store.close()

@@ -353,7 +353,13 @@ class Sender:
             target, authorization = split_credentials(url)
             extra = self.hooks.delivery_headers(event, subscription, body)
             headers = request_headers(subscription.headers, extra, authorization)
-        headers.update(webhook_headers(msg_id, body, subscription.signing_secrets(utcnow())))
+        # Without a rotated-out secret the time does not matter (a datetime per message did).
+        secrets = (
+            subscription.signing_secrets(utcnow())
+            if subscription.previous_secret
+            else [subscription.secret]
+        )
+        headers.update(webhook_headers(msg_id, body, secrets))
         headers["Content-Type"] = "application/json"
         async with self.session.post(
             target, data=body, headers=headers, allow_redirects=False
@@ -377,20 +383,37 @@ class SubscriptionCache:
         self.ttl = ttl
         self.slots = slots
         self._entries: dict[str, tuple[float, Subscription | None]] = {}
+        # One read per subscription at a time: when an entry runs out, every message in flight to
+        # that subscription asks for it at once, and each used to read it for itself.
+        self._reading: dict[str, asyncio.Task[Subscription | None]] = {}
 
     async def get(self, id: str) -> Subscription | None:
         now = time.monotonic()
         entry = self._entries.get(id)
         if entry is not None and now - entry[0] < self.ttl:
             return entry[1]
-        subscription = await self.store.get_subscription(None, id)
-        self._entries[id] = (now, subscription)
+        reading = self._reading.get(id)
+        if reading is None:
+            reading = self._reading[id] = asyncio.create_task(self._read(id, now))
+        # Shielded: one waiter cancelled (its delivery stopped) leaves the read to the others.
+        return await asyncio.shield(reading)
+
+    async def _read(self, id: str, started: float) -> Subscription | None:
+        try:
+            subscription = await self.store.get_subscription(None, id)
+        finally:
+            ours = self._reading.get(id) is asyncio.current_task()
+            if ours:
+                del self._reading[id]
+        if ours:  # not forgotten meanwhile (a change made here may have come after this read)
+            self._entries[id] = (started, subscription)
         if subscription is not None and self.slots is not None:
             self.slots.assign(subscription.id, subscription.tenant)
         return subscription
 
     def forget(self, id: str) -> None:
         self._entries.pop(id, None)
+        self._reading.pop(id, None)
 
 
 class _Settling(NamedTuple):
