@@ -16,18 +16,20 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.appkeys import deliverer_key, store_key
+from gateway.appkeys import deliverer_key
 from gateway.config import GatewayConfig
 from gateway.delivery.worker import SubscriptionCache
-from gateway.models import NewEvent, Subscription
+from gateway.models import DeliveryRecord, NewEvent, Subscription
 from gateway.sources import IncomingPush
 from gateway.store import SQLiteStore
 from gateway.store.interface import ClaimRoom, HandOver, Store
 from gateway.web.ingest import intake_key, sources_key
+from tests.fake_pms import eventually
 from tests.octo_schema import load_fixture
 from tests.receivers import (
     FAST_DELIVERY,
     QUIET_INGEST,
+    WAIT,
     Receiver,
     booking_event,
     emit,
@@ -168,16 +170,48 @@ async def test_a_failed_fan_out_leases_nothing(store: SQLiteStore) -> None:
     assert hand_over.leased == [] and rows(store) == {}
 
 
+class CountingStore(SQLiteStore):
+    """The real store, counting its subscription reads and delivery claims."""
+
+    reads = 0
+    claims = 0
+
+    async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None:
+        self.reads += 1
+        return await super().get_subscription(tenant, id)
+
+    async def claim_deliveries(
+        self, room: ClaimRoom, lease_seconds: float, *, ordering_max_wait: float
+    ) -> list[DeliveryRecord]:
+        claimed = await super().claim_deliveries(
+            room, lease_seconds, ordering_max_wait=ordering_max_wait
+        )
+        self.claims += 1  # counted once done
+        return claimed
+
+
+async def idle_gateway(
+    aiohttp_client: Any, config: GatewayConfig, tmp_path: Path
+) -> tuple[TestClient[Any, Any], CountingStore]:
+    """A gateway whose delivery worker made its first claim and sleeps until woken (the config's
+    poll interval must be long): a fan-out may borrow its room, which a claim in progress holds."""
+    store = CountingStore(tmp_path / "counted.db")
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config, store=store))
+    await eventually(lambda: store.claims >= 1, timeout=WAIT)
+    return client, store
+
+
 # -- the worker: lending its room, and sending what was leased -------------------------------
 
 
 async def test_the_worker_sends_what_a_fan_out_leased_in_the_room_it_lent(
-    aiohttp_client: Any, fast_config: Callable[..., GatewayConfig], receiver: Receiver
+    aiohttp_client: Any,
+    fast_config: Callable[..., GatewayConfig],
+    receiver: Receiver,
+    tmp_path: Path,
 ) -> None:
-    client: TestClient[Any, Any] = await aiohttp_client(
-        create_app(fast_config(per_subscriber_concurrency=1))
-    )
-    store: Store = client.app[store_key]
+    config = fast_config(per_subscriber_concurrency=1, poll_interval=3600)
+    client, store = await idle_gateway(aiohttp_client, config, tmp_path)
     deliverer = client.app[deliverer_key]
     webhook = await subscribe(client, receiver.url())
 
@@ -223,15 +257,18 @@ async def test_a_push_processed_at_ingest_leases_its_fresh_messages_too(
 
 
 async def test_a_self_contained_push_is_sent_from_the_room_its_ingest_lent(
-    aiohttp_client: Any, make_config: Callable[..., GatewayConfig], receiver: Receiver
+    aiohttp_client: Any,
+    make_config: Callable[..., GatewayConfig],
+    receiver: Receiver,
+    tmp_path: Path,
 ) -> None:
     """Translated in its ingest request, the push's fan-out leases its messages in the worker's
     room; ``stored`` gives the room back and the worker sends them."""
     # An ARI push needs no PMS call: the API settings are never used.
     channex = {"token": "t", "api_url": "http://127.0.0.1:9/api", "api_key": "k"}
-    config = make_config(delivery=FAST_DELIVERY, ingest=QUIET_INGEST, sources={"channex": channex})
-    client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
-    store: Store = client.app[store_key]
+    delivery = {**FAST_DELIVERY, "poll_interval": 3600}
+    config = make_config(delivery=delivery, ingest=QUIET_INGEST, sources={"channex": channex})
+    client, store = await idle_gateway(aiohttp_client, config, tmp_path)
     intake = client.app[intake_key]
     await subscribe(client, receiver.url(), "availability_update")
     ari = load_fixture("channex-ari-1.json")
@@ -267,14 +304,37 @@ async def test_a_self_contained_push_is_sent_from_the_room_its_ingest_lent(
 # -- the subscriptions the worker delivers to ------------------------------------------------
 
 
-class CountingStore(SQLiteStore):
-    """The real store, counting its subscription reads."""
+async def test_messages_leased_at_fan_out_finish_without_a_claim_after_them(
+    aiohttp_client: Any,
+    fast_config: Callable[..., GatewayConfig],
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """Nothing waits behind them, and the worker knows it from the next due time it read: a
+    claim after each finished message would be a write transaction finding nothing."""
+    client, store = await idle_gateway(aiohttp_client, fast_config(poll_interval=3600), tmp_path)
+    deliverer = client.app[deliverer_key]
+    webhook = await subscribe(client, receiver.url())
+    claims = store.claims
 
-    reads = 0
+    hand_over = deliverer.lend()
+    assert hand_over is not None
+    events = [booking_event(f"s:b{i}") for i in range(4)]
+    assert await emit_handed(store, events, hand_over) == 4
+    assert len(hand_over.leased) == 4
+    deliverer.adopt(hand_over)
 
-    async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None:
-        self.reads += 1
-        return await super().get_subscription(tenant, id)
+    await receiver.wait_for(4)
+
+    async def settled() -> bool:
+        return len(await store.list_deliveries(webhook["id"], state="delivered")) == 4
+
+    await eventually(settled, timeout=WAIT)
+    assert store.claims == claims
+    # New messages stored pending still wake it to claim them at once.
+    assert await emit(store, [booking_event("s:later")]) == 1
+    deliverer.wake()
+    await receiver.wait_for(5)
 
 
 async def test_messages_in_flight_to_one_subscription_share_one_read_of_it(

@@ -469,8 +469,10 @@ class Deliverer:
         self._due_read_at = -DUE_READ_EVERY
 
     def wake(self) -> None:
-        """New messages are stored: claim at once."""
+        """New messages are stored: claim at once (and read the next due time afresh after it:
+        what the claim left behind, waiting its turn or for room, is due now)."""
         self._new_work = True
+        self._due_read_at = -DUE_READ_EVERY
         self._wake.set()
 
     def lend(self) -> HandOver | None:
@@ -604,9 +606,20 @@ class Deliverer:
         # Messages finishing one by one wake the loop; while others are in flight, claim once a
         # few have finished instead of once per message (a claim is a round trip to the store).
         while await self._pause_until(deadline):
-            if self._new_work or self._stopping or self._finished >= self._claim_batch():
+            if self._new_work or self._stopping:
+                return
+            if self._finished >= self._claim_batch() and self._claim_may_find():
                 return
             self._wake.clear()
+
+    def _claim_may_find(self) -> bool:
+        """Whether a claim may find messages due: not while the next due time read since the
+        last wake-up is still ahead (only leases in flight, or retries later) or nothing is
+        queued. Messages leased at fan-out finish with nothing behind them, and a claim after
+        each few was a write transaction finding nothing."""
+        if self._due_read_at < 0:  # a new due time, not read yet
+            return True
+        return self._due is not None and self._due <= time.time()
 
     def _claim_batch(self) -> int:
         """How many messages must finish before the next claim: 1 with few in flight, up to
