@@ -77,10 +77,14 @@ STAGES = (
     ("claim (store)", ("claim_deliveries.<locals>.claim",)),
     ("fan-out and history (store)", ("complete_push.<locals>.complete",)),
     ("insert push (store)", ("insert_push.<locals>.insert",)),
+    # A self-contained push: inserted processed, its events, history and fan-out in one write.
+    ("insert processed push (store)", ("insert_processed_push.<locals>.insert",)),
+    # Channex ARI: the last availability of the slots a push touches, read on the writer.
+    ("last availability (store)", ("known_availability.<locals>.known",)),
     ("other store writes", ("SQLiteBase._flush",)),
     ("store reads", ("SQLiteBase._read", "_reader_db")),
     ("WAL checkpoints", ("_checkpoint_forever",)),
-    ("translation (source plugin)", ("Processor._process",)),
+    ("translation (source plugin)", ("Processor._process", "Processor.translate")),
     ("ingest request (aiohttp server)", ("RequestHandler._handle_request", "RequestHandler.start")),
     ("delivery task (other)", ("Deliverer.deliver",)),
 )
