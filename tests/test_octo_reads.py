@@ -306,6 +306,14 @@ async def test_a_walk_through_the_pages_misses_no_booking_updated_or_added_meanw
         push["booking"].update(id=900 + number, modifiedTime=modified, comments=modified)
         answer = await gw.push_ok("beds24", push)
         await gw.wait_state(answer["id"], "processed")
+        # Processed means its messages are stored, not yet received: the comparison below is
+        # with what the subscriber got.
+        await eventually(
+            lambda: any(
+                b["supplierReference"] == str(900 + number) and b["notes"] == modified
+                for b in gw.bookings.bookings()
+            )
+        )
 
     for number in range(4):
         await beds24(number, f"2026-02-15T1{number}:00:00Z")
