@@ -16,6 +16,7 @@ from gateway.models import (
     PushRecord,
     PushState,
     RoomMapUpdate,
+    trusted,
 )
 from gateway.pipeline.diff import booking_diff, keep_cancellation_time
 from gateway.pipeline.versions import is_older
@@ -96,7 +97,7 @@ class PushStore(SQLiteBase):
                 if lease_seconds is not None and state == "accepted":
                     _lease_new(db, row, order_key, now + lease_seconds)
                 _insert(db, "pushes", row)
-            return _push(row), True
+            return _new_push(row, payload), True
 
         return await self._write(insert)
 
@@ -131,11 +132,11 @@ class PushStore(SQLiteBase):
                     # An earlier push of its booking is unfinished: this one waits its turn,
                     # stored as any other, and is processed again after that one.
                     _insert(db, "pushes", row)
-                    return _push(row), True, 0, []
+                    return _new_push(row, payload), True, 0, []
                 row.update(state="processed", attempts=1, processed_at=now, note=note)
                 _insert(db, "pushes", row)
                 created = _store_outcome(db, id, source, events, room_maps, now, leases)
-            return _push(row), True, created, [] if leases is None else leases.records
+            return _new_push(row, payload), True, created, [] if leases is None else leases.records
 
         record, new, created, leased = await self._write(insert)
         if hand_over is not None:  # committed: the leases hold
@@ -374,6 +375,28 @@ def _lease_new(db: Database, row: dict[str, Any], order_key: str | None, expires
         lease_expires_at=expires,
         next_attempt_at=expires,
         attempts=1,
+    )
+
+
+def _new_push(row: dict[str, Any], payload: Any) -> PushRecord:
+    """A push just inserted, from the row written and the payload it stores: neither parsed back
+    from the row's JSON nor validated (``_push`` of a new row was 20 µs per push on the writer)."""
+    return trusted(
+        PushRecord,
+        {
+            "id": row["id"],
+            "source": row["source"],
+            "kind": row["kind"],
+            "state": row["state"],
+            "payload": payload,
+            "error": row["error"],
+            "note": row.get("note"),
+            "attempts": row["attempts"],
+            "next_attempt_at": row["next_attempt_at"],
+            "received_at": row["received_at"],
+            "processed_at": row["processed_at"],
+            "lease_token": row.get("lease_token"),
+        },
     )
 
 
