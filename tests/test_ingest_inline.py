@@ -80,6 +80,10 @@ async def test_the_200_comes_with_the_push_processed_and_its_deliveries_stored(
     assert deliveries(gw, answer["id"]) == gw.events(event)
     listed = await gw.client.get("/admin/pushes?state=processed", headers=AUTH_ADMIN)
     assert answer["id"] in {p["id"] for p in await listed.json()}
+    # What operators see: the push counted as stored, and as processed in the console's counts.
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert f'gateway_pushes_total{{result="stored",source="{source}"}} 1.0' in metrics
+    assert await gw.client.app[store_key].push_counts() == {"processed": 1}
     receiver = gw.bookings if event == "booking_update" else gw.availability
     await eventually(lambda: receiver.bodies(event))
     await gw.settled()
