@@ -25,9 +25,9 @@ from gateway.models import NewEvent, PushRecord, RoomMap, RoomMapUpdate, trusted
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.pipeline.versions import version_micros
 from gateway.sources import AcceptedPush, Outcome, PushRejected, RetryLater, Source, StoredPush
+from gateway.store import new_id
 from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import HandOver, RoomMapConflict, Store
-from gateway.store.sqlite.base import new_id
 from gateway.web.ingest import REJECTED_KIND, incoming_from_raw
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ class Translated:
     context: Context
     outcome: Outcome
     events: list[NewEvent]
+    room_maps: list[RoomMapUpdate]
     # The delivery worker's room, lent for the fan-out in that transaction (given back by
     # ``Processor.stored``, whatever happened to the write).
     hand_over: HandOver | None = None
@@ -260,10 +261,12 @@ class Processor:
             stored = StoredPush(push_id, name, accepted.kind, accepted.payload, 1)
             outcome = await source.process(stored, context)
             events = new_events(name, outcome)
+            room_maps = context.room_map_updates()
         except Exception as exc:
             log.debug("source %s could not process a push at ingest: %r", name, exc)
             return None
-        return Translated(push_id, source, context, outcome, events, self.outbox.lend())
+        # Lent last: nothing may fail between here and the write that gives the room back.
+        return Translated(push_id, source, context, outcome, events, room_maps, self.outbox.lend())
 
     def stored(
         self, translated: Translated, write: asyncio.Future[tuple[PushRecord, bool, int]]

@@ -254,7 +254,7 @@ async def ingest_processed(
             coalesce_key=accepted.coalesce_key,
             events=translated.events,
             note=translated.outcome.note,
-            room_maps=translated.context.room_map_updates(),
+            room_maps=translated.room_maps,
             hand_over=translated.hand_over,
         )
     )
