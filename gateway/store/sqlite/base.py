@@ -468,8 +468,14 @@ _random = _RandomPool()
 
 
 def new_id(prefix: str) -> str:
-    """``prefix_`` + 128 random bits in hex, as uuid4().hex was."""
-    return f"{prefix}_{_random.take().hex()}"
+    """``prefix_`` + 32 hex digits: the time in microseconds (13 digits), then 76 random bits.
+
+    Time first, so ids made one after another sort together: the unique index on a table's id
+    then takes each new one at its right edge, as it takes the rowid, instead of on a random
+    page of an index that outgrows the cache (uuid4-style ids cost 24 µs per inserted row against
+    10 µs in a 200,000-row table here, the checkpoint included). 76 random bits still make two
+    ids of the same microsecond collide about never."""
+    return f"{prefix}_{time.time_ns() // 1000:013x}{_random.take().hex()[:19]}"
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
