@@ -45,11 +45,11 @@ def counting_store(config: Any) -> Any:
     return counting(SQLiteStore)(config.storage.path)
 
 
-async def start(gateways: Gateways, aiohttp_client: Any) -> tuple[Harness, Any]:
+async def start(gateways: Gateways, aiohttp_client: Any, **ingest: Any) -> tuple[Harness, Any]:
     pms = FakePMS()
     gateways.pms_servers.append(pms)
     await pms.start()
-    config = gateways.config(pms, ingest=SLOW_POLL)
+    config = gateways.config(pms, ingest={**SLOW_POLL, **ingest})
     store = counting_store(config)
     client = await aiohttp_client(create_app(config, store=store))
     return Harness(client=client, pms=pms, config=config), store
@@ -95,9 +95,11 @@ async def test_a_push_behind_a_running_one_is_claimed_when_that_one_finishes(
 async def test_a_push_behind_a_deferred_one_follows_it(
     gateways: Gateways, aiohttp_client: Any
 ) -> None:
-    gw, _ = await start(gateways, aiohttp_client)
+    gw, _ = await start(gateways, aiohttp_client, max_attempts=1_000_000)
     gw.pms.beds24_bookings["82279106"] = beds24_booking()
-    gw.pms.fail(1)
+    # The PMS fails until the deferral has been seen: retried every ~50 ms, a push that failed
+    # once could be processed before a loaded machine let the test look.
+    gw.pms.fail(1_000_000)
     first = await gw.push_ok("beds24", method="GET", params=v1("82279106"))
 
     async def deferred() -> bool:
@@ -105,6 +107,7 @@ async def test_a_push_behind_a_deferred_one_follows_it(
 
     await eventually(deferred)
     second = await gw.push_ok("beds24", method="GET", params=v1("82279106", "modify"))
+    gw.pms.fail(0)
     # The first is retried when it falls due, then the second, claimed when the first is done.
     await gw.wait_state(first["id"], "processed")
     await gw.wait_state(second["id"], "processed")
