@@ -21,6 +21,7 @@ import orjson
 from gateway.models import AttemptRecord, DeliveryRecord
 from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.postgres.base import DELIVERIES_CHANNEL, Conn, PostgresBase, record, text
+from gateway.store.replay import missed_events
 from gateway.store.sqlite.base import _ts, new_id, utcnow
 
 CLAIM_LOCK = 741_102  # pg_try_advisory_xact_lock(CLAIM_LOCK, hashtext(subscription_id))
@@ -406,25 +407,18 @@ async def _missed_messages(conn: Conn, subscription_id: str, since: float, now: 
         subscription_id,
     ):
         latest[row["order_key"][prefix:]] = row["seq"]
-    missed: dict[str, list[int]] = {}
-    for row in await conn.fetch(
+    events = await conn.fetch(
         "select seq, subject, product_id from events where event = $1 and created_at >= $2"
         " order by seq",
         event,
         since,
-    ):
-        seq, subject = row["seq"], row["subject"]
-        if "*" not in products and row["product_id"] not in products:
-            continue
-        if latest.get(subject, 0) >= seq:
-            continue
-        if event == "availability_update":
-            missed[subject] = [seq]  # what the subscriber must end up holding: the last
-        else:
-            missed.setdefault(subject, []).append(seq)
-    rows = sorted(
-        (seq, f"{subscription_id}|{subject}") for subject, seqs in missed.items() for seq in seqs
-    )  # seq order is delivery order within a subject
+    )
+    rows = [
+        (seq, f"{subscription_id}|{subject}")
+        for seq, subject in missed_events(
+            ((r["seq"], r["subject"], r["product_id"]) for r in events), event, products, latest
+        )
+    ]
     if rows:
         await conn.execute(
             "insert into deliveries (id, event_seq, subscription_id, order_key, state,"

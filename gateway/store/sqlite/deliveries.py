@@ -24,6 +24,7 @@ from gateway.models import (
     trusted,
 )
 from gateway.store.interface import ClaimRoom, HandOver, Settlement
+from gateway.store.replay import missed_events
 from gateway.store.sqlite.base import (
     SQLiteBase,
     _chunks,
@@ -293,22 +294,16 @@ def _replay_plan(db: Database, *, subscription_id: str, since: float) -> _Replay
         ):
             subject = order_key[prefix:]
             latest[subject] = max(latest.get(subject, 0), event_seq)
-        missed: dict[str, list[int]] = {}
-        for seq, subject, product_id in db.execute(
-            "select seq, subject, product_id from events where event = ? and created_at >= ?"
-            " order by seq",
-            [event, since],
-        ):
-            if "*" not in products and product_id not in products:
-                continue
-            if latest.get(subject, 0) >= seq:
-                continue
-            if event == "availability_update":
-                missed[subject] = [seq]  # what the subscriber must end up holding: the last
-            else:
-                missed.setdefault(subject, []).append(seq)
-    # Event order is delivery order within a subject.
-    ordered = sorted((seq, subject) for subject, seqs in missed.items() for seq in seqs)
+        ordered = missed_events(
+            db.execute(
+                "select seq, subject, product_id from events where event = ? and created_at >= ?"
+                " order by seq",
+                [event, since],
+            ),
+            event,
+            products,
+            latest,
+        )
     return _ReplayPlan(requeue, ordered, last_seq)
 
 
