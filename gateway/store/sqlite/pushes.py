@@ -84,8 +84,10 @@ class PushStore(SQLiteBase):
         round trip), unless an earlier push for the same booking is unfinished: then it waits its
         turn unleased, as ``claim_pushes`` would have left it."""
         now = time.time()
-        row = _push_row(new_id("psh"), source, kind, payload, dedupe_key, order_key, now)
-        row.update(coalesce_key=coalesce_key, state=state, error=error)
+        row = _push_row(
+            new_id("psh"), source, kind, payload, dedupe_key, order_key, coalesce_key, now
+        )
+        row.update(state=state, error=error)
         if state != "accepted":
             row["processed_at"] = now
 
@@ -119,8 +121,7 @@ class PushStore(SQLiteBase):
         """``insert_push`` and ``complete_push`` in one transaction, for a push processed before
         it was stored (the interface says what each outcome means)."""
         now = time.time()
-        row = _push_row(id, source, kind, payload, dedupe_key, order_key, now)
-        row["coalesce_key"] = coalesce_key
+        row = _push_row(id, source, kind, payload, dedupe_key, order_key, coalesce_key, now)
 
         def insert() -> tuple[PushRecord, bool, int, list[DeliveryRecord]]:
             leases = None if hand_over is None else FreshLeases(hand_over, now)
@@ -319,6 +320,7 @@ def _push_row(
     payload: Any,
     dedupe_key: str | None,
     order_key: str | None,
+    coalesce_key: str | None,
     now: float,
 ) -> dict[str, Any]:
     """A new push's row, accepted and unleased."""
@@ -327,7 +329,7 @@ def _push_row(
         "source": source,
         "kind": kind,
         "dedupe_key": dedupe_key or id,
-        "coalesce_key": None,
+        "coalesce_key": coalesce_key,
         "order_key": order_key,
         "payload": _dumps(payload),
         "state": "accepted",
