@@ -241,3 +241,42 @@ async def test_a_subscriber_at_its_limit_with_a_deep_backlog_does_not_starve_the
     assert again == 2
     [next_one] = await claim(store, slots)
     assert next_one.subscription_id == "fast"
+
+
+async def test_room_a_subscription_leaves_unused_goes_to_the_others_in_the_same_claim(
+    store: SQLiteStore,
+) -> None:
+    """A claim works out each subscription's share before it reads their backlogs: one with less
+    due than its share (here one message; the others wait for a retry) leaves room, which the
+    same claim gives to the next subscription of the tenant."""
+    await subscribe(store, "a")
+    await subscribe(store, "b")
+    await emit(store, [booking_event(f"s:b{n}") for n in range(3)])
+    everything = ClaimRoom(total=10, per_subscription=10)
+    claimed = await store.claim_deliveries(everything, LEASE_SECONDS, ordering_max_wait=3600)
+    later = [r for r in claimed if r.subscription_id == "a" and not r.order_key.endswith("b0")]
+    retries = [
+        Settlement(
+            record,
+            AttemptRecord(
+                delivery_id=record.id,
+                subscription_id="a",
+                attempt=1,
+                attempted_at=time.time(),
+                outcome="retry",
+                status=500,
+            ),
+            "pending",
+            next_attempt_at=time.time() + 3600,
+        )
+        for record in later
+    ]
+    assert await store.settle_deliveries(retries) == [True, True]
+    await store.release_deliveries([r for r in claimed if r not in later])
+
+    # a's one due message is as old as b's three, and "a" sorts first: its share (the tenant's
+    # three slots) is worked out first, and two of them are left to b.
+    room = ClaimRoom(total=10, per_subscription=3, per_tenant=3, tenant_of={"a": "t", "b": "t"})
+    again = await store.claim_deliveries(room, LEASE_SECONDS, ordering_max_wait=3600)
+
+    assert sorted(r.subscription_id for r in again) == ["a", "b", "b"]

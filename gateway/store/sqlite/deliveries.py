@@ -8,10 +8,11 @@ must be tried again, so every attempt of one message sends the same bytes.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import orjson
@@ -48,10 +49,11 @@ class DeliveryStore(SQLiteBase):
         def claim() -> list[DeliveryRecord]:
             now = time.time()
             with self._immediate() as db:
-                rows = _claim_due(db, room, token, now, now + lease_seconds, ordering_max_wait)
-                events = _events(db, [row["event_seq"] for row in rows])
-                bodies = _bodies(db, [row["seq"] for row in rows if row["attempts"]])
-            return [_delivery(row, events, bodies.get(row["seq"])) for row in rows]
+                expires = now + lease_seconds
+                rows = _claim_due(db, room, token, now, expires, ordering_max_wait)
+                events = _events(db, [row[2] for row in rows])
+                bodies = _bodies(db, [row[0] for row in rows if row[5]])
+            return [_delivery(row, events, bodies.get(row[0]), token, expires) for row in rows]
 
         return await self._write(claim)
 
@@ -349,15 +351,14 @@ SUBSCRIPTIONS_QUEUED = _QUEUED_SUBSCRIPTIONS + _EARLIEST
 NEXT_DUE = _QUEUED_SUBSCRIPTIONS + f"select min(earliest) from ({_EARLIEST})"
 
 
-# Leases one subscription's oldest due messages, each only if no earlier message of its subject
-# (booking) for this subscription is unfinished, unless that one is older than max_wait.
-CLAIM_FOR_SUBSCRIPTION = """
-update deliveries set state = 'leased', lease_token = :token,
-    lease_expires_at = :expires, next_attempt_at = :expires, updated_at = :now
-where seq in (
+# One subscription's share of a claim: its oldest due messages, each only if no earlier message
+# of its subject (booking) for this subscription is unfinished, unless that one is older than
+# max_wait. ``{n}`` numbers the share's parameters within the claim.
+_SHARE = """
+select seq from (
     select d.seq from deliveries d indexed by deliveries_due_by_subscription
     -- a leased row's next_attempt_at is its lease expiry
-    where d.subscription_id = :subscription and d.state in ('pending', 'leased')
+    where d.subscription_id = :subscription{n} and d.state in ('pending', 'leased')
       and d.next_attempt_at <= :now
       and not exists (
         select 1 from deliveries e
@@ -365,10 +366,31 @@ where seq in (
           and e.state in ('pending', 'leased')
           and e.created_at > :now - :max_wait
       )
-    order by d.next_attempt_at, d.seq limit :limit
+    order by d.next_attempt_at, d.seq limit :limit{n}
+)"""
+
+# What a claim reads back of a leased row (the rest it knows: state, token, expiry).
+CLAIMED_COLUMNS = (
+    "seq, id, event_seq, subscription_id, order_key, attempts, replayed_after, last_status,"
+    " last_error, created_at, delivered_at"
 )
-returning *
+
+
+@lru_cache(maxsize=64)
+def claim_statement(shares: int) -> str:
+    """Leases the shares of ``shares`` subscriptions in one statement (one per claim, not one per
+    subscription): each share's rows are found by a seek of its own on the per-subscription index."""
+    found = "\n    union all\n".join(_SHARE.format(n=i or "") for i in range(shares))
+    return f"""
+update deliveries set state = 'leased', lease_token = :token,
+    lease_expires_at = :expires, next_attempt_at = :expires, updated_at = :now
+where seq in ({found}
+)
+returning {CLAIMED_COLUMNS}
 """
+
+
+CLAIM_FOR_SUBSCRIPTION = claim_statement(1)
 
 
 def _claim_due(
@@ -378,42 +400,60 @@ def _claim_due(
     now: float,
     expires: float,
     ordering_max_wait: float,
-) -> list[dict[str, Any]]:
+) -> list[tuple[Any, ...]]:
     """Lease up to ``room.total`` due messages: subscriptions in the order of their oldest due
     message, each up to its free slots. One at its limit is passed over without reading its
-    backlog."""
-    left = room.total
-    if left <= 0:
+    backlog.
+
+    The shares are worked out before the statement runs, as if each subscription had enough due;
+    one that had less (a short backlog, messages waiting their turn) leaves room unused, which a
+    second statement offers to the subscriptions that filled their shares."""
+    if room.total <= 0:
         return []
-    waiting = sorted(
-        (earliest, subscription_id, free)
-        for subscription_id, earliest in db.execute(SUBSCRIPTIONS_QUEUED)
-        if earliest <= now and (free := room.free(subscription_id)) > 0
-    )
-    rows: list[dict[str, Any]] = []
-    tally = room.tally()  # a tenant's subscriptions share its room
-    for _, subscription_id, _ in waiting:
-        if left <= 0:
-            break
-        free = tally.free(subscription_id)
-        if free <= 0:
-            continue
-        batch = list(
-            db.query(
-                CLAIM_FOR_SUBSCRIPTION,
-                {
-                    "token": token,
-                    "expires": expires,
-                    "now": now,
-                    "subscription": subscription_id,
-                    "max_wait": ordering_max_wait,
-                    "limit": min(free, left),
-                },
-            )
+    waiting = [
+        subscription_id
+        for _, subscription_id in sorted(
+            (earliest, subscription_id)
+            for subscription_id, earliest in db.execute(SUBSCRIPTIONS_QUEUED)
+            if earliest <= now and room.free(subscription_id) > 0
         )
+    ]
+    conn = db.conn
+    rows: list[tuple[Any, ...]] = []
+    tally = room.tally()  # a tenant's subscriptions share its room
+    while waiting:
+        left = room.total - len(rows)
+        shares: list[tuple[str, int]] = []
+        for subscription_id in waiting:
+            if left <= 0:
+                break
+            share = min(tally.free(subscription_id), left)
+            if share > 0:
+                shares.append((subscription_id, share))
+                tally.took(subscription_id, share)
+                left -= share
+        if not shares:
+            break
+        params: dict[str, Any] = {
+            "token": token,
+            "expires": expires,
+            "now": now,
+            "max_wait": ordering_max_wait,
+        }
+        for i, (subscription_id, share) in enumerate(shares):
+            params[f"subscription{i or ''}"] = subscription_id
+            params[f"limit{i or ''}"] = share
+        batch = conn.execute(claim_statement(len(shares)), params).fetchall()
         rows += batch
-        left -= len(batch)
-        tally.took(subscription_id, len(batch))
+        got = Counter(row[3] for row in batch)
+        short = {sid for sid, share in shares if got[sid] < share}
+        for subscription_id, share in shares:
+            tally.took(subscription_id, got[subscription_id] - share)
+        if not short:
+            break
+        # Those that had less than their share have nothing more due now.
+        waiting = [sid for sid in waiting if sid not in short]
+    rows.sort()  # oldest first
     return rows
 
 
@@ -563,29 +603,47 @@ def _bodies(db: Database, seqs: list[int]) -> dict[int, bytes]:
 
 
 def _delivery(
-    row: dict[str, Any], events: dict[int, tuple[EventName, dict[str, Any]]], body: bytes | None
+    row: tuple[Any, ...],
+    events: dict[int, tuple[EventName, dict[str, Any]]],
+    body: bytes | None,
+    token: str,
+    expires: float,
 ) -> DeliveryRecord:
-    """A claimed row as the worker gets it (our own row: built without validation)."""
-    name, data = events[row["event_seq"]]
+    """A claimed row (``CLAIMED_COLUMNS``) as the worker gets it (our own row: built without
+    validation)."""
+    (
+        seq,
+        id,
+        event_seq,
+        subscription_id,
+        order_key,
+        attempts,
+        replayed_after,
+        last_status,
+        last_error,
+        created_at,
+        delivered_at,
+    ) = row
+    name, data = events[event_seq]
     return trusted(
         DeliveryRecord,
         {
-            "seq": row["seq"],
-            "id": row["id"],
-            "event_seq": row["event_seq"],
-            "subscription_id": row["subscription_id"],
+            "seq": seq,
+            "id": id,
+            "event_seq": event_seq,
+            "subscription_id": subscription_id,
             "event": name,
-            "order_key": row["order_key"],
-            "state": row["state"],
-            "attempts": row["attempts"],
-            "replayed_after": row["replayed_after"],
-            "next_attempt_at": row["next_attempt_at"],
-            "lease_token": row["lease_token"],
+            "order_key": order_key,
+            "state": "leased",
+            "attempts": attempts,
+            "replayed_after": replayed_after,
+            "next_attempt_at": expires,
+            "lease_token": token,
             "body": body,
-            "last_status": row["last_status"],
-            "last_error": row["last_error"],
-            "created_at": row["created_at"],
-            "delivered_at": row["delivered_at"],
+            "last_status": last_status,
+            "last_error": last_error,
+            "created_at": created_at,
+            "delivered_at": delivered_at,
             "data": data,
         },
     )
