@@ -362,3 +362,43 @@ async def test_messages_in_flight_to_one_subscription_share_one_read_of_it(
         assert store.reads == 3
     finally:
         await store.close()
+
+
+class BrokenReadStore(CountingStore):
+    """The real store, whose next ``broken`` subscription reads fail with a bug (not a storage
+    fault, which the worker handles as such)."""
+
+    broken = 0
+
+    async def get_subscription(self, tenant: str | None, id: str) -> Subscription | None:
+        if self.broken:
+            self.broken -= 1
+            raise RuntimeError("a bug reading the subscription")
+        return await super().get_subscription(tenant, id)
+
+
+async def test_a_delivery_that_crashes_is_logged_and_gives_its_slot_back(
+    aiohttp_client: Any,
+    fast_config: Callable[..., GatewayConfig],
+    receiver: Receiver,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in one delivery ends that delivery only: logged, its slot and its place among the
+    messages in flight freed (the message stays leased until its lease runs out)."""
+    store = BrokenReadStore(tmp_path / "broken.db")
+    client = await aiohttp_client(create_app(fast_config(poll_interval=3600), store=store))
+    await eventually(lambda: store.claims >= 1, timeout=WAIT)
+    deliverer = client.app[deliverer_key]
+    await subscribe(client, receiver.url())
+    store.broken = 1
+
+    hand_over = deliverer.lend()
+    assert hand_over is not None
+    assert await emit_handed(store, [booking_event("s:b1")], hand_over) == 1
+    [leased] = hand_over.leased
+    deliverer.adopt(hand_over)
+
+    await eventually(lambda: f"delivery task for {leased.id} crashed" in caplog.text, timeout=WAIT)
+    await eventually(lambda: not deliverer._running and len(deliverer.slots) == 0, timeout=WAIT)
+    assert rows(store)[leased.id][0] == "leased"

@@ -438,7 +438,8 @@ class Deliverer:
         self.sender = sender
         self.metrics = metrics
         self._wake = asyncio.Event()
-        self._running: dict[asyncio.Task[None], DeliveryRecord] = {}
+        # Messages in flight by seq (unique among them, as the slots' keys are).
+        self._running: dict[int, tuple[asyncio.Task[None], DeliveryRecord]] = {}
         self.slots = DeliverySlots(
             self.delivery.concurrency,
             self.delivery.per_subscriber_concurrency,
@@ -579,18 +580,10 @@ class Deliverer:
 
     def _start(self, leased: list[DeliveryRecord]) -> None:
         # Claims run one at a time and slots are only freed meanwhile, so these fit the room.
+        # A task leaves ``_running`` itself (``deliver``): no done callback per message.
         for record in leased:
             self.slots.take(record.seq, record.subscription_id)
-            task = asyncio.create_task(self.deliver(record))
-            self._running[task] = record
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        record = self._running.pop(task)
-        if task.cancelled():
-            return
-        if task.exception() is not None:
-            log.error("delivery task for %s crashed", record.id, exc_info=task.exception())
+            self._running[record.seq] = (asyncio.create_task(self.deliver(record)), record)
 
     async def _sleep(self, claimed_at: float) -> None:
         """Wait for a wake-up, the next retry falling due, or the poll interval. Messages that
@@ -661,8 +654,9 @@ class Deliverer:
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
         if self._running:
-            _, pending = await asyncio.wait(set(self._running), timeout=grace)
-            unfinished = [self._running[t] for t in pending]
+            tasks = dict(self._running.values())
+            _, pending = await asyncio.wait(set(tasks), timeout=grace)
+            unfinished = [tasks[t] for t in pending]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -681,7 +675,10 @@ class Deliverer:
             # Logged by the store. The outcome is not recorded: the lease runs out and the
             # message is sent again, with the same webhook-id.
             pass
+        except Exception:
+            log.exception("delivery task for %s crashed", record.id)
         finally:
+            self._running.pop(record.seq, None)
             self._free_slot(record)
             if not settling:  # else it counts once its outcome is written
                 self._finished_one()
