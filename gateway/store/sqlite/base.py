@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -363,11 +364,15 @@ def _dumps(value: Any) -> str:
 def _insert(db: Database, table: str, row: dict[str, Any]) -> int:
     """A plain INSERT: sqlite3 caches the statement, where Table.insert re-inspects the table.
     Returns the new rowid."""
-    columns = ", ".join(row)
-    marks = ", ".join("?" * len(row))
-    cursor = db.execute(f"insert into {table} ({columns}) values ({marks})", list(row.values()))
+    cursor = db.conn.execute(_insert_sql(table, tuple(row)), tuple(row.values()))
     assert cursor.lastrowid is not None
     return cursor.lastrowid
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    """The statement, written once per table and columns (once per push, it was)."""
+    return f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
 
 
 Answer = tuple[asyncio.Future[Any], Any, BaseException | None]

@@ -3,6 +3,7 @@ deliveries."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -126,16 +127,21 @@ class PushStore(SQLiteBase):
         def insert() -> tuple[PushRecord, bool, int, list[DeliveryRecord]]:
             leases = None if hand_over is None else FreshLeases(hand_over, now)
             with self._immediate() as db:
-                found = _known(db, source, row["dedupe_key"], coalesce_key)
-                if found is not None:
+                if coalesce_key is not None:
+                    found = _known(db, source, row["dedupe_key"], coalesce_key)
+                    if found is not None:
+                        return _push(found), False, 0, []
+                # An earlier push of its booking unfinished: this one waits its turn, stored as
+                # any other, and is processed again after that one.
+                waits = order_key is not None and _ahead(db, order_key)
+                if not waits:
+                    row.update(state="processed", attempts=1, processed_at=now, note=note)
+                if not _insert_new(db, row):
+                    found = _known(db, source, row["dedupe_key"], None)
+                    assert found is not None
                     return _push(found), False, 0, []
-                if order_key is not None and _ahead(db, order_key):
-                    # An earlier push of its booking is unfinished: this one waits its turn,
-                    # stored as any other, and is processed again after that one.
-                    _insert(db, "pushes", row)
+                if waits:
                     return _new_push(row, payload), True, 0, []
-                row.update(state="processed", attempts=1, processed_at=now, note=note)
-                _insert(db, "pushes", row)
                 created = _store_outcome(db, id, source, events, room_maps, now, leases)
             return _new_push(row, payload), True, created, [] if leases is None else leases.records
 
@@ -243,15 +249,15 @@ class PushStore(SQLiteBase):
         # of CPU per ARI push under ingest load (a fifth of the Channex ingest profile) against a
         # few µs on the writer's warm cache. Processing waits one batch for it.
         def known() -> dict[str, dict[str, Any]]:
-            db = self._wdb
+            conn = self._wdb.conn
             found: dict[str, dict[str, Any]] = {}
             for chunk in _chunks(keys, 500):
                 marks = ",".join("?" * len(chunk))
-                for row in db.query(
+                for key, availability in conn.execute(
                     f"select key, availability from availability_state where key in ({marks})",
                     chunk,
                 ):
-                    found[row["key"]] = orjson.loads(row["availability"])
+                    found[key] = orjson.loads(availability)
             return found
 
         return await self._write(known)
@@ -345,24 +351,44 @@ def _known(
     db: Database, source: str, dedupe_key: str, coalesce_key: str | None
 ) -> dict[str, Any] | None:
     """The stored push a new one repeats: the same dedupe key, or the same coalesce key on one
-    still waiting (unleased) to be processed."""
-    for row in db.query(
+    still waiting (unleased) to be processed. On the raw connection: sqlite-utils' ``query``
+    builds its row dict through a generator even when nothing is found, as for every new push."""
+    conn = db.conn
+    cursor = conn.execute(
         "select * from pushes where source = ? and dedupe_key = ?", [source, dedupe_key]
-    ):
-        return row
-    if coalesce_key is not None:
-        for row in db.query(
+    )
+    row = cursor.fetchone()
+    if row is None and coalesce_key is not None:
+        cursor = conn.execute(
             "select * from pushes where source = ? and coalesce_key = ?"
             " and state = 'accepted' and lease_token is null",
             [source, coalesce_key],
-        ):
-            return row
-    return None
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip([column[0] for column in cursor.description], row, strict=True))
+
+
+def _insert_new(db: Database, row: dict[str, Any]) -> bool:
+    """Insert a push unless its dedupe key is stored (False): one probe of that unique index
+    where a read first and then the insert made two, for every new push."""
+    columns = tuple(row)
+    cursor = db.conn.execute(_insert_new_sql(columns), tuple(row.values()))
+    return cursor.rowcount == 1
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_new_sql(columns: tuple[str, ...]) -> str:
+    return (
+        f"insert into pushes ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
+        " on conflict (source, dedupe_key) do nothing"
+    )
 
 
 def _ahead(db: Database, order_key: str) -> bool:
     """Whether a push of this order key (booking) is unfinished."""
-    row = db.execute(
+    row = db.conn.execute(
         "select 1 from pushes where order_key = ? and state = 'accepted' limit 1", [order_key]
     ).fetchone()
     return row is not None
@@ -454,7 +480,7 @@ class _Subscribers:
     def for_event(self, event: str) -> list[tuple[str, list[str]]]:
         if self._by_event is None:
             self._by_event = {}
-            for id, name, products in self._db.execute(
+            for id, name, products in self._db.conn.execute(
                 "select id, event, products from subscriptions where deleted_at is null"
                 " and active = 1 order by created_at, id"
             ).fetchall():
@@ -465,9 +491,10 @@ class _Subscribers:
 def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] | None:
     """The event's body data with what the previous state of its subject says (the booking
     ``diff``), or None when it changes nothing a subscriber would see."""
+    conn = db.conn
     if event.event == "booking_update":
         booking = event.data["booking"]
-        row = db.execute(
+        row = conn.execute(
             "select revision, booking, version from booking_state where key = ?",
             [event.state_key],
         ).fetchone()
@@ -481,13 +508,13 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
         if previous is not None and not diff:
             # Nothing to send, but this version is the newest seen: an older one arriving later
             # must still be judged stale against it (the booking sent stays as it was).
-            db.execute(
+            conn.execute(
                 "update booking_state set revision = ?, version = coalesce(?, version)"
                 " where key = ?",
                 [event.revision, event.version, event.state_key],
             )
             return None
-        db.execute(
+        conn.execute(
             "insert into booking_state (key, revision, version, booking, updated_at)"
             " values (?, ?, ?, ?, ?) on conflict (key) do update set revision = excluded.revision,"
             " version = excluded.version, booking = excluded.booking,"
@@ -496,12 +523,12 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
         )
         return {"booking": booking, "diff": diff}
     availability = event.data["availability"]
-    row = db.execute(
+    row = conn.execute(
         "select availability from availability_state where key = ?", [event.state_key]
     ).fetchone()
     if event.only_if_changed and row is not None and orjson.loads(row[0]) == availability:
         return None
-    db.execute(
+    conn.execute(
         "insert into availability_state (key, availability, updated_at) values (?, ?, ?)"
         " on conflict (key) do update set availability = excluded.availability,"
         " updated_at = excluded.updated_at",
@@ -540,7 +567,8 @@ def _fan_out(
     products match; a newer availability for the same subject supersedes one still waiting. Returns the
     number of deliveries to send."""
     data_text = _dumps(data)
-    cursor = db.execute(
+    conn = db.conn
+    cursor = conn.execute(
         "insert into events (id, push_id, source, event, subject, product_id, option_id, data,"
         " created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -566,9 +594,9 @@ def _fan_out(
             (new_id("msg"), event_seq, subscription_id, order_key, "pending", now, now, now)
         )
     if event.event == "availability_update":
-        db.conn.executemany(SUPERSEDE, [(now, row[3]) for row in rows])
+        conn.executemany(SUPERSEDE, [(now, row[3]) for row in rows])
     created = len(rows)
     if leases is not None:
         rows = leases.lease(db, event_seq, event.event, data_text, rows)
-    db.conn.executemany(INSERT_DELIVERY, rows)
+    conn.executemany(INSERT_DELIVERY, rows)
     return created
