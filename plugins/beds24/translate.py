@@ -89,9 +89,10 @@ def booking_from_beds24(
     counts = {
         kind: whole_number(booking.get(field) or 0, field) for kind, field in GUEST_COUNTS.items()
     }
+    uuid = booking_uuid(source, booking_id)
     octo = Booking(
-        id=booking_uuid(source, booking_id),
-        uuid=booking_uuid(source, booking_id),
+        id=uuid,
+        uuid=uuid,
         test_mode=settings.test_mode,
         reseller_reference=text(booking.get("apiReference")),
         supplier_reference=booking_id,

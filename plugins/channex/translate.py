@@ -225,9 +225,10 @@ def _room_event(
         kind: whole_number(occupancy.get(field) or 0, f"occupancy.{field}")
         for kind, field in OCCUPANCY_KEYS.items()
     }
+    uuid = booking_uuid(source, booking_id, slot)
     booking = Booking(
-        id=booking_uuid(source, booking_id, slot),
-        uuid=booking_uuid(source, booking_id, slot),
+        id=uuid,
+        uuid=uuid,
         test_mode=settings.test_mode,
         reseller_reference=text(revision.get("ota_reservation_code")),
         supplier_reference=booking_id,
