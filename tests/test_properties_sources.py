@@ -21,7 +21,7 @@ from gateway.sources import IncomingPush, PushRejected
 from gateway.sources.pms import CARD_KEYS, limit_guests
 from gateway.sources.settings import TranslationSettings
 from gateway.sources.translation import TranslationError, text
-from gateway_beds24 import Beds24Source
+from gateway_beds24 import Beds24Source, versions_json
 from gateway_beds24.translate import availability_from_calendar, booking_from_beds24
 from gateway_channex import ChannexSource
 from gateway_channex.translate import (
@@ -326,3 +326,10 @@ def test_beds24_calendars_translate_to_valid_availability_or_a_named_error(
 async def gw(gateways: Any) -> Harness:
     harness: Harness = await gateways.start()
     return harness
+
+
+@PROPERTIES
+@given(versions=st.lists(st.text(max_size=12), min_size=1, max_size=3))
+def test_beds24_versions_digest_text_is_json_dumps(versions: list[str]) -> None:
+    """The dedupe keys of pushes stored before orjson wrote it were made of json.dumps's bytes."""
+    assert versions_json(versions) == json.dumps(versions).encode()

@@ -14,6 +14,7 @@ import re
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from pydantic import Field, ValidationError
 
 from gateway.plugin_api import (
@@ -53,6 +54,17 @@ def _id_text(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         return ""
     return str(value)[:64]
+
+
+def versions_json(versions: list[str]) -> bytes:
+    """``json.dumps(versions)``, whose digest the dedupe keys of stored pushes were made of: by
+    orjson (a quarter of the cost) for the usual one booking in ASCII, where both write the same
+    (but for DEL, which json.dumps escapes)."""
+    if len(versions) == 1:
+        written = orjson.dumps(versions)
+        if written.isascii() and b"\x7f" not in written:
+            return written
+    return json.dumps(versions).encode("utf-8")
 
 
 class Beds24Settings(SourceSettings):
@@ -107,7 +119,7 @@ class Beds24Source:
         bookings = [without_card_data(item["booking"]) for item in items]
         versions = sorted(f"{b['id']}@{b.get('modifiedTime')}" for b in bookings)
         # Hashed: an array of thousands of bookings must not make a key of a megabyte.
-        digest = hashlib.sha256(json.dumps(versions).encode("utf-8")).hexdigest()
+        digest = hashlib.sha256(versions_json(versions)).hexdigest()
         order_key = f"beds24:{bookings[0]['id']}" if len(bookings) == 1 else None
         return AcceptedPush(
             kind="v2",
