@@ -30,7 +30,7 @@ from gateway.delivery.templates import DEFAULT_TEMPLATES, TemplateProblem, Templ
 from gateway.delivery.worker import Deliverer, Sender, make_session
 from gateway.hooks import Hooks
 from gateway.maintenance import maintain_forever
-from gateway.metrics import Metrics, metrics_middleware
+from gateway.metrics import Metrics
 from gateway.pipeline.processing import Processor
 from gateway.plugins import make_plugin_manager
 from gateway.redact import install_redaction
@@ -40,9 +40,7 @@ from gateway.sources import Source
 from gateway.store.factory import make_store
 from gateway.store.interface import Notifying, Store
 from gateway.web import admin, apidocs, console, ingest, octo_reads, ops, webhook_actions, webhooks
-from gateway.web.errors import octo_errors
-from gateway.web.guards import refuse_nul
-from gateway.web.server import body_deadline
+from gateway.web.front import front_door
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +69,7 @@ def create_app(
     metrics = Metrics()
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[
-            metrics_middleware(metrics),
-            octo_errors,
-            body_deadline(config.server.body_timeout),
-            webhooks.require_api_key,
-            refuse_nul,
-        ],
+        middlewares=[front_door(metrics, config.server.body_timeout)],
     )
     app.on_response_prepare.append(octo_capabilities)
     app[config_key] = config

@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_CACHED_LABELS = 1024
 
 
@@ -83,40 +80,30 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def metrics_middleware(metrics: Metrics) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            route = route_label(request)
-            counter, histogram = children(request.method, route, status)
-            counter.inc()
-            histogram.observe(time.perf_counter() - started)
+class RequestMetrics:
+    """Counts each answered request and its latency by method, route and status."""
 
-    # labels() looks the child up (and checks the values) on every call: keep them.
-    cached: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        # labels() looks the child up (and checks the values) on every call: keep them.
+        self._cached: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def children(method: str, route: str, status: int) -> tuple[Any, Any]:
+    def record(self, request: web.Request, status: int, started: float) -> None:
+        """``started``: the request's ``time.perf_counter()`` when it reached the app."""
+        method = request.method
+        route = route_label(request)
         key = (method, route, status)
-        found = cached.get(key)
+        found = self._cached.get(key)
         if found is None:
             found = (
-                metrics.requests.labels(method, route, str(status)),
-                metrics.latency.labels(method, route),
+                self.metrics.requests.labels(method, route, str(status)),
+                self.metrics.latency.labels(method, route),
             )
-            if len(cached) < MAX_CACHED_LABELS:  # routes are patterns, but methods are free
-                cached[key] = found
-        return found
-
-    return middleware
+            if len(self._cached) < MAX_CACHED_LABELS:  # routes are patterns, methods are free
+                self._cached[key] = found
+        counter, histogram = found
+        counter.inc()
+        histogram.observe(time.perf_counter() - started)
 
 
 def process_name() -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -17,8 +16,6 @@ log = logging.getLogger(__name__)
 
 # Seconds a sender is asked to wait after a 503 for a storage fault (disk full, locked, ...).
 STORAGE_RETRY_AFTER = 5
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CODES = {
     400: "BAD_REQUEST",
@@ -89,33 +86,30 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-@web.middleware
-async def octo_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except OctoError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The OCTO error answer for what a handler raised (raised again: an HTTPException below
+    400, a redirect). Called by the app's one middleware (``gateway.web.front``)."""
+    if isinstance(exc, OctoError):
         return error_response(exc.status, exc.message, **exc.extra)
-    except StorageUnavailable as exc:
+    if isinstance(exc, StorageUnavailable):
         return storage_unavailable(exc)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         limit = request.app[config_key].server.max_body_bytes
         return error_response(413, f"request body too large (limit {limit} bytes)")
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return error_response(exc.status, exc.reason)
-    except BodyTimeout as exc:
+    if isinstance(exc, BodyTimeout):
         timed_out = error_response(408, str(exc))
         timed_out.force_close()
         return timed_out
-    except ConnectionResetError:
-        if request.transport is None or request.transport.is_closing():
-            # The client went away mid-request (mid-body, say): nobody to answer, nothing broken.
-            log.info("client of %s %s went away before the answer", request.method, request.path)
-            return web.Response(status=CLIENT_GONE, reason="Client Closed Request")
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal error; it has been logged")
-    except Exception:
-        # Last resort: the handler has a bug. Log it, never leak a traceback to the caller.
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal error; it has been logged")
+    if isinstance(exc, ConnectionResetError) and (
+        request.transport is None or request.transport.is_closing()
+    ):
+        # The client went away mid-request (mid-body, say): nobody to answer, nothing broken.
+        log.info("client of %s %s went away before the answer", request.method, request.path)
+        return web.Response(status=CLIENT_GONE, reason="Client Closed Request")
+    # Last resort: the handler has a bug. Log it, never leak a traceback to the caller.
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal error; it has been logged")

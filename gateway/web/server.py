@@ -20,16 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.typedefs import Middleware
 
 from gateway.config import ServerConfig
 from gateway.redact import without_quoted_bytes
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OVER_CAPACITY = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -90,24 +86,18 @@ def make_runner(app: web.Application, server: ServerConfig) -> web.AppRunner:
     )
 
 
-def body_deadline(timeout: float) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        content = request.content
-        if content.is_eof():
-            return await handler(request)
+def body_deadline(request: web.Request, timeout: float) -> asyncio.TimerHandle | None:
+    """Arm the request's body deadline (cancel the handle once the request is answered); None
+    when its body has all arrived already."""
+    content = request.content
+    if content.is_eof():
+        return None
 
-        def expire() -> None:
-            if not content.is_eof():
-                content.set_exception(BodyTimeout(f"request body not received in {timeout:g} s"))
+    def expire() -> None:
+        if not content.is_eof():
+            content.set_exception(BodyTimeout(f"request body not received in {timeout:g} s"))
 
-        timer = asyncio.get_running_loop().call_later(timeout, expire)
-        try:
-            return await handler(request)
-        finally:
-            timer.cancel()
-
-    return middleware
+    return asyncio.get_running_loop().call_later(timeout, expire)
 
 
 class GuardedSite(web.BaseSite):
