@@ -280,3 +280,21 @@ async def test_room_a_subscription_leaves_unused_goes_to_the_others_in_the_same_
     again = await store.claim_deliveries(room, LEASE_SECONDS, ordering_max_wait=3600)
 
     assert sorted(r.subscription_id for r in again) == ["a", "b", "b"]
+
+
+async def test_a_claim_over_more_subscriptions_than_one_statement_takes_leases_them_all(
+    store: SQLiteStore,
+) -> None:
+    """A claim leases up to ``SHARES_PER_STATEMENT`` subscriptions' shares per statement: more
+    subscriptions with room, here more than the 500 terms SQLite allows in one compound SELECT,
+    take more statements, and none is passed over."""
+    count = 501
+    for n in range(count):
+        await subscribe(store, f"s{n:03d}")
+    assert await emit(store, [booking_event("s:b1")]) == count
+
+    room = ClaimRoom(total=count + 10, per_subscription=1)
+    claimed = await store.claim_deliveries(room, LEASE_SECONDS, ordering_max_wait=3600)
+
+    assert sorted(r.subscription_id for r in claimed) == [f"s{n:03d}" for n in range(count)]
+    assert {state for state, _ in rows(store).values()} == {"leased"}

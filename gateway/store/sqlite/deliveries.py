@@ -376,7 +376,12 @@ CLAIMED_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=64)
+# At most this many shares per statement: SQLite refuses a compound SELECT of more than 500
+# terms (SQLITE_MAX_COMPOUND_SELECT), and each size is a statement of its own to prepare and cache.
+SHARES_PER_STATEMENT = 32
+
+
+@lru_cache(maxsize=SHARES_PER_STATEMENT)
 def claim_statement(shares: int) -> str:
     """Leases the shares of ``shares`` subscriptions in one statement (one per claim, not one per
     subscription): each share's rows are found by a seek of its own on the per-subscription index."""
@@ -434,16 +439,19 @@ def _claim_due(
                 left -= share
         if not shares:
             break
-        params: dict[str, Any] = {
-            "token": token,
-            "expires": expires,
-            "now": now,
-            "max_wait": ordering_max_wait,
-        }
-        for i, (subscription_id, share) in enumerate(shares):
-            params[f"subscription{i or ''}"] = subscription_id
-            params[f"limit{i or ''}"] = share
-        batch = conn.execute(claim_statement(len(shares)), params).fetchall()
+        batch: list[tuple[Any, ...]] = []
+        for start in range(0, len(shares), SHARES_PER_STATEMENT):
+            chunk = shares[start : start + SHARES_PER_STATEMENT]
+            params: dict[str, Any] = {
+                "token": token,
+                "expires": expires,
+                "now": now,
+                "max_wait": ordering_max_wait,
+            }
+            for i, (subscription_id, share) in enumerate(chunk):
+                params[f"subscription{i or ''}"] = subscription_id
+                params[f"limit{i or ''}"] = share
+            batch += conn.execute(claim_statement(len(chunk)), params).fetchall()
         rows += batch
         got = Counter(row[3] for row in batch)
         short = {sid for sid, share in shares if got[sid] < share}
