@@ -202,7 +202,7 @@ async def ingest(request: web.Request) -> web.Response:
     # The token is checked before the body is even read: nothing from an unknown sender is kept.
     token = request.headers.get(TOKEN_HEADER) or request.query.get("token") or ""
     if not token or not tokens_equal(token, settings.token):
-        request.app[metrics_key].pushes.labels(name, "unauthorized").inc()
+        request.app[metrics_key].count_push(name, "unauthorized")
         raise OctoError(401, f"missing or wrong token for source {name!r}")
     store = request.app[store_key]
     try:
@@ -278,7 +278,7 @@ async def ingest_processed(
 def stored_answer(
     request: web.Request, name: str, record: PushRecord, created: bool
 ) -> web.Response:
-    request.app[metrics_key].pushes.labels(name, "stored" if created else "duplicate").inc()
+    request.app[metrics_key].count_push(name, "stored" if created else "duplicate")
     if not created:
         log.info("push from %s is a repeat of %s", name, record.id)
     answer = {"id": record.id, "state": record.state, "kind": record.kind, "duplicate": not created}
@@ -356,7 +356,7 @@ async def reject(request: web.Request, push: IncomingPush, exc: PushRejected) ->
             error=str(exc),
         ),
     )
-    request.app[metrics_key].pushes.labels(name, "rejected").inc()
+    request.app[metrics_key].count_push(name, "rejected")
     log.warning("push %s from %s rejected: %s", record.id, name, exc)
     return error_response(400, f"{name} push rejected: {exc}", id=record.id, state=record.state)
 
