@@ -53,7 +53,9 @@ class DeliveryStore(SQLiteBase):
                 rows = _claim_due(db, room, token, now, expires, ordering_max_wait)
                 events = _events(db, [row[2] for row in rows])
                 bodies = _bodies(db, [row[0] for row in rows if row[5]])
-            return [_delivery(row, events, bodies.get(row[0]), token, expires) for row in rows]
+            return [
+                _delivery(row, *events[row[2]], bodies.get(row[0]), token, expires) for row in rows
+            ]
 
         return await self._write(claim)
 
@@ -440,8 +442,7 @@ def _claim_due(
         if not shares:
             break
         batch: list[tuple[Any, ...]] = []
-        for start in range(0, len(shares), SHARES_PER_STATEMENT):
-            chunk = shares[start : start + SHARES_PER_STATEMENT]
+        for chunk in _chunks(shares, SHARES_PER_STATEMENT):
             params: dict[str, Any] = {
                 "token": token,
                 "expires": expires,
@@ -558,28 +559,10 @@ class FreshLeases:
         self, seq: int | None, row: tuple[Any, ...], event: EventName, data: dict[str, Any]
     ) -> DeliveryRecord:
         assert seq is not None
-        return trusted(
-            DeliveryRecord,
-            {
-                "seq": seq,
-                "id": row[0],
-                "event_seq": row[1],
-                "subscription_id": row[2],
-                "event": event,
-                "order_key": row[3],
-                "state": "leased",
-                "attempts": 0,
-                "replayed_after": 0,
-                "next_attempt_at": self.expires,
-                "lease_token": self.token,
-                "body": None,
-                "last_status": None,
-                "last_error": None,
-                "created_at": self.now,
-                "delivered_at": None,
-                "data": data,
-            },
-        )
+        id, event_seq, subscription_id, order_key = row[:4]
+        # A fresh message in CLAIMED_COLUMNS' order: never tried, nothing kept of an answer.
+        claimed = (seq, id, event_seq, subscription_id, order_key, 0, 0, None, None, self.now, None)
+        return _delivery(claimed, event, data, None, self.token, self.expires)
 
 
 def _events(db: Database, seqs: list[int]) -> dict[int, tuple[EventName, dict[str, Any]]]:
@@ -612,13 +595,14 @@ def _bodies(db: Database, seqs: list[int]) -> dict[int, bytes]:
 
 def _delivery(
     row: tuple[Any, ...],
-    events: dict[int, tuple[EventName, dict[str, Any]]],
+    name: EventName,
+    data: dict[str, Any],
     body: bytes | None,
     token: str,
     expires: float,
 ) -> DeliveryRecord:
-    """A claimed row (``CLAIMED_COLUMNS``) as the worker gets it (our own row: built without
-    validation)."""
+    """A leased row (``CLAIMED_COLUMNS``) with its event as the worker gets it (our own row:
+    built without validation)."""
     (
         seq,
         id,
@@ -632,7 +616,6 @@ def _delivery(
         created_at,
         delivered_at,
     ) = row
-    name, data = events[event_seq]
     return trusted(
         DeliveryRecord,
         {

@@ -27,6 +27,7 @@ from gateway.store.sqlite.base import (
     _chunks,
     _dumps,
     _insert,
+    _insert_sql,
     new_id,
 )
 from gateway.store.sqlite.deliveries import FreshLeases
@@ -380,10 +381,7 @@ def _insert_new(db: Database, row: dict[str, Any]) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _insert_new_sql(columns: tuple[str, ...]) -> str:
-    return (
-        f"insert into pushes ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
-        " on conflict (source, dedupe_key) do nothing"
-    )
+    return _insert_sql("pushes", columns) + " on conflict (source, dedupe_key) do nothing"
 
 
 def _ahead(db: Database, order_key: str) -> bool:
