@@ -34,6 +34,7 @@ from gateway.config import (
     load_config,
     redact_url,
 )
+from gateway.heap import settle_heap
 from gateway.hooks import Hooks
 from gateway.models import DeliveryState
 from gateway.plugins import PluginError, make_plugin_manager
@@ -256,6 +257,7 @@ async def _serve(config: GatewayConfig, sock: socket.socket | None = None) -> No
             for url in urls:
                 click.echo(f"octo-gateway listening on {url}", err=False)
             sys.stdout.flush()
+        settle_heap()
         await stop.wait()
         log.info("shutting down")
     finally:

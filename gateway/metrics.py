@@ -10,6 +10,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.gc_collector import GCCollector
+
+from gateway.heap import HeapCollector
 
 MAX_CACHED_LABELS = 1024
 
@@ -17,6 +20,9 @@ MAX_CACHED_LABELS = 1024
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Collections by generation and what start-up froze: see gateway/heap.py.
+        GCCollector(registry=self.registry)
+        self.registry.register(HeapCollector())
         self.requests = Counter(
             "gateway_http_requests",
             "HTTP requests answered, by route and status",
