@@ -35,8 +35,6 @@ from gateway.plugin_api import (
     limit_guests,
     parse_json,
     request_json,
-    text,
-    utc_instant,
     without_card_data,
 )
 
@@ -185,13 +183,7 @@ class Beds24Source:
             limit_guests(guests, f"booking {booking.get('id')}")
             event = booking_from_beds24(booking, translation, source=self.name)
             if event is not None:
-                revision = f"{booking.get('id')}@{booking.get('modifiedTime')}"
-                modified = text(booking.get("modifiedTime"))
-                # An instant: Beds24 writes times with and without fractions and offsets.
-                version = utc_instant(modified, "modifiedTime") if modified else None
-                outcome.bookings.append(
-                    event.model_copy(update={"revision": revision, "version": version})
-                )
+                outcome.bookings.append(event)
         return outcome
 
     async def _read_booking(

@@ -47,6 +47,7 @@ from gateway.plugin_api import (
     parse_day,
     text,
     unit_items,
+    utc_instant,
     utc_timestamp,
     whole_number,
 )
@@ -66,7 +67,8 @@ GUEST_COUNTS = {"adult": "numAdult", "child": "numChild"}
 def booking_from_beds24(
     booking: Mapping[str, Any], settings: TranslationSettings, *, source: str = "beds24"
 ) -> BookingEvent | None:
-    """The OCTO booking for a Beds24 booking; None for owner blocks or an IGNOREd status."""
+    """The OCTO booking for a Beds24 booking, with its revision (``id@modifiedTime``) and
+    version (``modifiedTime`` as an instant); None for owner blocks or an IGNOREd status."""
     status = booking_status(str(booking.get("status") or "").lower(), BEDS24_STATUSES, settings)
     if status is None:
         return None
@@ -110,7 +112,14 @@ def booking_from_beds24(
         notes=text(booking.get("comments")),
         unit_items=unit_items(counts, settings, key=key, status=status, contacts=[]),
     )
-    return BookingEvent(booking=octo, booking_key=key)
+    modified = text(booking.get("modifiedTime"))
+    return BookingEvent(
+        booking=octo,
+        booking_key=key,
+        revision=f"{booking.get('id')}@{booking.get('modifiedTime')}",
+        # An instant: Beds24 writes times with and without fractions and offsets.
+        version=utc_instant(modified, "modifiedTime") if modified else None,
+    )
 
 
 def _times(booking: Mapping[str, Any]) -> tuple[str, str]:
