@@ -26,6 +26,7 @@ from typing import Any
 from bench.bodies import sample_path
 from gateway.samples import sample_data
 from gateway.store import SQLiteStore
+from gateway.store.lookups import booking_lookups
 
 DAY = 86400.0
 BATCH = 20_000
@@ -111,12 +112,14 @@ def prefill(path: Path, deliveries: int, fanout: int = 10) -> dict[str, Any]:
                 " (?, ?, ?, 'beds24', 'booking_update', ?, '281392', '1', ?, ?)",
                 batch,
             )
+        lookups = booking_lookups(data["booking"])
         for batch in _batched(
-            (f"beds24:{FIRST_BOOKING + i}", booking_json, at(i)) for i in range(events)
+            (f"beds24:{FIRST_BOOKING + i}", booking_json, at(i), *lookups) for i in range(events)
         ):
             db.executemany(
-                "insert into booking_state (key, revision, booking, updated_at) values"
-                " (?, 'history', ?, ?)",
+                "insert into booking_state (key, revision, booking, updated_at, uuid,"
+                " supplier_reference, reseller_reference, stay_end) values"
+                " (?, 'history', ?, ?, ?, ?, ?, ?)",
                 batch,
             )
 

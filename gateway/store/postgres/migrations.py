@@ -249,6 +249,52 @@ MIGRATIONS: list[tuple[str, Sequence[str]]] = [
     ),
     # SQLite's auto_vacuum setting; PostgreSQL's (auto)vacuum reuses the space of deleted rows.
     ("m007_incremental_vacuum", []),
+    (
+        # A booking's lookup fields as plain columns the store writes beside it: each expression
+        # index cast the booking to jsonb again on every upsert. Indexed where known.
+        "m009_booking_state_columns",
+        [
+            "drop index booking_state_uuid",
+            "drop index booking_state_supplier_reference",
+            "drop index booking_state_reseller_reference",
+            "drop index booking_state_stay_end",
+            "alter table booking_state add column uuid text, add column supplier_reference text,"
+            " add column reseller_reference text, add column stay_end text",
+            # Strings only, as the store writes them (gateway/store/lookups.py).
+            "update booking_state set"
+            " uuid = case when jsonb_typeof(b -> 'uuid') = 'string' then b ->> 'uuid' end,"
+            " supplier_reference = case when jsonb_typeof(b -> 'supplierReference') = 'string'"
+            " then b ->> 'supplierReference' end,"
+            " reseller_reference = case when jsonb_typeof(b -> 'resellerReference') = 'string'"
+            " then b ->> 'resellerReference' end,"
+            " stay_end = case when jsonb_typeof(b #> '{availability,localDateTimeEnd}') = 'string'"
+            " then substr(b #>> '{availability,localDateTimeEnd}', 1, 10) end"
+            " from (select key as k, booking::jsonb as b from booking_state) as parsed"
+            " where booking_state.key = parsed.k",
+            "create index booking_state_uuid on booking_state (uuid) where uuid is not null",
+            "create index booking_state_supplier_reference on booking_state (supplier_reference)"
+            " where supplier_reference is not null",
+            "create index booking_state_reseller_reference on booking_state (reseller_reference)"
+            " where reseller_reference is not null",
+            "create index booking_state_stay_end on booking_state (stay_end)"
+            " where stay_end is not null",
+        ],
+    ),
+    (
+        # The push indexes hold only pushes still waiting (and failed ones, their own): a push
+        # stored already processed enters three b-trees fewer. Queries name the state literally.
+        "m010_push_indexes_hold_waiting_pushes",
+        [
+            "drop index pushes_due",
+            "drop index pushes_order",
+            "drop index pushes_coalesce",
+            "create index pushes_due on pushes (next_attempt_at) where state = 'accepted'",
+            "create index pushes_order on pushes (order_key, seq) where state = 'accepted'",
+            "create index pushes_coalesce on pushes (source, coalesce_key)"
+            " where state = 'accepted'",
+            "create index pushes_failed on pushes (seq) where state = 'failed'",
+        ],
+    ),
 ]
 
 NAMES = [name for name, _ in MIGRATIONS]

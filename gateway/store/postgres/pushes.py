@@ -18,6 +18,7 @@ from gateway.models import NewEvent, PushRecord, PushState, RoomMapUpdate
 from gateway.pipeline.diff import booking_diff, keep_cancellation_time
 from gateway.pipeline.versions import is_older
 from gateway.store.interface import HandOver
+from gateway.store.lookups import booking_lookups
 from gateway.store.postgres.base import (
     DELIVERIES_CHANNEL,
     PUSHES_CHANNEL,
@@ -30,7 +31,7 @@ from gateway.store.postgres.base import (
 )
 from gateway.store.postgres.room_maps import write_room_maps
 from gateway.store.sqlite.base import new_id
-from gateway.store.sqlite.pushes import NEXT_DUE, _push
+from gateway.store.sqlite.pushes import NEXT_DUE, PUSH_STATES, _push, list_pushes_sql
 
 ORDER_LOCK = 741_101  # pg_advisory_xact_lock(ORDER_LOCK, hashtext(order_key))
 
@@ -161,12 +162,11 @@ class PushStore(PostgresBase):
     async def list_pushes(
         self, state: PushState | None = None, limit: int = 100
     ) -> list[PushRecord]:
-        if state is None:
-            rows = await self.pool.fetch("select * from pushes order by seq desc limit $1", limit)
-        else:
-            rows = await self.pool.fetch(
-                "select * from pushes where state = $1 order by seq desc limit $2", state, limit
-            )
+        if state is not None and state not in PUSH_STATES:
+            return []  # no push is in a state that doesn't exist (and none goes into the SQL)
+        # The state written out (as SQLite's): a generic plan of a bound state could not use the
+        # partial indexes of waiting and failed pushes.
+        rows = await self.pool.fetch(list_pushes_sql(state).replace("?", "$1"), limit)
         return [_push(record(row)) for row in rows]
 
     async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushRecord]:
@@ -508,12 +508,17 @@ async def _with_history(
         )
     if booking_writes:
         keys = sorted(booking_writes)
+        lookups = [booking_lookups(booking_writes[k][2]) for k in keys]
         stored = await conn.fetch(
-            "insert into booking_state (key, revision, version, booking, updated_at)"
-            " select k, r, v, b, $5 from unnest($1::text[], $2::text[], $3::text[], $4::text[])"
-            " as t(k, r, v, b) on conflict (key) do update set revision = excluded.revision,"
-            " version = excluded.version, booking = excluded.booking,"
-            " updated_at = excluded.updated_at"
+            "insert into booking_state (key, revision, version, booking, updated_at, uuid,"
+            " supplier_reference, reseller_reference, stay_end)"
+            " select k, r, v, b, $5, u, sr, rr, se from unnest($1::text[], $2::text[],"
+            " $3::text[], $4::text[], $7::text[], $8::text[], $9::text[], $10::text[])"
+            " as t(k, r, v, b, u, sr, rr, se) on conflict (key) do update"
+            " set revision = excluded.revision, version = excluded.version,"
+            " booking = excluded.booking, updated_at = excluded.updated_at,"
+            " uuid = excluded.uuid, supplier_reference = excluded.supplier_reference,"
+            " reseller_reference = excluded.reseller_reference, stay_end = excluded.stay_end"
             " where booking_state.key = any($6::text[]) returning key",
             keys,
             [booking_writes[k][0] for k in keys],
@@ -521,6 +526,7 @@ async def _with_history(
             [dumps(booking_writes[k][2]) for k in keys],
             now,
             read_bookings,
+            *(list(column) for column in zip(*lookups, strict=True)),
         )
         if len(stored) != len(keys):
             raise _StateRaced

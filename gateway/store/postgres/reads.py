@@ -1,7 +1,8 @@
 """Reconciliation reads in PostgreSQL: the latest booking and availability the gateway sent.
 
-The same queries as the SQLite store's, on the expression indexes of migration m006 (PostgreSQL
-uses an index on an expression only for the same expression, so these repeat them exactly).
+The same queries as the SQLite store's: bookings by the columns written beside each one
+(m009_booking_state_columns), availability on the expression index of migration m006 (PostgreSQL
+uses an index on an expression only for the same expression, so the query repeats it exactly).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import orjson
 from gateway.models import BookingFilter, LatestBooking
 from gateway.store.postgres.base import PostgresBase
 
-UUID = "((booking::jsonb) ->> 'uuid')"
-SUPPLIER_REFERENCE = "((booking::jsonb) ->> 'supplierReference')"
-RESELLER_REFERENCE = "((booking::jsonb) ->> 'resellerReference')"
+UUID = "uuid"
+SUPPLIER_REFERENCE = "supplier_reference"
+RESELLER_REFERENCE = "reseller_reference"
 PRODUCT = "((booking::jsonb) ->> 'productId')"
 # availability_state.key is "<source>:<productId>|<optionId>|<day>"; this is what follows source.
 SLOT = "(substr(key, strpos(key, ':') + 1))"

@@ -22,7 +22,7 @@ from gateway.store.sqlite.base import _ts
 from gateway.store.sqlite.erase import TABLES, mentions
 
 CHUNK = 500  # rows deleted per transaction
-STAY_END = "(substr((booking::jsonb) #>> '{availability,localDateTimeEnd}', 1, 10))"
+STAY_END = "stay_end"  # the stay's last day, written beside the booking (m009)
 DAY = "right(key, 10)"
 IS_DAY = f"{DAY} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$'"
 # A booking_state key without its last ':'-part: "<source>:<booking>" for a room's state.

@@ -359,3 +359,52 @@ def m007_incremental_vacuum(db: Database) -> None:
     # drops whatever deleted data lingered in free space.
     db.execute("PRAGMA auto_vacuum = INCREMENTAL")
     db.execute("VACUUM")
+
+
+@migrations()
+def m009_booking_state_columns(db: Database) -> None:
+    # What the reconciliation reads and maintenance look bookings up by, as plain columns the
+    # store writes from the booking it already holds: each index on json_extract(booking, ...)
+    # parsed the booking's JSON again on every upsert (and for the old row on an update).
+    # Bookings without a value (no reseller reference) stay out of the index; every query on a
+    # column implies it is not null.
+    for column in ("uuid", "supplier_reference", "reseller_reference", "stay_end"):
+        db.execute(f"alter table booking_state add column {column} text")
+    for index in ("uuid", "supplier_reference", "reseller_reference", "stay_end"):
+        db.execute(f"drop index booking_state_{index}")
+    # Strings only, as the store writes them (gateway/store/lookups.py).
+    fields = {
+        "uuid": "$.uuid",
+        "supplier_reference": "$.supplierReference",
+        "reseller_reference": "$.resellerReference",
+        "stay_end": "$.availability.localDateTimeEnd",
+    }
+    values = ", ".join(
+        f"{column} = case when json_type(booking, '{path}') = 'text'"
+        f" then json_extract(booking, '{path}') end"
+        for column, path in fields.items()
+    )
+    db.execute(f"update booking_state set {values}")
+    db.execute("update booking_state set stay_end = substr(stay_end, 1, 10)")
+    for column in ("uuid", "supplier_reference", "reseller_reference", "stay_end"):
+        db.execute(
+            f"create index booking_state_{column} on booking_state ({column})"
+            f" where {column} is not null"
+        )
+
+
+@migrations()
+def m010_push_indexes_hold_waiting_pushes(db: Database) -> None:
+    # Claims, the per-booking order and coalescing look only at pushes still waiting (accepted);
+    # indexed so, a push stored already processed (nearly all of them) enters three b-trees fewer.
+    # Every query on them names state = 'accepted' (SQLite uses a partial index only then). Failed
+    # pushes, which operators list and replay, get an index of their own.
+    db.execute("drop index pushes_due")
+    db.execute("drop index pushes_order")
+    db.execute("drop index pushes_coalesce")
+    db.execute("create index pushes_due on pushes (next_attempt_at) where state = 'accepted'")
+    db.execute("create index pushes_order on pushes (order_key, seq) where state = 'accepted'")
+    db.execute(
+        "create index pushes_coalesce on pushes (source, coalesce_key) where state = 'accepted'"
+    )
+    db.execute("create index pushes_failed on pushes (seq) where state = 'failed'")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 from sqlite_utils import Database
@@ -22,6 +22,7 @@ from gateway.models import (
 from gateway.pipeline.diff import booking_diff, keep_cancellation_time
 from gateway.pipeline.versions import is_older
 from gateway.store.interface import HandOver
+from gateway.store.lookups import booking_lookups
 from gateway.store.sqlite.base import (
     SQLiteBase,
     _chunks,
@@ -63,6 +64,25 @@ where p.state = 'accepted'
   )
 order by p.next_attempt_at limit 1
 """
+
+
+PUSH_STATES: frozenset[str] = frozenset(get_args(PushState))
+
+
+# The push waiting to be processed that a new one with its coalesce key joins.
+COALESCES_WITH = (
+    "select * from pushes where source = ? and coalesce_key = ?"
+    " and state = 'accepted' and lease_token is null"
+)
+# Whether a push of an order key (booking) is unfinished.
+AHEAD = "select 1 from pushes where order_key = ? and state = 'accepted' limit 1"
+
+
+def list_pushes_sql(state: PushState | None) -> str:
+    """Newest pushes first, of one state. The state is written out, not bound: SQLite uses a
+    partial index (waiting pushes, failed pushes) only for a query that names its condition."""
+    where = "" if state is None else f" where state = '{state}'"
+    return f"select * from pushes{where} order by seq desc limit ?"
 
 
 class PushStore(SQLiteBase):
@@ -161,14 +181,10 @@ class PushStore(SQLiteBase):
     async def list_pushes(
         self, state: PushState | None = None, limit: int = 100
     ) -> list[PushRecord]:
-        sql = "select * from pushes"
-        params: list[Any] = []
-        if state is not None:
-            sql += " where state = ?"
-            params.append(state)
-        sql += " order by seq desc limit ?"
-        params.append(limit)
-        return await self._read(lambda db: [_push(row) for row in db.query(sql, params)])
+        if state is not None and state not in PUSH_STATES:
+            return []  # no push is in a state that doesn't exist (and none goes into the SQL)
+        sql = list_pushes_sql(state)
+        return await self._read(lambda db: [_push(row) for row in db.query(sql, [limit])])
 
     async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushRecord]:
         """Lease due pushes, longest due first, skipping any behind an unfinished earlier push for
@@ -360,11 +376,7 @@ def _known(
     )
     row = cursor.fetchone()
     if row is None and coalesce_key is not None:
-        cursor = conn.execute(
-            "select * from pushes where source = ? and coalesce_key = ?"
-            " and state = 'accepted' and lease_token is null",
-            [source, coalesce_key],
-        )
+        cursor = conn.execute(COALESCES_WITH, [source, coalesce_key])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -386,10 +398,7 @@ def _insert_new_sql(columns: tuple[str, ...]) -> str:
 
 def _ahead(db: Database, order_key: str) -> bool:
     """Whether a push of this order key (booking) is unfinished."""
-    row = db.conn.execute(
-        "select 1 from pushes where order_key = ? and state = 'accepted' limit 1", [order_key]
-    ).fetchone()
-    return row is not None
+    return db.conn.execute(AHEAD, [order_key]).fetchone() is not None
 
 
 def _lease_new(db: Database, row: dict[str, Any], order_key: str | None, expires: float) -> None:
@@ -486,6 +495,16 @@ class _Subscribers:
         return self._by_event.get(event, [])
 
 
+UPSERT_BOOKING = (
+    "insert into booking_state (key, revision, version, booking, updated_at, uuid,"
+    " supplier_reference, reseller_reference, stay_end) values (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " on conflict (key) do update set revision = excluded.revision, version = excluded.version,"
+    " booking = excluded.booking, updated_at = excluded.updated_at, uuid = excluded.uuid,"
+    " supplier_reference = excluded.supplier_reference,"
+    " reseller_reference = excluded.reseller_reference, stay_end = excluded.stay_end"
+)
+
+
 def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] | None:
     """The event's body data with what the previous state of its subject says (the booking
     ``diff``), or None when it changes nothing a subscriber would see."""
@@ -513,11 +532,15 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
             )
             return None
         conn.execute(
-            "insert into booking_state (key, revision, version, booking, updated_at)"
-            " values (?, ?, ?, ?, ?) on conflict (key) do update set revision = excluded.revision,"
-            " version = excluded.version, booking = excluded.booking,"
-            " updated_at = excluded.updated_at",
-            [event.state_key, event.revision, event.version, _dumps(booking), now],
+            UPSERT_BOOKING,
+            (
+                event.state_key,
+                event.revision,
+                event.version,
+                _dumps(booking),
+                now,
+                *booking_lookups(booking),
+            ),
         )
         return {"booking": booking, "diff": diff}
     availability = event.data["availability"]

@@ -1,8 +1,9 @@
 """Reconciliation reads in SQLite: the latest booking and availability the gateway sent.
 
-They read the state the fan-out keeps (``booking_state``, ``availability_state``) through the
-indexes of migration m006, whose expressions these queries repeat exactly (SQLite uses an index on
-an expression only for the same expression).
+They read the state the fan-out keeps (``booking_state``, ``availability_state``): bookings by the
+columns the fan-out writes beside each one (m009_booking_state_columns, each indexed where not
+null), availability through m006's index on an expression, which the query repeats exactly (SQLite
+uses an index on an expression only for the same expression).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from sqlite_utils import Database
 from gateway.models import BookingFilter, LatestBooking
 from gateway.store.sqlite.base import SQLiteBase
 
-UUID = "json_extract(booking, '$.uuid')"
-SUPPLIER_REFERENCE = "json_extract(booking, '$.supplierReference')"
-RESELLER_REFERENCE = "json_extract(booking, '$.resellerReference')"
+UUID = "uuid"
+SUPPLIER_REFERENCE = "supplier_reference"
+RESELLER_REFERENCE = "reseller_reference"
 PRODUCT = "json_extract(booking, '$.productId')"
 # availability_state.key is "<source>:<productId>|<optionId>|<day>"; this is what follows source.
 SLOT = "substr(key, instr(key, ':') + 1)"

@@ -21,9 +21,9 @@ from gateway.store.sqlite.base import SQLiteBase, _chunks, _ts
 CHUNK = 500  # rows deleted per write transaction
 PAGES = 2000  # pages given back per write transaction
 
-# A booking's stay ends on its OCTO availability's last local day; the expression of the
-# booking_state_stay_end index (m007_stay_end_index).
-STAY_END = "substr(json_extract(booking, '$.availability.localDateTimeEnd'), 1, 10)"
+# A booking's stay ends on its OCTO availability's last local day, written beside the booking
+# (m009_booking_state_columns) and indexed where known.
+STAY_END = "stay_end"
 # availability_state.key ends with the day it is for: "<source>:<product>|<option>|YYYY-MM-DD".
 DAY = "substr(key, -10)"
 IS_DAY = f"{DAY} glob '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'"
