@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway.models import BookingFilter
 from gateway.samples import sample_data
 from gateway.store import SQLiteStore, connect
-from gateway.store.interface import Retention
+from gateway.store.interface import Retention, Store
 from gateway.store.lookups import booking_lookups
 from gateway.store.sqlite import operations, pushes, reads, retention
 from gateway.store.sqlite.migrations import migrations
@@ -40,54 +41,84 @@ OLD_BOOKINGS = {
 }
 
 
-def old_database(path: Path) -> None:
-    """A database as the release before m009 wrote it: bookings whose lookups lived only in the
-    JSON (indexed by expression), and pushes of every state, two of one booking waiting in
-    order and one waiting with a coalesce key."""
+OLD_PUSHES = [
+    # id, state, order_key, coalesce_key
+    ("psh_first", "accepted", "test:b", None),
+    ("psh_second", "accepted", "test:b", None),
+    ("psh_coalescing", "accepted", None, "ari:room"),
+    ("psh_failed", "failed", None, None),
+    ("psh_done", "processed", "test:c", None),
+]
+# As the release before m009 wrote them: lookups only in the booking's JSON.
+INSERT_BOOKING = (
+    "insert into booking_state (key, revision, version, booking, updated_at)"
+    " values ({}, 'r', null, {}, {})"
+)
+INSERT_PUSH = (
+    "insert into pushes (id, source, kind, dedupe_key, coalesce_key, order_key, payload, state,"
+    " next_attempt_at, received_at, processed_at)"
+    " values ({}, 'test', 'k', {}, {}, {}, '{{}}', {}, {}, {}, {})"
+)
+
+
+def old_rows() -> tuple[list[list[Any]], list[list[Any]]]:
+    """The bookings and the pushes (every state; two of one booking waiting in order, one
+    waiting with a coalesce key) of the old database, as statement parameters."""
+    now = time.time()
+    bookings = [
+        [key, orjson.dumps(found).decode(), updated_at]
+        for key, (found, updated_at) in OLD_BOOKINGS.items()
+    ]
+    old_pushes = [
+        [
+            id,
+            id,
+            coalesce_key,
+            order_key,
+            state,
+            now - 10 + n,
+            now - 10,
+            None if state == "accepted" else now - 10,
+        ]
+        for n, (id, state, order_key, coalesce_key) in enumerate(OLD_PUSHES)
+    ]
+    return bookings, old_pushes
+
+
+def old_sqlite(path: Path) -> SQLiteStore:
+    """A database as the release before m009 left it, and the store that will upgrade it."""
     db = connect(path)
     db.enable_wal()
     migrations.apply(db, stop_before=COLUMNS)
-    for key, (found, updated_at) in OLD_BOOKINGS.items():
-        db.execute(
-            "insert into booking_state (key, revision, version, booking, updated_at)"
-            " values (?, 'r', null, ?, ?)",
-            [key, orjson.dumps(found).decode(), updated_at],
-        )
-    old_pushes = [
-        # id, state, order_key, coalesce_key
-        ("psh_first", "accepted", "test:b", None),
-        ("psh_second", "accepted", "test:b", None),
-        ("psh_coalescing", "accepted", None, "ari:room"),
-        ("psh_failed", "failed", None, None),
-        ("psh_done", "processed", "test:c", None),
-    ]
-    for seq, (id, state, order_key, coalesce_key) in enumerate(old_pushes, 1):
-        db.execute(
-            "insert into pushes (seq, id, source, kind, dedupe_key, coalesce_key, order_key,"
-            " payload, state, next_attempt_at, received_at, processed_at)"
-            " values (?, ?, 'test', 'k', ?, ?, ?, '{}', ?, ?, ?, ?)",
-            [
-                seq,
-                id,
-                id,
-                coalesce_key,
-                order_key,
-                state,
-                time.time() - 10 + seq,
-                time.time() - 10,
-                None if state == "accepted" else time.time() - 10,
-            ],
-        )
+    bookings, old_pushes = old_rows()
+    for values in bookings:
+        db.execute(INSERT_BOOKING.format(*"???"), values)
+    for values in old_pushes:
+        db.execute(INSERT_PUSH.format(*"?" * 8), values)
     db.conn.commit()
     db.close()
+    return SQLiteStore(path)
 
 
-async def test_a_database_from_before_m009_finds_and_expires_its_bookings_after_the_upgrade(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "old.db"
-    old_database(path)
-    store = SQLiteStore(path)
+async def old_postgres(url: str) -> Store:
+    import asyncpg
+
+    from gateway.store.postgres import PostgresStore
+    from gateway.store.postgres import migrations as pg_migrations
+
+    conn = await asyncpg.connect(url)
+    try:
+        await pg_migrations.apply(conn, stop_before=COLUMNS)
+        bookings, old_pushes = old_rows()
+        await conn.executemany(INSERT_BOOKING.format("$1", "$2", "$3"), bookings)
+        marks = [f"${n}" for n in range(1, 9)]
+        await conn.executemany(INSERT_PUSH.format(*marks), old_pushes)
+    finally:
+        await conn.close()
+    return PostgresStore(url)
+
+
+async def bookings_found_and_expired(store: Store) -> None:
     await store.open()
     try:
         past = await store.latest_booking("u-past")
@@ -124,17 +155,21 @@ async def test_a_database_from_before_m009_finds_and_expires_its_bookings_after_
     finally:
         await store.close()
 
+
+async def test_a_database_from_before_m009_finds_and_expires_its_bookings_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    await bookings_found_and_expired(old_sqlite(path))
     conn = sqlite3.connect(path)
     try:
         # The backfill holds what the writer would have written for each booking.
-        for key in ("test:future",):
-            row = conn.execute(
-                "select booking, uuid, supplier_reference, reseller_reference, stay_end"
-                " from booking_state where key = ?",
-                [key],
-            ).fetchone()
-            assert tuple(row[1:]) == booking_lookups(orjson.loads(row[0]))
-            assert tuple(row[1:]) == ("u-future", "S-future", None, "2099-01-05")
+        row = conn.execute(
+            "select booking, uuid, supplier_reference, reseller_reference, stay_end"
+            " from booking_state where key = 'test:future'"
+        ).fetchone()
+        assert tuple(row[1:]) == booking_lookups(orjson.loads(row[0]))
+        assert tuple(row[1:]) == ("u-future", "S-future", None, "2099-01-05")
         left = [
             sql
             for (sql,) in conn.execute(
@@ -147,12 +182,14 @@ async def test_a_database_from_before_m009_finds_and_expires_its_bookings_after_
         conn.close()
 
 
-async def test_pushes_waiting_in_a_database_from_before_m010_keep_their_order_and_coalescing(
-    tmp_path: Path,
+@pytest.mark.postgres
+async def test_a_postgres_database_from_before_m009_finds_and_expires_its_bookings(
+    pg_url: str,
 ) -> None:
-    path = tmp_path / "old.db"
-    old_database(path)
-    store = SQLiteStore(path)
+    await bookings_found_and_expired(await old_postgres(pg_url))
+
+
+async def waiting_pushes_keep_order_and_coalescing(store: Store) -> None:
     await store.open()
     try:
         assert await store.push_counts() == {"accepted": 3, "processed": 1, "failed": 1}
@@ -198,6 +235,19 @@ async def test_pushes_waiting_in_a_database_from_before_m010_keep_their_order_an
         assert await store.list_pushes("failed") == []
     finally:
         await store.close()
+
+
+async def test_pushes_waiting_in_a_database_from_before_m010_keep_their_order_and_coalescing(
+    tmp_path: Path,
+) -> None:
+    await waiting_pushes_keep_order_and_coalescing(old_sqlite(tmp_path / "old.db"))
+
+
+@pytest.mark.postgres
+async def test_pushes_waiting_in_a_postgres_database_from_before_m010_keep_their_order(
+    pg_url: str,
+) -> None:
+    await waiting_pushes_keep_order_and_coalescing(await old_postgres(pg_url))
 
 
 async def test_the_columns_hold_what_the_booking_says_as_it_changes(tmp_path: Path) -> None:

@@ -300,9 +300,10 @@ MIGRATIONS: list[tuple[str, Sequence[str]]] = [
 NAMES = [name for name, _ in MIGRATIONS]
 
 
-async def apply(conn: Conn) -> list[str]:
+async def apply(conn: Conn, stop_before: str | None = None) -> list[str]:
     """Apply what is pending, in order, each in the same transaction as its record; returns the
-    names applied."""
+    names applied. ``stop_before`` (as sqlite-utils' own): leave that one and those after it
+    pending, as an older release left its database."""
     async with conn.transaction():
         await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
         await conn.execute(
@@ -318,6 +319,8 @@ async def apply(conn: Conn) -> list[str]:
         }
         applied = []
         for name, statements in MIGRATIONS:
+            if name == stop_before:
+                break
             if name in done:
                 continue
             for statement in statements:
