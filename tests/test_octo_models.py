@@ -16,6 +16,7 @@ from gateway.octo import (
     AvailabilityEvent,
     Booking,
     BookingCancellation,
+    BookingEvent,
     Contact,
     OpeningHours,
     Supplier,
@@ -159,6 +160,39 @@ def test_booking_uuid_is_stable_and_distinct_per_room() -> None:
     assert booking_uuid("beds24", "abc") != booking_uuid("channex", "abc")
     assert booking_key("beds24", "42") == "beds24:42"
     assert booking_key("channex", "abc", 2) == "channex:abc:2"
+
+
+def test_an_event_made_from_octo_json_is_validated_and_sends_that_json() -> None:
+    wire = booking().model_dump(mode="json", by_alias=True)
+
+    event = BookingEvent.from_wire(wire, booking_key="test:1", revision="r1")
+
+    assert event.booking == booking()
+    assert event.booking_json() is wire  # not dumped again
+    assert (event.booking_key, event.revision) == ("test:1", "r1")
+    with pytest.raises(ValidationError, match="utcCreatedAt"):
+        BookingEvent.from_wire({**wire, "utcCreatedAt": "soon"}, booking_key="test:1")
+
+
+def test_an_event_whose_booking_was_replaced_sends_the_new_booking() -> None:
+    event = BookingEvent.from_wire(
+        booking().model_dump(mode="json", by_alias=True), booking_key="test:1"
+    )
+    cancelled = booking(
+        status="CANCELLED",
+        cancellable=False,
+        cancellation=BookingCancellation(
+            refund="FULL", reason=None, utc_cancelled_at="2024-04-02T10:00:00Z"
+        ),
+    )
+
+    copy = event.model_copy(update={"booking": cancelled})
+    event.booking = cancelled
+
+    for changed in (copy, event):
+        assert changed.booking_json() == cancelled.model_dump(mode="json", by_alias=True)
+    built = BookingEvent(booking=booking(), booking_key="test:1")
+    assert built.booking_json() == booking().model_dump(mode="json", by_alias=True)
 
 
 def test_availability_event_key_and_wire_shape() -> None:

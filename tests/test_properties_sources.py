@@ -281,6 +281,8 @@ def test_beds24_bookings_translate_to_valid_bookings_with_a_stable_uuid(
         return
     octo = event.model_dump(mode="json", by_alias=True)["booking"]
     validate_octo("Booking", octo)
+    # What the event sends (the JSON it was made from) is the booking's dump, key order included.
+    assert orjson.dumps(event.booking_json()) == orjson.dumps(octo)
     booking_id = text(booking.get("id"))
     assume(booking_id is not None)
     assert octo["uuid"] == booking_uuid("beds24", booking_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Any
 
@@ -28,6 +29,10 @@ def dump_booking(event: BookingEvent | None) -> dict[str, Any] | None:
         return None
     dumped = event.model_dump(mode="json", by_alias=True)
     validate_octo("Booking", dumped["booking"])
+    # What the event sends (the JSON it was made from) is the booking's dump, key order included.
+    sent = event.booking_json()
+    assert sent == dumped["booking"]
+    assert json.dumps(sent) == json.dumps(dumped["booking"])
     return dumped
 
 

@@ -55,7 +55,7 @@ def booking_event(event: BookingEvent) -> NewEvent:
             "subject": subject,
             "product_id": booking.product_id,
             "option_id": booking.option_id,
-            "data": {"booking": booking.model_dump(mode="json", by_alias=True)},
+            "data": {"booking": event.booking_json()},
             "state_key": subject,
             "revision": event.revision,
             "version": None if event.version is None else version_micros(event.version),

@@ -117,6 +117,33 @@ def availability_slot(
 LOCAL_TIMESTAMP_LENGTH = 25
 
 
+def slot_json(
+    start: date,
+    end: date,
+    zone: ZoneInfo,
+    *,
+    vacancies: int | None,
+    capacity: int | None,
+    closed: bool,
+) -> dict[str, Any]:
+    """``availability_slot``'s availability as OCTO JSON (what its ``model_dump(mode="json",
+    by_alias=True)`` writes), unvalidated: for ``BookingEvent.from_wire``, which validates it."""
+    begins, ends, cutoff = slot_times(start, end, zone)
+    return {
+        "id": begins,
+        "localDateTimeStart": begins,
+        "localDateTimeEnd": ends,
+        "utcCutoffAt": cutoff,
+        "allDay": True,
+        "available": vacancies != 0 and not closed,
+        "status": availability_status(vacancies, capacity, closed=closed),
+        "vacancies": vacancies,
+        "capacity": capacity,
+        "maxUnits": None,
+        "openingHours": [],
+    }
+
+
 @functools.lru_cache(maxsize=4096)
 def slot_times(start: date, end: date, zone: ZoneInfo) -> tuple[str, str, str]:
     """A slot's local start and end and its UTC cutoff, as OCTO writes them. Kept for the last
@@ -215,6 +242,52 @@ def unit_items(
         )
         for index, kind in enumerate(kinds)
     ]
+
+
+def unit_items_json(
+    counts: Mapping[str, int], settings: TranslationSettings, *, key: str, status: BookingStatus
+) -> list[dict[str, Any]]:
+    """``unit_items`` (without contacts) as OCTO JSON, unvalidated: for ``BookingEvent.from_wire``."""
+    kinds = [kind for kind, count in counts.items() for _ in range(max(count, 0))]
+    return [
+        {
+            "uuid": uuid5_text(BOOKING_NAMESPACE, f"{key}:unit:{index}"),
+            "resellerReference": None,
+            "supplierReference": None,
+            "unitId": settings.unit_id(kind),
+            "status": status,
+            "utcRedeemedAt": None,
+            "contact": contact_json(),
+            "ticket": None,
+        }
+        for index, kind in enumerate(kinds)
+    ]
+
+
+def contact_json(
+    *,
+    full_name: str | None = None,
+    first_name: str | None = None,
+    last_name: str | None = None,
+    email_address: str | None = None,
+    phone_number: str | None = None,
+    locales: list[str] | None = None,
+    postal_code: str | None = None,
+    country: str | None = None,
+    notes: str | None = None,
+) -> dict[str, Any]:
+    """A ``Contact`` as OCTO JSON, unvalidated: for ``BookingEvent.from_wire``."""
+    return {
+        "fullName": full_name,
+        "firstName": first_name,
+        "lastName": last_name,
+        "emailAddress": email_address,
+        "phoneNumber": phone_number,
+        "locales": [] if locales is None else locales,
+        "postalCode": postal_code,
+        "country": country,
+        "notes": notes,
+    }
 
 
 def text(value: Any) -> str | None:

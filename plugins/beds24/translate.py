@@ -29,24 +29,22 @@ from gateway.plugin_api import (
     IGNORE,
     STILL_CANCELLABLE,
     AvailabilityEvent,
-    Booking,
     BookingEvent,
-    Contact,
     TranslationError,
     TranslationSettings,
-    availability_slot,
     booking_key,
     booking_status,
     booking_uuid,
-    cancellation,
     confirmed_at,
+    contact_json,
     country_code,
     day_event,
     days,
     full_name,
     parse_day,
+    slot_json,
     text,
-    unit_items,
+    unit_items_json,
     utc_instant,
     utc_timestamp,
     whole_number,
@@ -77,7 +75,7 @@ def booking_from_beds24(
         raise TranslationError("id: missing")
     key = booking_key(source, booking_id)
     created_at, updated_at = _times(booking)
-    stay = availability_slot(
+    stay = slot_json(
         parse_day(booking.get("arrival"), "arrival"),
         parse_day(booking.get("departure"), "departure"),
         settings.zone,
@@ -92,29 +90,40 @@ def booking_from_beds24(
         kind: whole_number(booking.get(field) or 0, field) for kind, field in GUEST_COUNTS.items()
     }
     uuid = booking_uuid(source, booking_id)
-    octo = Booking(
-        id=uuid,
-        uuid=uuid,
-        test_mode=settings.test_mode,
-        reseller_reference=text(booking.get("apiReference")),
-        supplier_reference=booking_id,
-        status=status,
-        utc_created_at=created_at,
-        utc_updated_at=updated_at,
-        utc_confirmed_at=confirmed_at(status, created_at),
-        product_id=settings.product_id(text(booking.get("roomId")) or "DEFAULT"),
-        option_id=settings.option_id(offer),
-        cancellable=status in STILL_CANCELLABLE,
-        cancellation=cancellation(status, "FULL", cancelled_at),
-        availability_id=stay.id,
-        availability=stay,
-        contact=_contact(booking),
-        notes=text(booking.get("comments")),
-        unit_items=unit_items(counts, settings, key=key, status=status, contacts=[]),
-    )
+    # Written as OCTO JSON and validated from it: the event sends this JSON as it is, instead of
+    # dumping the booking built here (BookingEvent.from_wire).
+    octo = {
+        "id": uuid,
+        "uuid": uuid,
+        "testMode": settings.test_mode,
+        "resellerReference": text(booking.get("apiReference")),
+        "supplierReference": booking_id,
+        "status": status,
+        "utcCreatedAt": created_at,
+        "utcUpdatedAt": updated_at,
+        "utcExpiresAt": None,
+        "utcRedeemedAt": None,
+        "utcConfirmedAt": confirmed_at(status, created_at),
+        "productId": settings.product_id(text(booking.get("roomId")) or "DEFAULT"),
+        "optionId": settings.option_id(offer),
+        "cancellable": status in STILL_CANCELLABLE,
+        "cancellation": (
+            {"refund": "FULL", "reason": None, "utcCancelledAt": cancelled_at}
+            if status == "CANCELLED"
+            else None
+        ),
+        "freesale": False,
+        "availabilityId": stay["id"],
+        "availability": stay,
+        "contact": _contact(booking),
+        "notes": text(booking.get("comments")),
+        "deliveryMethods": [],
+        "voucher": None,
+        "unitItems": unit_items_json(counts, settings, key=key, status=status),
+    }
     modified = text(booking.get("modifiedTime"))
-    return BookingEvent(
-        booking=octo,
+    return BookingEvent.from_wire(
+        octo,
         booking_key=key,
         revision=f"{booking.get('id')}@{booking.get('modifiedTime')}",
         # An instant: Beds24 writes times with and without fractions and offsets.
@@ -133,11 +142,11 @@ def _times(booking: Mapping[str, Any]) -> tuple[str, str]:
     return created_at, utc_timestamp(modified, "modifiedTime") if modified else created_at
 
 
-def _contact(booking: Mapping[str, Any]) -> Contact:
+def _contact(booking: Mapping[str, Any]) -> dict[str, Any]:
     first, last = text(booking.get("firstName")), text(booking.get("lastName"))
     email = text(booking.get("email"))
     language = text(booking.get("lang"))
-    return Contact(
+    return contact_json(
         full_name=full_name(first, last),
         first_name=first,
         last_name=last,
