@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.octo import BookingEvent
 from gateway.pipeline.versions import is_older, stored_version, version_micros
@@ -68,3 +70,21 @@ def test_booking_event_version_is_an_instant() -> None:
     assert from_text.version is not None and aware.version is not None
     assert from_text.version.tzinfo is not None  # a naive version is UTC
     assert version_micros(from_text.version) == version_micros(aware.version)
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(None)
+    ),
+    offset=st.integers(min_value=-14 * 60, max_value=14 * 60),
+)
+def test_version_micros_counts_every_microsecond_since_the_epoch(
+    moment: datetime, offset: int
+) -> None:
+    aware = moment.replace(tzinfo=timezone(timedelta(minutes=offset)))
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+
+    assert version_micros(aware) == (aware - epoch) // timedelta(microseconds=1)
+    assert version_micros(moment) == (moment.replace(tzinfo=UTC) - epoch) // timedelta(
+        microseconds=1
+    )
