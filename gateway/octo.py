@@ -216,6 +216,17 @@ class BookingEvent(OctoModel):
         event.__pydantic_private__["_wire"] = (booking, wire)  # type: ignore[index]
         return event
 
+    def __eq__(self, other: object) -> bool:
+        """As pydantic compares models, but for the kept JSON: an event made ``from_wire`` equals
+        one built from the same booking."""
+        if not isinstance(other, BookingEvent):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self.__dict__ == other.__dict__
+            and self.__pydantic_extra__ == other.__pydantic_extra__
+        )
+
     def booking_json(self) -> dict[str, Any]:
         """The booking as OCTO JSON (``model_dump(mode="json", by_alias=True)``)."""
         private = self.__pydantic_private__

@@ -168,6 +168,8 @@ def test_an_event_made_from_octo_json_is_validated_and_sends_that_json() -> None
     event = BookingEvent.from_wire(wire, booking_key="test:1", revision="r1")
 
     assert event.booking == booking()
+    assert event == BookingEvent(booking=booking(), booking_key="test:1", revision="r1")
+    assert event != BookingEvent(booking=booking(), booking_key="test:1", revision="r2")
     assert event.booking_json() is wire  # not dumped again
     assert (event.booking_key, event.revision) == ("test:1", "r1")
     with pytest.raises(ValidationError, match="utcCreatedAt"):
