@@ -63,16 +63,19 @@ async def test_pushes_handed_over_at_ingest_are_not_followed_by_claims(
     gateways: Gateways, aiohttp_client: Any
 ) -> None:
     gw, store = await start(gateways, aiohttp_client)
-    ids = [str(82279100 + n) for n in range(8)]
+    ids = [str(82279100 + n) for n in range(12)]
     for bookid in ids:
         gw.pms.beds24_bookings[bookid] = beds24_booking(id=int(bookid))
     await eventually(lambda: store.claims >= 1)  # the claim at start, for what was waiting
+    before = store.claims
     for bookid in ids:
         answer = await gw.push_ok("beds24", method="GET", params=v1(bookid))
         await gw.wait_state(answer["id"], "processed")
-    # Eight pushes, each processed: the claim at start is the only one (one after each push
-    # before), give or take one that a slow start overlapped.
-    assert store.claims <= 2
+    # Twelve pushes, each processed: none is followed by a claim (twelve claims before). Start-up
+    # may still add a claim or two meanwhile: PostgreSQL's listener wakes the processor when it
+    # connects, and again when it reconnects, which a loaded machine can make late (a full suite
+    # under load saw three claims in all, not the two once allowed here).
+    assert store.claims - before <= 3
 
 
 async def test_a_push_behind_a_running_one_is_claimed_when_that_one_finishes(
