@@ -72,6 +72,8 @@ def register_sources(register: RegisterSource) -> None:
       recognised by its ``revision`` and not sent twice.
     - optionally ``samples: Mapping[str, SamplePush]``: documented vendor pushes for
       ``gateway push-sample <source> <kind>``.
+    - optionally ``acknowledge_only_listed = True``: ``acknowledge`` is then called only for an
+      outcome that lists ids in ``acknowledge``; without it, for every outcome stored.
     """
 
 

@@ -292,3 +292,56 @@ async def test_a_room_map_that_moved_on_meanwhile_sends_the_push_the_usual_way(
     rooms, generation = found
     assert [room.details["by"] for room in rooms.rooms] == ["fast", "slow"]
     assert generation == 2
+
+
+class Acknowledging(Flaky):
+    """Lists the ids a push names for acknowledgement, and records what it is handed."""
+
+    def __init__(self, only_listed: bool | None, self_contained: bool) -> None:
+        super().__init__()
+        if only_listed is not None:
+            self.acknowledge_only_listed = only_listed
+        self.self_contained = self_contained
+        self.acknowledged: list[list[str]] = []
+        self.got_ids = asyncio.Event()
+
+    def accept(self, push: IncomingPush) -> AcceptedPush:
+        accepted = super().accept(push)
+        return AcceptedPush(accepted.kind, accepted.payload, self_contained=self.self_contained)
+
+    async def process(self, push: StoredPush, context: SourceContext) -> Outcome:
+        outcome = await super().process(push, context)
+        outcome.acknowledge = list(push.payload.get("ack", []))
+        return outcome
+
+    async def acknowledge(self, outcome: Outcome, context: Any) -> None:
+        self.acknowledged.append(outcome.acknowledge)
+        if outcome.acknowledge:
+            self.got_ids.set()
+
+
+@pytest.mark.parametrize("self_contained", [True, False])
+@pytest.mark.parametrize(
+    ("only_listed", "acknowledged"),
+    [
+        (None, [[], ["r1"]]),  # a source that does not say: every outcome, as always
+        (False, [[], ["r1"]]),
+        (True, [["r1"]]),  # only outcomes that list ids: no task for the one listing none
+    ],
+)
+async def test_acknowledge_is_skipped_only_for_a_source_that_acknowledges_only_listed_ids(
+    gateways: Gateways,
+    only_listed: bool | None,
+    acknowledged: list[list[str]],
+    self_contained: bool,
+) -> None:
+    source = Acknowledging(only_listed, self_contained)
+    gw = await flaky_gateway(gateways, source)
+    first = await push_flaky(gw, {"name": "nothing"})
+    await gw.wait_state(first["id"], "processed")
+    second = await push_flaky(gw, {"name": "ids", "ack": ["r1"]})
+    await gw.wait_state(second["id"], "processed")
+    # Each acknowledgement runs without a pause once its push is stored, the first's long before
+    # the second push is even accepted: once the second's is in, the first's (if any) is too.
+    await asyncio.wait_for(source.got_ids.wait(), 30)
+    assert source.acknowledged == acknowledged

@@ -82,6 +82,13 @@ def availability_event(source: str, event: AvailabilityEvent, only_if_changed: b
     )
 
 
+def acknowledges(source: Source, outcome: Outcome) -> bool:
+    """Whether ``source.acknowledge`` is called for ``outcome``: always, as the plugin API has it,
+    unless the source says (``acknowledge_only_listed = True``) that it acknowledges only the ids
+    an outcome lists, and this one lists none (Beds24, which acknowledges nothing: no task per push)."""
+    return bool(outcome.acknowledge) or not getattr(source, "acknowledge_only_listed", False)
+
+
 def new_events(source: str, outcome: Outcome) -> list[NewEvent]:
     events = [booking_event(b) for b in outcome.bookings]
     events += [
@@ -287,6 +294,8 @@ class Processor:
             return
         if deliveries > (0 if hand_over is None else len(hand_over.leased)):
             self.outbox.wake()  # some are stored pending: claim them
+        if not acknowledges(translated.source, translated.outcome):
+            return
         task = asyncio.create_task(
             self._acknowledge(translated.source, translated.outcome, translated.context, record)
         )
@@ -439,7 +448,8 @@ class Processor:
         if created is None:
             log.warning("lost the lease on push %s; another worker has it", push.id)
             return
-        await self._acknowledge(source, outcome, context, push)
+        if acknowledges(source, outcome):
+            await self._acknowledge(source, outcome, context, push)
 
     async def _complete(self, push: PushRecord, outcome: Outcome, context: Context) -> int | None:
         """Store the push's events and messages; fresh messages the delivery worker has room for

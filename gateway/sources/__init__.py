@@ -141,7 +141,8 @@ class SourceContext(Protocol):
 class Source(Protocol):
     """An ingest source, as a plugin hands it to ``register_sources`` (the hook's docstring in
     ``gateway.hookspecs`` is the full contract). It may also offer ``samples``: a mapping of kind
-    to ``SamplePush`` for ``gateway push-sample``."""
+    to ``SamplePush`` for ``gateway push-sample``, and ``acknowledge_only_listed = True``:
+    ``acknowledge`` is then called only for outcomes that list ids in ``acknowledge``."""
 
     name: str
 

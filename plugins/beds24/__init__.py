@@ -75,6 +75,8 @@ class Beds24Settings(SourceSettings):
 
 class Beds24Source:
     name = "beds24"
+    # Acknowledges nothing: the gateway calls acknowledge only for ids an outcome lists (none).
+    acknowledge_only_listed = True
 
     @property
     def samples(self) -> dict[str, SamplePush]:

@@ -139,6 +139,9 @@ class ChannexSettings(SourceSettings):
 
 class ChannexSource:
     name = "channex"
+    # Acknowledges only the revisions an outcome lists: an outcome listing none (ARI) is not
+    # handed to acknowledge.
+    acknowledge_only_listed = True
 
     @property
     def samples(self) -> dict[str, SamplePush]:
