@@ -232,15 +232,14 @@ def unit_items(
     contacts: list[Contact],
 ) -> list[UnitItem]:
     """One unit item per guest, adults first; ``contacts[i]`` (when given) is guest i's."""
-    kinds = [kind for kind, count in counts.items() for _ in range(max(count, 0))]
     return [
         UnitItem(
-            uuid=uuid5_text(BOOKING_NAMESPACE, f"{key}:unit:{index}"),
+            uuid=uuid,
             unit_id=settings.unit_id(kind),
             status=status,
             contact=contacts[index] if index < len(contacts) else Contact(),
         )
-        for index, kind in enumerate(kinds)
+        for index, (uuid, kind) in enumerate(_guests(counts, key))
     ]
 
 
@@ -248,10 +247,9 @@ def unit_items_json(
     counts: Mapping[str, int], settings: TranslationSettings, *, key: str, status: BookingStatus
 ) -> list[dict[str, Any]]:
     """``unit_items`` (without contacts) as OCTO JSON, unvalidated: for ``BookingEvent.from_wire``."""
-    kinds = [kind for kind, count in counts.items() for _ in range(max(count, 0))]
     return [
         {
-            "uuid": uuid5_text(BOOKING_NAMESPACE, f"{key}:unit:{index}"),
+            "uuid": uuid,
             "resellerReference": None,
             "supplierReference": None,
             "unitId": settings.unit_id(kind),
@@ -260,6 +258,15 @@ def unit_items_json(
             "contact": contact_json(),
             "ticket": None,
         }
+        for uuid, kind in _guests(counts, key)
+    ]
+
+
+def _guests(counts: Mapping[str, int], key: str) -> list[tuple[str, str]]:
+    """Each guest's unit item uuid and unit kind, adults first (``counts`` in its order)."""
+    kinds = [kind for kind, count in counts.items() for _ in range(max(count, 0))]
+    return [
+        (uuid5_text(BOOKING_NAMESPACE, f"{key}:unit:{index}"), kind)
         for index, kind in enumerate(kinds)
     ]
 

@@ -166,7 +166,7 @@ class PushStore(PostgresBase):
             return []  # no push is in a state that doesn't exist (and none goes into the SQL)
         # The state written out (as SQLite's): a generic plan of a bound state could not use the
         # partial indexes of waiting and failed pushes.
-        rows = await self.pool.fetch(list_pushes_sql(state).replace("?", "$1"), limit)
+        rows = await self.pool.fetch(list_pushes_sql(state, limit="$1"), limit)
         return [_push(record(row)) for row in rows]
 
     async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushRecord]:

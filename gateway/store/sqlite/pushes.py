@@ -78,11 +78,12 @@ COALESCES_WITH = (
 AHEAD = "select 1 from pushes where order_key = ? and state = 'accepted' limit 1"
 
 
-def list_pushes_sql(state: PushState | None) -> str:
-    """Newest pushes first, of one state. The state is written out, not bound: SQLite uses a
-    partial index (waiting pushes, failed pushes) only for a query that names its condition."""
+def list_pushes_sql(state: PushState | None, limit: str = "?") -> str:
+    """Newest pushes first, of one state, at most ``limit`` (its placeholder). The state is
+    written out, not bound: SQLite uses a partial index (waiting pushes, failed pushes) only for a
+    query that names its condition."""
     where = "" if state is None else f" where state = '{state}'"
-    return f"select * from pushes{where} order by seq desc limit ?"
+    return f"select * from pushes{where} order by seq desc limit {limit}"
 
 
 class PushStore(SQLiteBase):
