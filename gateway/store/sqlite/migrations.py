@@ -416,3 +416,17 @@ def m011_events_not_indexed_by_push(db: Database) -> None:
     # its push, through pushes' id), and every event paid an entry in this index: ~5 µs of the
     # writer's time per processed push.
     db.execute("drop index events_push")
+
+
+@migrations()
+def m012_ended_messages_index_without_an_in_list(db: Database) -> None:
+    # The same index, its condition written as comparisons: SQLite evaluates a partial index's
+    # condition for every row an UPDATE changes the state of, and an IN list of three or more
+    # values is built into a temporary b-tree at each evaluation (one per row of an
+    # executemany). Measured on a claim's and a settle's UPDATE: ~9 of ~20 µs per row, for an
+    # index none of those rows enters. Every query on it writes the condition the same way.
+    db.execute("drop index deliveries_ended")
+    db.execute(
+        "create index deliveries_ended on deliveries (updated_at)"
+        " where (state = 'dead' or state = 'skipped' or state = 'superseded')"
+    )

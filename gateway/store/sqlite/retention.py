@@ -33,16 +33,15 @@ FINISHED_PUSH = (
 )
 
 # Finished messages: delivered ones by when they were delivered (the console's index), the
-# others by when they finished (m007_prune_finished_messages).
-FINISHED_CANDIDATES = """
+# others by when they finished (deliveries_ended, m012: its condition written exactly so, or
+# SQLite does not use it).
+ENDED = "(state = 'dead' or state = 'skipped' or state = 'superseded')"
+FINISHED_CANDIDATES = f"""
 select seq from deliveries where state = 'delivered' and delivered_at < :before
 union all
-select seq from deliveries where state in ('dead', 'skipped', 'superseded') and updated_at < :before
+select seq from deliveries where {ENDED} and updated_at < :before
 """
-STILL_FINISHED = (
-    "((state = 'delivered' and delivered_at < ?)"
-    " or (state in ('dead', 'skipped', 'superseded') and updated_at < ?))"
-)
+STILL_FINISHED = f"((state = 'delivered' and delivered_at < ?) or ({ENDED} and updated_at < ?))"
 
 
 class RetentionStore(SQLiteBase):
