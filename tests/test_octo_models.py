@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -26,6 +27,7 @@ from gateway.octo import (
     booking_uuid,
 )
 from gateway.samples import sample_data
+from gateway.sources.settings import TranslationSettings
 from tests.octo_schema import FIXTURES, schema_path, validate_octo
 
 
@@ -294,3 +296,68 @@ def test_a_day_in_a_historical_offset_with_seconds_is_refused() -> None:
             capacity=None,
             closed=False,
         )
+
+
+def test_a_day_event_sends_its_json_until_its_availability_is_replaced() -> None:
+    from datetime import date
+
+    from gateway.sources.translation import day_event
+
+    event = day_event(
+        "room",
+        "DEFAULT",
+        date(2027, 3, 28),
+        TranslationSettings(timezone="Europe/Paris"),
+        vacancies=2,
+        capacity=10,
+        closed=False,
+    )
+    sent = event.availability_json()
+    assert sent is event.availability_json()  # built once, not dumped per call
+    assert json.dumps(sent) == json.dumps(event.availability.model_dump(mode="json", by_alias=True))
+    assert sent["status"] == "LIMITED"
+    closed = event.availability.model_copy(update={"status": "CLOSED", "available": False})
+    copy = event.model_copy(update={"availability": closed})
+    event.availability = closed
+    for changed in (copy, event):
+        assert changed.availability_json() == closed.model_dump(mode="json", by_alias=True)
+
+
+def test_a_day_event_in_a_historical_offset_with_seconds_is_refused() -> None:
+    from datetime import date
+
+    from gateway.sources.translation import day_event
+
+    with pytest.raises(ValidationError):
+        day_event(
+            "room",
+            "DEFAULT",
+            date(1890, 1, 1),
+            TranslationSettings(timezone="Europe/Paris"),
+            vacancies=1,
+            capacity=None,
+            closed=False,
+        )
+
+
+def test_a_stored_availability_not_in_the_shape_the_gateway_writes_is_validated() -> None:
+    from gateway.sources.translation import stored_availability
+
+    sent = Availability(
+        id="2027-01-01T00:00:00+00:00",
+        local_date_time_start="2027-01-01T00:00:00+00:00",
+        local_date_time_end="2027-01-02T00:00:00+00:00",
+        utc_cutoff_at="2027-01-01T00:00:00Z",
+        all_day=True,
+        available=True,
+        status="AVAILABLE",
+        vacancies=3,
+        capacity=None,
+    ).model_dump(mode="json", by_alias=True)
+    assert stored_availability(sent) == Availability.model_validate(sent)
+    hours = stored_availability({**sent, "openingHours": [{"from": "09:00", "to": "17:00"}]})
+    assert hours.opening_hours[0].from_ == "09:00"  # validated into the nested model
+    with pytest.raises(ValidationError):
+        stored_availability({**sent, "unknown": 1})  # not the shape: validated, refused
+    with pytest.raises(ValidationError):
+        stored_availability({key: value for key, value in sent.items() if key != "status"})

@@ -16,11 +16,16 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
-from gateway.octo import booking_uuid
+from gateway.octo import Availability, AvailabilityEvent, booking_uuid
 from gateway.sources import IncomingPush, PushRejected
 from gateway.sources.pms import CARD_KEYS, limit_guests
 from gateway.sources.settings import TranslationSettings
-from gateway.sources.translation import TranslationError, text
+from gateway.sources.translation import (
+    TranslationError,
+    availability_slot,
+    stored_availability,
+    text,
+)
 from gateway_beds24 import Beds24Source, versions_json
 from gateway_beds24.translate import availability_from_calendar, booking_from_beds24
 from gateway_channex import ChannexSource
@@ -166,7 +171,12 @@ async def test_ingest_never_answers_500_and_keeps_what_it_refuses(
 
 
 def dumped(events: list[Any]) -> list[dict[str, Any]]:
-    return [event.model_dump(mode="json", by_alias=True) for event in events]
+    dumps = [event.model_dump(mode="json", by_alias=True) for event in events]
+    for event, dump in zip(events, dumps, strict=True):
+        if isinstance(event, AvailabilityEvent):
+            # What the event sends (the JSON it was built with) is the dump, key order included.
+            assert orjson.dumps(event.availability_json()) == orjson.dumps(dump["availability"])
+    return dumps
 
 
 def _limit_channex_guests(revision: dict[str, Any]) -> None:
@@ -259,6 +269,83 @@ def test_channex_ari_translates_to_valid_availability_or_a_named_error(
     for event in dumped(events):
         validate_octo("Availability", event["availability"])
         assert event["availability"]["vacancies"] >= 0
+
+
+ZONES = st.sampled_from(
+    ["UTC", "Europe/Paris", "America/St_Johns", "Asia/Kathmandu", "Pacific/Apia"]
+)
+KNOWN_SLOT = st.tuples(st.integers(0, 9), st.one_of(st.none(), st.integers(0, 20)), st.booleans())
+
+
+# Rows of a few room types over a few days, so they meet each other and the known slots.
+FEW_DAYS = st.dates(min_value=date(2026, 3, 1), max_value=date(2026, 3, 4)).map(date.isoformat)
+NARROW_ARI_ROW = st.fixed_dictionaries(
+    {"room_type_id": st.one_of(st.sampled_from(["r1", "r2", "0"]), st.integers(0, 2))},
+    optional={
+        "rate_plan_id": st.one_of(st.just("rate"), st.none()),
+        "date": FEW_DAYS,
+        "date_from": FEW_DAYS,
+        "date_to": FEW_DAYS,
+        "availability": st.one_of(st.integers(-5, 50), st.none()),
+        "booked": st.one_of(st.integers(-5, 50), st.none()),
+        "stop_sell_manual": st.one_of(st.booleans(), st.none()),
+    },
+)
+
+
+@PROPERTIES
+@given(
+    rows=st.lists(st.one_of(ARI_ROW, NARROW_ARI_ROW), max_size=6),
+    zone=ZONES,
+    known=st.dictionaries(st.sampled_from(["r1", "r2", "0"]), KNOWN_SLOT, max_size=3),
+    day=st.dates(min_value=date(2026, 3, 1), max_value=date(2026, 3, 4)),
+)
+def test_channex_ari_events_send_what_the_validated_models_dump(
+    rows: list[dict[str, Any]],
+    zone: str,
+    known: dict[str, tuple[int, int | None, bool]],
+    day: date,
+) -> None:
+    """The events are built with their JSON and without validation: each is what the checked
+    models build (``availability_slot`` validates), and sends exactly their dump."""
+    settings = TranslationSettings(timezone=zone)
+    # What was sent before for some slots, read back as the store gives it (its OCTO JSON).
+    previous = {}
+    for room, (vacancies, capacity, closed) in known.items():
+        sent = availability_slot(
+            day,
+            date.fromordinal(day.toordinal() + 1),
+            settings.zone,
+            vacancies=vacancies,
+            capacity=capacity,
+            closed=closed,
+        ).model_dump(mode="json", by_alias=True)
+        back = stored_availability(sent)
+        assert back == Availability.model_validate(sent)
+        previous[(room, "DEFAULT", day.isoformat())] = back
+    try:
+        events = availability_from_ari(rows, settings, previous)
+    except NAMED_ERRORS:
+        return
+    for event, dump in zip(events, dumped(events), strict=True):
+        validate_octo("Availability", dump["availability"])
+        slot = event.availability
+        checked = AvailabilityEvent(
+            product_id=event.product_id,
+            option_id=event.option_id,
+            availability=availability_slot(
+                date.fromisoformat(event.key[2]),
+                date.fromordinal(date.fromisoformat(event.key[2]).toordinal() + 1),
+                settings.zone,
+                vacancies=slot.vacancies,
+                capacity=slot.capacity,
+                closed=slot.status == "CLOSED",
+            ),
+        )
+        assert event == checked
+        assert orjson.dumps(event.availability_json()) == orjson.dumps(
+            checked.availability.model_dump(mode="json", by_alias=True)
+        )
 
 
 def beds24_booking() -> dict[str, Any]:

@@ -42,8 +42,10 @@ def dump_bookings(events: list[BookingEvent]) -> list[dict[str, Any]]:
 
 def dump_availability(events: list[AvailabilityEvent]) -> list[dict[str, Any]]:
     dumped = [event.model_dump(mode="json", by_alias=True) for event in events]
-    for event in dumped:
-        validate_octo("Availability", event["availability"])
+    for event, dump in zip(events, dumped, strict=True):
+        validate_octo("Availability", dump["availability"])
+        # What the event sends (the JSON it was built with) is the dump, key order included.
+        assert json.dumps(event.availability_json()) == json.dumps(dump["availability"])
     return dumped
 
 

@@ -25,6 +25,7 @@ from gateway.models import NewEvent, PushRecord, RoomMap, RoomMapUpdate, trusted
 from gateway.octo import Availability, AvailabilityEvent, BookingEvent
 from gateway.pipeline.versions import version_micros
 from gateway.sources import AcceptedPush, Outcome, PushRejected, RetryLater, Source, StoredPush
+from gateway.sources.translation import stored_availability
 from gateway.store import new_id
 from gateway.store.errors import StorageUnavailable
 from gateway.store.interface import HandOver, RoomMapConflict, Store
@@ -73,7 +74,7 @@ def availability_event(source: str, event: AvailabilityEvent, only_if_changed: b
             "subject": subject,
             "product_id": event.product_id,
             "option_id": event.option_id,
-            "data": {"availability": event.availability.model_dump(mode="json", by_alias=True)},
+            "data": {"availability": event.availability_json()},
             "state_key": subject,
             "revision": None,
             "version": None,
@@ -115,7 +116,7 @@ class Context:
     ) -> Mapping[tuple[str, str, str], Availability]:
         subjects = {availability_subject(self.source, *key): key for key in keys}
         found = await self.store.known_availability(list(subjects))
-        return {subjects[s]: Availability.model_validate(v) for s, v in found.items()}
+        return {subjects[s]: stored_availability(v) for s, v in found.items()}
 
     async def room_map(self, booking: str) -> RoomMap | None:
         if booking in self._kept_maps:

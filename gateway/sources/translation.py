@@ -21,6 +21,7 @@ from gateway.octo import (
     Refund,
     UnitItem,
     uuid5_text,
+    wired_availability_event,
 )
 from gateway.sources.settings import BOOKING_STATUSES, IGNORE, TranslationSettings
 
@@ -180,15 +181,74 @@ def day_event(
     capacity: int | None,
     closed: bool,
 ) -> AvailabilityEvent:
-    slot = availability_slot(
-        day,
-        day + timedelta(days=1),
-        settings.zone,
-        vacancies=vacancies,
-        capacity=capacity,
-        closed=closed,
-    )
-    return AvailabilityEvent(product_id=product_id, option_id=option_id, availability=slot)
+    """The availability of one whole day, as an event. Built with its OCTO JSON and without
+    validation (every value is made here, or checked to be of the model's type), so the event
+    sends that JSON instead of a dump: a day's event was 13 µs, one per ARI row and day."""
+    begins, ends, cutoff = slot_times(day, day + ONE_DAY, settings.zone)
+    available = vacancies != 0 and not closed
+    status = availability_status(vacancies, capacity, closed=closed)
+    if not (
+        len(begins) == len(ends) == LOCAL_TIMESTAMP_LENGTH
+        and type(product_id) is str
+        and type(option_id) is str
+    ):
+        # A historical offset with seconds ("+00:09:21"), refused as OCTO's pattern does, or ids
+        # that are not text: the models say which.
+        slot = availability_slot(
+            day, day + ONE_DAY, settings.zone, vacancies=vacancies, capacity=capacity, closed=closed
+        )
+        return AvailabilityEvent(product_id=product_id, option_id=option_id, availability=slot)
+    values = {
+        "id": begins,
+        "local_date_time_start": begins,
+        "local_date_time_end": ends,
+        "utc_cutoff_at": cutoff,
+        "all_day": True,
+        "available": available,
+        "status": status,
+        "vacancies": vacancies,
+        "capacity": capacity,
+        "max_units": None,
+        "opening_hours": [],
+    }
+    wire = {
+        "id": begins,
+        "localDateTimeStart": begins,
+        "localDateTimeEnd": ends,
+        "utcCutoffAt": cutoff,
+        "allDay": True,
+        "available": available,
+        "status": status,
+        "vacancies": vacancies,
+        "capacity": capacity,
+        "maxUnits": None,
+        "openingHours": [],
+    }
+    return wired_availability_event(product_id, option_id, values, wire)
+
+
+ONE_DAY = timedelta(days=1)
+
+
+# An availability's OCTO JSON keys, in the model's order, and its field names.
+AVAILABILITY_WIRE = tuple(
+    (field.alias or name, name) for name, field in Availability.model_fields.items()
+)
+
+
+def stored_availability(wire: Mapping[str, Any]) -> Availability:
+    """An availability the gateway sent (``availability_state``), back as the model. Written by
+    the gateway from a model, so one with exactly the model's keys and no opening hours (all the
+    gateway sends) is taken as it is (5-6 -> 1.5 µs); anything else is validated."""
+    if len(wire) == len(AVAILABILITY_WIRE) and wire.get("openingHours") == []:
+        try:
+            values = {name: wire[alias] for alias, name in AVAILABILITY_WIRE}
+        except KeyError:
+            pass
+        else:
+            values["opening_hours"] = []
+            return trusted(Availability, values)
+    return Availability.model_validate(wire)
 
 
 def days(first: date, last: date) -> list[date]:

@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from gateway.plugin_api import (
     AcceptedPush,
-    DayKey,
     IncomingPush,
     Outcome,
     PushRejected,
@@ -31,10 +30,8 @@ from gateway.plugin_api import (
     StoredPush,
     TranslationError,
     TranslationSettings,
-    days,
     hookimpl,
     limit_guests,
-    parse_day,
     parse_json,
     request_json,
     text,
@@ -43,8 +40,8 @@ from gateway.plugin_api import (
 
 from .sandbox import ROUTES, load_sample
 from .translate import (
-    availability_from_ari,
-    manual_stop_sell_given,
+    ari_events,
+    ari_rows,
     revision_attributes,
     revision_version,
     translate_revision,
@@ -72,38 +69,6 @@ FEED_MAX_PAGES = 20
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 # One event per product/option/day: a push touching more than this many is refused, not expanded.
 MAX_SLOTS = 200_000
-
-
-def slot_keys(rows: list[dict[str, Any]], translation: TranslationSettings) -> list[DayKey]:
-    """Every (productId, optionId, day) the ARI rows touch, keyed as the translator keys them
-    (one ``date`` or a ``date_from``..``date_to`` range), so manual stop-sell rows find the last
-    known vacancies."""
-    keys: dict[DayKey, None] = {}
-    for number, row in enumerate(rows):
-        room_type = text(row.get("room_type_id"))
-        if room_type is None or not (
-            row.get("availability") is not None or manual_stop_sell_given(row)
-        ):
-            continue  # the translator names a missing room type; rate-only rows change nothing
-        product = translation.product_id(room_type)
-        option = translation.option_id(text(row.get("rate_plan_id")))
-        if row.get("date") is not None:
-            first = last = parse_day(row["date"], f"payload[{number}].date")
-        else:
-            first = parse_day(row.get("date_from"), f"payload[{number}].date_from")
-            to = row.get("date_to")
-            last = parse_day(to, f"payload[{number}].date_to") if to else first
-        if (last - first).days >= MAX_ROW_DAYS:
-            raise TranslationError(
-                f"payload[{number}]: date_from..date_to spans more than {MAX_ROW_DAYS} days"
-            )
-        for day in days(first, last):
-            keys[(product, option, day.isoformat())] = None
-        if len(keys) > MAX_SLOTS:
-            raise TranslationError(
-                f"payload: more than {MAX_SLOTS} product/option/days in one push"
-            )
-    return list(keys)
 
 
 def _limit_guests(attributes: dict[str, Any], revision_id: str) -> None:
@@ -269,8 +234,10 @@ class ChannexSource:
         if not rows:
             return Outcome(note="ari push without rows (send_data: false); nothing to translate")
         rows = [row for row in rows if isinstance(row, dict)]
-        previous = await context.known_availability(slot_keys(rows, translation))
-        events = availability_from_ari(rows, translation, previous)
+        # Each row read once: the slots to look up, then the translation.
+        read, keys = ari_rows(rows, translation, max_row_days=MAX_ROW_DAYS, max_slots=MAX_SLOTS)
+        previous = await context.known_availability(keys)
+        events = ari_events(read, translation, previous)
         return Outcome(availability=events, note=f"ari: {len(rows)} row(s), {len(events)} event(s)")
 
     async def acknowledge(self, outcome: Outcome, context: SourceContext) -> None:

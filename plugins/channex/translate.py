@@ -319,23 +319,19 @@ def _contact(person: Mapping[str, Any]) -> Contact:
     )
 
 
-@dataclass(frozen=True)
-class _Slot:
-    """What is known about one product/option/day while a push is read."""
+# What is known about one product/option/day while a push is read: vacancies, capacity, closed
+# (a tuple: a frozen dataclass per row and day cost more than the rest of the row's reading).
+_Slot = tuple[int, int | None, bool]
+NEW_SLOT: _Slot = (0, None, False)
+# One ARI row the translation reads: its number, the row, its productId and optionId, and its
+# days (each with its "YYYY-MM-DD").
+AriRow = tuple[int, Mapping[str, Any], str, str, list[tuple[date, str]]]
 
-    vacancies: int
-    capacity: int | None
-    closed: bool
 
-    @classmethod
-    def known(cls, availability: Availability | None) -> _Slot:
-        if availability is None:
-            return cls(vacancies=0, capacity=None, closed=False)
-        return cls(
-            vacancies=availability.vacancies or 0,
-            capacity=availability.capacity,
-            closed=availability.status == "CLOSED",
-        )
+def _known(availability: Availability | None) -> _Slot:
+    if availability is None:
+        return NEW_SLOT
+    return (availability.vacancies or 0, availability.capacity, availability.status == "CLOSED")
 
 
 def availability_from_ari(
@@ -350,7 +346,22 @@ def availability_from_ari(
     ``availability`` nor ``stop_sell_manual`` (rates, restrictions, Channex's automatic
     ``stop_sell``) are skipped.
     """
-    slots: dict[DayKey, _Slot] = {}
+    return ari_events(ari_rows(rows, settings)[0], settings, previous)
+
+
+def ari_rows(
+    rows: list[dict[str, Any]],
+    settings: TranslationSettings,
+    *,
+    max_row_days: int | None = None,
+    max_slots: int | None = None,
+) -> tuple[list[AriRow], list[DayKey]]:
+    """The rows that change availability, each read once, and every (productId, optionId,
+    "YYYY-MM-DD") they touch, once, in the order first touched (the slots to look up; the
+    translation takes the rows). Past ``max_row_days`` days in one row, or ``max_slots``
+    product/option/days in all, the push is refused rather than expanded further."""
+    read: list[AriRow] = []
+    keys: dict[DayKey, None] = {}
     for number, row in enumerate(rows):
         if row.get("availability") is None and not manual_stop_sell_given(row):
             continue
@@ -359,21 +370,52 @@ def availability_from_ari(
             raise TranslationError(f"payload[{number}].room_type_id: missing")
         product = settings.product_id(room_type)
         option = settings.option_id(text(row.get("rate_plan_id")))
-        for day in _row_days(row, number):
-            key = (product, option, day.isoformat())
-            known = slots.get(key) or _Slot.known(previous.get(key))
-            slots[key] = _apply(known, row, number)
+        if row.get("date") is not None:
+            day = parse_day(row["date"], f"payload[{number}].date")
+            row_days = [(day, day.isoformat())]
+        else:
+            first = parse_day(row.get("date_from"), f"payload[{number}].date_from")
+            to = row.get("date_to")
+            last = parse_day(to, f"payload[{number}].date_to") if to else first
+            if max_row_days is not None and (last - first).days >= max_row_days:
+                raise TranslationError(
+                    f"payload[{number}]: date_from..date_to spans more than {max_row_days} days"
+                )
+            row_days = [(day, day.isoformat()) for day in days(first, last)]
+        for _, iso in row_days:
+            keys[(product, option, iso)] = None
+        if max_slots is not None and len(keys) > max_slots:
+            raise TranslationError(
+                f"payload: more than {max_slots} product/option/days in one push"
+            )
+        read.append((number, row, product, option, row_days))
+    return read, list(keys)
+
+
+def ari_events(
+    read: list[AriRow],
+    settings: TranslationSettings,
+    previous: Mapping[DayKey, Availability],
+) -> list[AvailabilityEvent]:
+    """``availability_from_ari`` of rows read by ``ari_rows``."""
+    slots: dict[DayKey, tuple[_Slot, date]] = {}
+    for number, row, product, option, row_days in read:
+        for day, iso in row_days:
+            key = (product, option, iso)
+            found = slots.get(key)
+            known = found[0] if found is not None else _known(previous.get(key))
+            slots[key] = (_apply(known, row, number), day)
     return [
         day_event(
             product,
             option,
-            date.fromisoformat(day),
+            day,
             settings,
-            vacancies=slot.vacancies,
-            capacity=slot.capacity,
-            closed=slot.closed,
+            vacancies=slot[0],
+            capacity=slot[1],
+            closed=slot[2],
         )
-        for (product, option, day), slot in slots.items()
+        for (product, option, _), (slot, day) in slots.items()
     ]
 
 
@@ -382,16 +424,8 @@ def manual_stop_sell_given(row: Mapping[str, Any]) -> bool:
     return row.get(MANUAL_STOP_SELL) is not None
 
 
-def _row_days(row: Mapping[str, Any], number: int) -> list[date]:
-    if row.get("date") is not None:
-        return [parse_day(row["date"], f"payload[{number}].date")]
-    first = parse_day(row.get("date_from"), f"payload[{number}].date_from")
-    last = row.get("date_to")
-    return days(first, parse_day(last, f"payload[{number}].date_to") if last else first)
-
-
 def _apply(slot: _Slot, row: Mapping[str, Any], number: int) -> _Slot:
-    vacancies, capacity, closed = slot.vacancies, slot.capacity, slot.closed
+    vacancies, capacity, closed = slot
     if row.get("availability") is not None:
         available = whole_number(row["availability"], f"payload[{number}].availability")
         booked = row.get("booked")
@@ -401,4 +435,4 @@ def _apply(slot: _Slot, row: Mapping[str, Any], number: int) -> _Slot:
             capacity = max(available + whole_number(booked, f"payload[{number}].booked"), 0)
     if manual_stop_sell_given(row):
         closed = bool(row[MANUAL_STOP_SELL])
-    return _Slot(vacancies=vacancies, capacity=capacity, closed=closed)
+    return (vacancies, capacity, closed)
