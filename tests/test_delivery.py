@@ -91,6 +91,19 @@ async def wait_state(
 # -- outcomes --------------------------------------------------------------------------------
 
 
+async def test_a_subscribers_cookies_are_never_sent_back(start: Start, receiver: Receiver) -> None:
+    """The delivery session keeps no cookies: a Set-Cookie from one answer is not replayed."""
+    client = await start()
+    url = receiver.url().replace("127.0.0.1", "localhost")  # a name: a jar would keep its cookies
+    await subscribe(client, url)
+    receiver.default = Answer(200, headers={"Set-Cookie": "session=s3cret; Path=/"})
+    await send(client, booking_event(n=0))
+    await receiver.wait_for(1)
+    await send(client, booking_event(n=1))
+    first, second = await receiver.wait_for(2)
+    assert "cookie" not in first.headers and "cookie" not in second.headers
+
+
 async def test_success(start: Start, receiver: Receiver) -> None:
     client = await start()
     webhook = await subscribe(client, receiver.url())
