@@ -22,12 +22,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal, NamedTuple
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import DeliveryConfig, GatewayConfig
 from gateway.delivery.deadlines import Deadlines
 from gateway.delivery.netguard import check_url, guarded_connector
-from gateway.delivery.signing import webhook_headers
+from gateway.delivery.signing import signature_header, webhook_headers
 from gateway.delivery.slots import DeliverySlots
 from gateway.delivery.splice import Spliced
 from gateway.delivery.templates import TemplateProblem, Templates, is_url_template, to_json
@@ -49,6 +50,7 @@ from gateway.store.interface import ClaimRoom, HandOver, Settlement, Store
 log = logging.getLogger(__name__)
 
 RESPONSE_EXCERPT = 2048
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 CLAIM_BATCH = 8  # at most this many messages finish between two claims while many are in flight
 DUE_READ_EVERY = 0.1  # seconds between reads of the next due time while messages are in flight
 Verdict = Literal["delivered", "retry", "dead", "gone"]
@@ -264,7 +266,7 @@ class Sender:
         per_subscription_hooks = bool(hooks.pm.hook.render_payload.get_hookimpls())
         self.spliced = Spliced(templates, per_subscription_hooks)
         self._webhooks: dict[str, tuple[Subscription, str]] = {}
-        self._requests: dict[str, tuple[Subscription, str, dict[str, str]]] = {}
+        self._requests: dict[str, tuple[Subscription, str, CIMultiDict[str]]] = {}
 
     def render(self, event: str, data: dict[str, Any], subscription: Subscription) -> bytes:
         context = body_context(event, data, subscription, self.supplier)
@@ -295,14 +297,19 @@ class Sender:
         self._webhooks[subscription.id] = (subscription, text)
         return text
 
-    def _prepared(self, subscription: Subscription) -> tuple[str, dict[str, str]]:
+    def _prepared(self, subscription: Subscription) -> tuple[str, CIMultiDict[str]]:
         """The target without credentials and the headers every message to a subscription (with
-        a plain URL and no plugin headers) starts from, built once per cached subscription."""
+        a plain URL and no plugin headers) starts from, built once per cached subscription: a
+        ``CIMultiDict``, which aiohttp takes as it is (a dict it converts, a header at a time),
+        with the content type and none of the signature's headers (each message adds them)."""
         cached = self._requests.get(subscription.id)
         if cached is not None and cached[0] is subscription:
             return cached[1], cached[2]
         target, authorization = split_credentials(subscription.url)
-        headers = request_headers(subscription.headers, {}, authorization)
+        headers = CIMultiDict(request_headers(subscription.headers, {}, authorization))
+        for name in SIGNATURE_HEADERS:
+            headers.popall(name, None)
+        headers["Content-Type"] = "application/json"
         self._requests[subscription.id] = (subscription, target, headers)
         return target, headers
 
@@ -372,21 +379,26 @@ class Sender:
     ) -> Response:
         if url != subscription.url:  # a URL template: check what it rendered to
             await check_url(url, allow_private=self.config.delivery.allow_private_targets)
-        if url == subscription.url and not self.hooks.implemented("delivery_headers"):
-            target, headers = self._prepared(subscription)
-            headers = headers.copy()
-        else:
-            target, authorization = split_credentials(url)
-            extra = self.hooks.delivery_headers(event, subscription, body)
-            headers = request_headers(subscription.headers, extra, authorization)
         # Without a rotated-out secret the time does not matter (a datetime per message did).
         secrets = (
             subscription.signing_secrets(utcnow())
             if subscription.previous_secret
             else [subscription.secret]
         )
-        headers.update(webhook_headers(msg_id, body, secrets))
-        headers["Content-Type"] = "application/json"
+        headers: CIMultiDict[str] | dict[str, str]
+        if url == subscription.url and not self.hooks.implemented("delivery_headers"):
+            target, prepared = self._prepared(subscription)
+            headers = prepared.copy()
+            timestamp = int(time.time())
+            headers.add("webhook-id", msg_id)
+            headers.add("webhook-timestamp", str(timestamp))
+            headers.add("webhook-signature", signature_header(msg_id, timestamp, body, secrets))
+        else:
+            target, authorization = split_credentials(url)
+            extra = self.hooks.delivery_headers(event, subscription, body)
+            headers = request_headers(subscription.headers, extra, authorization)
+            headers.update(webhook_headers(msg_id, body, secrets))
+            headers["Content-Type"] = "application/json"
         async with self.session.post(
             target, data=body, headers=headers, allow_redirects=False
         ) as answer:
