@@ -361,3 +361,78 @@ def test_a_stored_availability_not_in_the_shape_the_gateway_writes_is_validated(
         stored_availability({**sent, "unknown": 1})  # not the shape: validated, refused
     with pytest.raises(ValidationError):
         stored_availability({key: value for key, value in sent.items() if key != "status"})
+
+
+def test_an_event_made_from_json_taken_as_valid_validates_it_only_when_its_booking_is_read() -> (
+    None
+):
+    import pickle
+
+    wire = booking().model_dump(mode="json", by_alias=True)
+
+    event = BookingEvent.from_wire(wire, booking_key="test:1", revision="r1", validate=False)
+
+    assert "booking" not in event.__dict__  # nothing validated to send it
+    assert event.booking_json() is wire
+    assert event.booking == booking()  # validated when read, once
+    assert event.booking is event.booking
+    assert event.booking_json() is wire  # still the JSON it was made from
+    fresh = BookingEvent.from_wire(wire, booking_key="test:1", revision="r1", validate=False)
+    assert fresh == BookingEvent(booking=booking(), booking_key="test:1", revision="r1")
+    # Every way of looking at one not read yet has the booking.
+    unread = BookingEvent.from_wire(wire, booking_key="test:1", validate=False)
+    assert unread.model_dump(mode="json", by_alias=True)["booking"] == wire
+    unread = BookingEvent.from_wire(wire, booking_key="test:1", validate=False)
+    assert "booking=" in repr(unread)
+    unread = BookingEvent.from_wire(wire, booking_key="test:1", validate=False)
+    assert dict(unread)["booking"] == booking()
+    unread = BookingEvent.from_wire(wire, booking_key="test:1", validate=False)
+    assert pickle.loads(pickle.dumps(unread)).booking == booking()
+    unread = BookingEvent.from_wire(wire, booking_key="test:1", validate=False)
+    assert json.loads(unread.model_dump_json(by_alias=True))["booking"] == wire
+    # A copy with other fields still sends the JSON; one with another booking sends that one.
+    unread = BookingEvent.from_wire(wire, booking_key="test:1", validate=False)
+    copy = unread.model_copy(update={"revision": "r2"})
+    assert copy.booking_json() is wire and copy.booking == booking()
+    cancelled = booking(
+        status="CANCELLED",
+        cancellable=False,
+        cancellation=BookingCancellation(
+            refund="FULL", reason=None, utc_cancelled_at="2024-04-02T10:00:00Z"
+        ),
+    )
+    replaced = unread.model_copy(update={"booking": cancelled})
+    assert replaced.booking_json() == cancelled.model_dump(mode="json", by_alias=True)
+
+
+def test_json_taken_as_valid_that_is_not_fails_when_its_booking_is_read() -> None:
+    wire = {**booking().model_dump(mode="json", by_alias=True), "utcCreatedAt": "soon"}
+
+    event = BookingEvent.from_wire(wire, booking_key="test:1", validate=False)
+
+    with pytest.raises(ValidationError, match="utcCreatedAt"):
+        _ = event.booking
+    # Fields of the wrong type are never taken unvalidated.
+    valid = booking().model_dump(mode="json", by_alias=True)
+    with pytest.raises(ValidationError, match="booking_key"):
+        BookingEvent.from_wire(valid, booking_key=1, validate=False)  # type: ignore[arg-type]
+
+
+def test_the_checked_builders_refuse_what_octo_timestamps_cannot_hold() -> None:
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from gateway.sources.translation import TranslationError, slot_json, utc_timestamp
+
+    assert utc_timestamp("2024-05-01T12:00:00+02:00", "at") == "2024-05-01T10:00:00Z"
+    with pytest.raises(TranslationError, match="at: '0999-05-01T10:00:00"):
+        utc_timestamp("0999-05-01T10:00:00+00:00", "at")
+    with pytest.raises(TranslationError, match=r"1890-01-01\.\.1890-01-02 in Europe/Paris"):
+        slot_json(
+            date(1890, 1, 1),
+            date(1890, 1, 2),
+            ZoneInfo("Europe/Paris"),
+            vacancies=None,
+            capacity=None,
+            closed=False,
+        )

@@ -54,7 +54,16 @@ def utc_timestamp(value: str, field: str) -> str:
         # Already written as OCTO writes it (Beds24 does): strftime would give the same text
         # back, at 3-5 µs a call, twice per booking.
         return value
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    written = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if len(written) != UTC_TIMESTAMP_LENGTH:
+        # Before the year 1000 strftime writes fewer digits than OCTO's pattern has: refused
+        # here, so what this returns is always a valid OCTO UTC timestamp.
+        raise TranslationError(f"{field}: {value!r} cannot be written as an OCTO UTC timestamp")
+    return written
+
+
+# "2024-05-01T10:00:00Z"
+UTC_TIMESTAMP_LENGTH = 20
 
 
 # A UTC timestamp as OCTO writes it, from year 1000 on (strftime writes no leading zeros).
@@ -128,8 +137,16 @@ def slot_json(
     closed: bool,
 ) -> dict[str, Any]:
     """``availability_slot``'s availability as OCTO JSON (what its ``model_dump(mode="json",
-    by_alias=True)`` writes), unvalidated: for ``BookingEvent.from_wire``, which validates it."""
+    by_alias=True)`` writes), for ``BookingEvent.from_wire``. Valid by construction:
+    ``TranslationError`` for a stay OCTO's timestamp patterns cannot hold (a historical offset
+    with seconds, such as Paris's +00:09:21 before 1911, or a year before 1000)."""
     begins, ends, cutoff = slot_times(start, end, zone)
+    if not (
+        len(begins) == len(ends) == LOCAL_TIMESTAMP_LENGTH and len(cutoff) == UTC_TIMESTAMP_LENGTH
+    ):
+        raise TranslationError(
+            f"the stay {start}..{end} in {zone.key} cannot be written as OCTO timestamps"
+        )
     return {
         "id": begins,
         "localDateTimeStart": begins,

@@ -90,8 +90,9 @@ def booking_from_beds24(
         kind: whole_number(booking.get(field) or 0, field) for kind, field in GUEST_COUNTS.items()
     }
     uuid = booking_uuid(source, booking_id)
-    # Written as OCTO JSON and validated from it: the event sends this JSON as it is, instead of
-    # dumping the booking built here (BookingEvent.from_wire).
+    # Written as OCTO JSON, valid by construction (every value from the plugin API's checked
+    # builders, or of the type its key takes), so it is not validated on the way out: the event
+    # sends this JSON as it is, and validates it only if its ``booking`` is read.
     octo = {
         "id": uuid,
         "uuid": uuid,
@@ -128,6 +129,7 @@ def booking_from_beds24(
         revision=f"{booking.get('id')}@{booking.get('modifiedTime')}",
         # An instant: Beds24 writes times with and without fractions and offsets.
         version=utc_instant(modified, "modifiedTime") if modified else None,
+        validate=False,
     )
 
 
