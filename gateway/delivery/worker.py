@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 RESPONSE_EXCERPT = 2048
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
-CLAIM_BATCH = 8  # at most this many messages finish between two claims while many are in flight
+CLAIM_BATCH = 16  # at most this many messages finish between two claims while many are in flight
 DUE_READ_EVERY = 0.1  # seconds between reads of the next due time while messages are in flight
 Verdict = Literal["delivered", "retry", "dead", "gone"]
 Outcome = Literal["delivered", "retry", "dead", "disabled"]
