@@ -199,6 +199,7 @@ def test_the_hot_statements_seek_by_index_and_never_scan_the_deliveries(tmp_path
     migrations.apply(db)
     statements = {
         "supersede": pushes.SUPERSEDE,
+        "supersede, one event to five subscriptions": pushes.supersede_statement(5),
         "claim": deliveries.CLAIM_FOR_SUBSCRIPTION,
         "settle": deliveries.SETTLE,
         "queued": deliveries.SUBSCRIPTIONS_QUEUED,

@@ -249,6 +249,29 @@ async def test_superseded_availability_and_replay(open_store: OpenStore) -> None
     assert again.id == newest.id
 
 
+@pytest.mark.both_stores
+async def test_a_newer_availability_supersedes_the_waiting_message_of_each_subscription(
+    open_store: OpenStore,
+) -> None:
+    """One event to several subscriptions supersedes each one's waiting message of its subject,
+    but not a message already in flight, nor another subject's."""
+    store = await open_store()
+    for id in ("s1", "s2", "s3"):
+        await store.insert_subscription(subscription(id, event="availability_update"))
+    await emit(store, [availability_event(n=1)])
+    [in_flight] = await store.claim_deliveries(
+        ClaimRoom(1, 1, in_flight={"s1": 1, "s2": 1}), 60, ordering_max_wait=3600
+    )
+    assert in_flight.subscription_id == "s3"
+    await emit(store, [availability_event("test:room-1|rate-1|2030-01-02", n=7)])
+    await emit(store, [availability_event(n=2)])
+    for id, superseded in (("s1", 1), ("s2", 1), ("s3", 0)):
+        assert len(await store.list_deliveries(id, state="superseded")) == superseded, id
+        waiting = await store.list_deliveries(id, state="pending")
+        assert len(waiting) == 2, id  # the other day's and the newest
+    assert [d.id for d in await store.list_deliveries("s3", state="leased")] == [in_flight.id]
+
+
 # -- PostgreSQL: what only a shared server gives ---------------------------------------------
 
 

@@ -565,10 +565,22 @@ def _with_history(db: Database, event: NewEvent, now: float) -> dict[str, Any] |
 
 # ``state in (...)`` repeats the partial index's condition: SQLite uses a partial index only
 # when the query names its WHERE term, and ``state = 'pending'`` alone scans the whole table.
-SUPERSEDE = (
-    "update deliveries set state = 'superseded', updated_at = ?"
-    " where order_key = ? and state in ('pending', 'leased') and state = 'pending'"
-)
+# A newer availability supersedes a message of its subject still waiting, for each subscription
+# the event goes to: one statement per event (an executemany ran it once per message, ~5 of the
+# ~7 µs per message being the statement's own overhead).
+SUPERSEDE_CHUNK = 100
+
+
+@functools.lru_cache(maxsize=16)
+def supersede_statement(keys: int) -> str:
+    marks = ", ".join("?" * keys)
+    return (
+        "update deliveries set state = 'superseded', updated_at = ?"
+        f" where order_key in ({marks}) and state in ('pending', 'leased') and state = 'pending'"
+    )
+
+
+SUPERSEDE = supersede_statement(1)
 INSERT_DELIVERY = (
     "insert into deliveries (id, event_seq, subscription_id, order_key, state, next_attempt_at,"
     " created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -616,7 +628,8 @@ def _fan_out(
             (new_id("msg"), event_seq, subscription_id, order_key, "pending", now, now, now)
         )
     if event.event == "availability_update":
-        conn.executemany(SUPERSEDE, [(now, row[3]) for row in rows])
+        for keys in _chunks([row[3] for row in rows], SUPERSEDE_CHUNK):
+            conn.execute(supersede_statement(len(keys)), [now, *keys])
     created = len(rows)
     if leases is not None:
         rows = leases.lease(db, event_seq, event.event, data_text, rows)
