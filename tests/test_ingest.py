@@ -59,6 +59,14 @@ async def test_token_in_header_or_query(gw: Harness) -> None:
     assert CHANNEX_TOKEN not in str(stored)
 
 
+async def test_the_answer_is_json_in_utf_8(gw: Harness) -> None:
+    response = await gw.push("channex", load_fixture("channex-ari-1.json"))
+
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert (await response.json())["kind"] == "ari"
+
+
 async def test_unknown_source_is_404(gw: Harness) -> None:
     for method in ("GET", "POST"):
         response = await gw.client.request(
