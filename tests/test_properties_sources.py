@@ -30,6 +30,8 @@ from gateway_beds24 import Beds24Source, versions_json
 from gateway_beds24.translate import availability_from_calendar, booking_from_beds24
 from gateway_channex import ChannexSource
 from gateway_channex.translate import (
+    ari_events,
+    ari_rows,
     availability_from_ari,
     revision_attributes,
     translate_revision,
@@ -311,6 +313,7 @@ def test_channex_ari_events_send_what_the_validated_models_dump(
     settings = TranslationSettings(timezone=zone)
     # What was sent before for some slots, read back as the store gives it (its OCTO JSON).
     previous = {}
+    previous_json = {}
     for room, (vacancies, capacity, closed) in known.items():
         sent = availability_slot(
             day,
@@ -323,10 +326,13 @@ def test_channex_ari_events_send_what_the_validated_models_dump(
         back = stored_availability(sent)
         assert back == Availability.model_validate(sent)
         previous[(room, "DEFAULT", day.isoformat())] = back
+        previous_json[(room, "DEFAULT", day.isoformat())] = sent
     try:
         events = availability_from_ari(rows, settings, previous)
     except NAMED_ERRORS:
         return
+    # The plugin reads what was sent as JSON (``known_availability_json``): the same events.
+    assert ari_events(ari_rows(rows, settings)[0], settings, previous_json) == events
     for event, dump in zip(events, dumped(events), strict=True):
         validate_octo("Availability", dump["availability"])
         slot = event.availability

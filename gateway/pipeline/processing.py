@@ -16,7 +16,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -116,9 +116,15 @@ class Context:
     async def known_availability(
         self, keys: list[tuple[str, str, str]]
     ) -> Mapping[tuple[str, str, str], Availability]:
+        found = await self.known_availability_json(keys)
+        return {key: stored_availability(wire) for key, wire in found.items()}
+
+    async def known_availability_json(
+        self, keys: list[tuple[str, str, str]]
+    ) -> Mapping[tuple[str, str, str], dict[str, Any]]:
         subjects = {availability_subject(self.source, *key): key for key in keys}
         found = await self.store.known_availability(list(subjects))
-        return {subjects[s]: stored_availability(v) for s, v in found.items()}
+        return {subjects[s]: wire for s, wire in found.items()}
 
     async def room_map(self, booking: str) -> RoomMap | None:
         if booking in self._kept_maps:

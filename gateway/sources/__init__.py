@@ -119,6 +119,13 @@ class SourceContext(Protocol):
         """The last availability sent for (productId, optionId, day), where known."""
         ...
 
+    async def known_availability_json(
+        self, keys: list[tuple[str, str, str]]
+    ) -> Mapping[tuple[str, str, str], dict[str, Any]]:
+        """``known_availability`` as the OCTO JSON each was sent as, without building models
+        (read-only: the same objects may be handed out again)."""
+        ...
+
     async def room_map(self, booking: str) -> RoomMap | None:
         """What was kept for one of this source's bookings (``booking`` is the PMS booking id)
         by the last push that kept a map for it, or earlier in this ``process`` call; None for a

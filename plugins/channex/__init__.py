@@ -236,7 +236,7 @@ class ChannexSource:
         rows = [row for row in rows if isinstance(row, dict)]
         # Each row read once: the slots to look up, then the translation.
         read, keys = ari_rows(rows, translation, max_row_days=MAX_ROW_DAYS, max_slots=MAX_SLOTS)
-        previous = await context.known_availability(keys)
+        previous = await context.known_availability_json(keys)
         events = ari_events(read, translation, previous)
         return Outcome(availability=events, note=f"ari: {len(rows)} row(s), {len(events)} event(s)")
 

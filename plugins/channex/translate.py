@@ -328,10 +328,17 @@ NEW_SLOT: _Slot = (0, None, False)
 AriRow = tuple[int, Mapping[str, Any], str, str, list[tuple[date, str]]]
 
 
-def _known(availability: Availability | None) -> _Slot:
+def _known(availability: Availability | Mapping[str, Any] | None) -> _Slot:
+    """A slot as last sent: the model, or its OCTO JSON (``known_availability_json``)."""
     if availability is None:
         return NEW_SLOT
-    return (availability.vacancies or 0, availability.capacity, availability.status == "CLOSED")
+    if isinstance(availability, Availability):
+        return (availability.vacancies or 0, availability.capacity, availability.status == "CLOSED")
+    return (
+        availability.get("vacancies") or 0,
+        availability.get("capacity"),
+        availability.get("status") == "CLOSED",
+    )
 
 
 def availability_from_ari(
@@ -395,9 +402,10 @@ def ari_rows(
 def ari_events(
     read: list[AriRow],
     settings: TranslationSettings,
-    previous: Mapping[DayKey, Availability],
+    previous: Mapping[DayKey, Availability] | Mapping[DayKey, Mapping[str, Any]],
 ) -> list[AvailabilityEvent]:
-    """``availability_from_ari`` of rows read by ``ari_rows``."""
+    """``availability_from_ari`` of rows read by ``ari_rows``; ``previous`` as models or as
+    their OCTO JSON."""
     slots: dict[DayKey, tuple[_Slot, date]] = {}
     for number, row, product, option, row_days in read:
         for day, iso in row_days:
