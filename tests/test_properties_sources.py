@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
-from gateway.octo import Availability, AvailabilityEvent, booking_uuid
+from gateway.octo import Availability, AvailabilityEvent, BookingEvent, booking_uuid
 from gateway.sources import IncomingPush, PushRejected
 from gateway.sources.pms import CARD_KEYS, limit_guests
 from gateway.sources.settings import TranslationSettings
@@ -173,11 +173,16 @@ async def test_ingest_never_answers_500_and_keeps_what_it_refuses(
 
 
 def dumped(events: list[Any]) -> list[dict[str, Any]]:
+    # What each event sends, taken before anything reads its booking (which validates it).
+    sent = [
+        event.booking_json() if isinstance(event, BookingEvent) else event.availability_json()
+        for event in events
+    ]
     dumps = [event.model_dump(mode="json", by_alias=True) for event in events]
-    for event, dump in zip(events, dumps, strict=True):
-        if isinstance(event, AvailabilityEvent):
-            # What the event sends (the JSON it was built with) is the dump, key order included.
-            assert orjson.dumps(event.availability_json()) == orjson.dumps(dump["availability"])
+    for event, json_sent, dump in zip(events, sent, dumps, strict=True):
+        # What the event sends (the JSON it was built with) is the dump, key order included.
+        key = "booking" if isinstance(event, BookingEvent) else "availability"
+        assert orjson.dumps(json_sent) == orjson.dumps(dump[key])
     return dumps
 
 

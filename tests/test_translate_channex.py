@@ -31,8 +31,11 @@ def revision(name: str = "channex-booking-revision-1.json") -> dict[str, Any]:
 
 
 def dump_bookings(events: list[BookingEvent]) -> list[dict[str, Any]]:
+    sent = [event.booking_json() for event in events]  # before anything reads the booking
     dumped = [event.model_dump(mode="json", by_alias=True) for event in events]
-    for event in dumped:
+    for json_sent, event in zip(sent, dumped, strict=True):
+        # What the event sends (the JSON it was made from) is the dump, key order included.
+        assert json.dumps(json_sent) == json.dumps(event["booking"])
         validate_octo("Booking", event["booking"])
         validate_octo("Contact", event["booking"]["contact"])
         for item in event["booking"]["unitItems"]:

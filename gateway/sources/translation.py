@@ -321,9 +321,16 @@ def unit_items(
 
 
 def unit_items_json(
-    counts: Mapping[str, int], settings: TranslationSettings, *, key: str, status: BookingStatus
+    counts: Mapping[str, int],
+    settings: TranslationSettings,
+    *,
+    key: str,
+    status: BookingStatus,
+    contacts: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``unit_items`` (without contacts) as OCTO JSON, unvalidated: for ``BookingEvent.from_wire``."""
+    """``unit_items`` as OCTO JSON, for ``BookingEvent.from_wire``; ``contacts[i]`` (when given,
+    made by ``contact_json``) is guest i's."""
+    given = contacts or []
     return [
         {
             "uuid": uuid,
@@ -332,10 +339,10 @@ def unit_items_json(
             "unitId": settings.unit_id(kind),
             "status": status,
             "utcRedeemedAt": None,
-            "contact": contact_json(),
+            "contact": given[index] if index < len(given) else contact_json(),
             "ticket": None,
         }
-        for uuid, kind in _guests(counts, key)
+        for index, (uuid, kind) in enumerate(_guests(counts, key))
     ]
 
 

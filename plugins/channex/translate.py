@@ -45,28 +45,26 @@ from gateway.plugin_api import (
     STILL_CANCELLABLE,
     Availability,
     AvailabilityEvent,
-    Booking,
     BookingEvent,
-    Contact,
     DayKey,
     MappedRoom,
     Refund,
     RoomMap,
     TranslationError,
     TranslationSettings,
-    availability_slot,
     booking_key,
     booking_status,
     booking_uuid,
-    cancellation,
     confirmed_at,
+    contact_json,
     country_code,
     day_event,
     days,
     full_name,
     parse_day,
+    slot_json,
     text,
-    unit_items,
+    unit_items_json,
     utc_instant,
     utc_timestamp,
     whole_number,
@@ -217,44 +215,57 @@ def _room_event(
     key = booking_key(source, booking_id, slot)
     arrival = parse_day(room.get("checkin_date"), "checkin_date")
     departure = parse_day(room.get("checkout_date"), "checkout_date")
-    stay = availability_slot(
-        arrival, departure, settings.zone, vacancies=None, capacity=None, closed=False
-    )
     occupancy = room.get("occupancy") or {}
     counts = {
         kind: whole_number(occupancy.get(field) or 0, f"occupancy.{field}")
         for kind, field in OCCUPANCY_KEYS.items()
     }
     uuid = booking_uuid(source, booking_id, slot)
-    booking = Booking(
-        id=uuid,
-        uuid=uuid,
-        test_mode=settings.test_mode,
-        reseller_reference=text(revision.get("ota_reservation_code")),
-        supplier_reference=booking_id,
-        status=status,
-        utc_created_at=times.created,
-        utc_updated_at=times.updated,
-        utc_confirmed_at=confirmed_at(status, times.created),
-        product_id=settings.product_id(text(room.get("room_type_id")) or "DEFAULT"),
-        option_id=settings.option_id(text(room.get("rate_plan_id"))),
-        cancellable=status in STILL_CANCELLABLE,
-        cancellation=cancellation(
-            status, _refund(revision), room.get("cancelled_at") or times.updated
+    stay = slot_json(arrival, departure, settings.zone, vacancies=None, capacity=None, closed=False)
+    refund = _refund(revision)  # read whatever the status: an amount that isn't one is refused
+    # Written as OCTO JSON, valid by construction (every value from the plugin API's checked
+    # builders, of the type its key takes, or kept by this translator in the room map), so it is
+    # not validated on the way out: the event sends this JSON as it is.
+    octo = {
+        "id": uuid,
+        "uuid": uuid,
+        "testMode": settings.test_mode,
+        "resellerReference": text(revision.get("ota_reservation_code")),
+        "supplierReference": booking_id,
+        "status": status,
+        "utcCreatedAt": times.created,
+        "utcUpdatedAt": times.updated,
+        "utcExpiresAt": None,
+        "utcRedeemedAt": None,
+        "utcConfirmedAt": confirmed_at(status, times.created),
+        "productId": settings.product_id(text(room.get("room_type_id")) or "DEFAULT"),
+        "optionId": settings.option_id(text(room.get("rate_plan_id"))),
+        "cancellable": status in STILL_CANCELLABLE,
+        "cancellation": (
+            {
+                "refund": refund,
+                "reason": None,
+                "utcCancelledAt": room.get("cancelled_at") or times.updated,
+            }
+            if status == "CANCELLED"
+            else None
         ),
-        availability_id=stay.id,
-        availability=stay,
-        contact=_contact(_object(revision.get("customer"))),
-        notes=text(revision.get("notes")),
-        unit_items=unit_items(
+        "freesale": False,
+        "availabilityId": stay["id"],
+        "availability": stay,
+        "contact": _contact(_object(revision.get("customer"))),
+        "notes": text(revision.get("notes")),
+        "deliveryMethods": [],
+        "voucher": None,
+        "unitItems": unit_items_json(
             counts,
             settings,
             key=key,
             status=status,
             contacts=[_contact(guest) for guest in room.get("guests") or []],
         ),
-    )
-    return [BookingEvent(booking=booking, booking_key=key)]
+    }
+    return [BookingEvent.from_wire(octo, booking_key=key, validate=False)]
 
 
 def _times(revision: Mapping[str, Any], received_at: datetime | None) -> tuple[str, str]:
@@ -302,12 +313,12 @@ def _objects(value: Any) -> list[Mapping[str, Any]]:
     return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 
-def _contact(person: Mapping[str, Any]) -> Contact:
+def _contact(person: Mapping[str, Any]) -> dict[str, Any]:
     """A Channex customer or guest (``name``, ``surname``, ``mail``, ...) as an OCTO contact."""
     first, last = text(person.get("name")), text(person.get("surname"))
     email = text(person.get("mail"))
     language = text(person.get("language"))
-    return Contact(
+    return contact_json(
         full_name=full_name(first, last),
         first_name=first,
         last_name=last,
