@@ -235,6 +235,8 @@ def _serve_workers(config: GatewayConfig, workers: int) -> None:
 
 
 async def _serve(config: GatewayConfig, sock: socket.socket | None = None) -> None:
+    if sock is None:
+        await _check_port(config.server.host, config.server.port)
     app = create_app(config)
     runner = make_runner(app, config.server)
     await runner.setup()
@@ -263,6 +265,22 @@ async def _serve(config: GatewayConfig, sock: socket.socket | None = None) -> No
     finally:
         # Stops accepting, lets in-flight requests finish, then runs cleanup_ctx (workers first).
         await runner.cleanup()
+
+
+async def _check_port(host: str, port: int) -> None:
+    """Fail before anything starts when the address cannot be listened on: a gateway that cannot
+    listen opens no store, sends nothing and logs nothing but why (the store's first round of
+    maintenance used to log before the bind failed). Bound as the site binds (all of the host's
+    addresses, SO_REUSEADDR), then closed for the site to bind again."""
+    if port == 0:  # any free port: nothing to find taken
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        probe = await loop.create_server(asyncio.Protocol, host, port, reuse_address=True)
+    except OSError as exc:
+        raise CannotListen(exc.strerror or str(exc)) from exc
+    probe.close()
+    await probe.wait_closed()
 
 
 def _listening_urls(runner: web.AppRunner) -> list[str]:

@@ -115,6 +115,8 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(port) in lines[0], result.stderr
+    # The port is found taken before anything starts: no store opened, nothing logged before.
+    assert not (tmp_path / "gateway.db").exists()
 
 
 def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
