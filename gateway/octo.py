@@ -166,6 +166,16 @@ class Supplier(OctoModel):
     contact: SupplierContact = Field(default_factory=SupplierContact)
 
 
+def _same_fields(a: BaseModel, b: BaseModel) -> bool:
+    """Equal as pydantic compares models (type, fields, extra fields), leaving out the private
+    attributes: an event's kept JSON is how it was made, not what it is."""
+    return (
+        type(a) is type(b)
+        and a.__dict__ == b.__dict__
+        and a.__pydantic_extra__ == b.__pydantic_extra__
+    )
+
+
 class AvailabilityEvent(OctoModel):
     """What an availability_update carries besides ``webhook`` and ``supplier``."""
 
@@ -188,11 +198,7 @@ class AvailabilityEvent(OctoModel):
         without it."""
         if not isinstance(other, AvailabilityEvent):
             return NotImplemented
-        return (
-            type(self) is type(other)
-            and self.__dict__ == other.__dict__
-            and self.__pydantic_extra__ == other.__pydantic_extra__
-        )
+        return _same_fields(self, other)
 
     def availability_json(self) -> dict[str, Any]:
         """The availability as OCTO JSON (``model_dump(mode="json", by_alias=True)``)."""
@@ -323,11 +329,7 @@ class BookingEvent(OctoModel):
             return NotImplemented
         self._booking()
         other._booking()
-        return (
-            type(self) is type(other)
-            and self.__dict__ == other.__dict__
-            and self.__pydantic_extra__ == other.__pydantic_extra__
-        )
+        return _same_fields(self, other)
 
     def booking_json(self) -> dict[str, Any]:
         """The booking as OCTO JSON (``model_dump(mode="json", by_alias=True)``)."""

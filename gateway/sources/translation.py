@@ -102,19 +102,10 @@ def availability_slot(
     ``vacancies`` None (a booking's stay, where the count is unknown) is shown as available.
     """
     begins, ends, cutoff = slot_times(start, end, zone)
-    values = {
-        "id": begins,
-        "local_date_time_start": begins,
-        "local_date_time_end": ends,
-        "utc_cutoff_at": cutoff,
-        "all_day": True,
-        "available": vacancies != 0 and not closed,
-        "status": availability_status(vacancies, capacity, closed=closed),
-        "vacancies": vacancies,
-        "capacity": capacity,
-        "max_units": None,
-        "opening_hours": [],
-    }
+    status = availability_status(vacancies, capacity, closed=closed)
+    values = _slot_fields(
+        begins, ends, cutoff, vacancies != 0 and not closed, status, vacancies, capacity
+    )
     if len(begins) == len(ends) == LOCAL_TIMESTAMP_LENGTH:
         # Every value is made here in the model's types: built without validation (a burst of
         # 1,800 ARI rows builds 1,800). Only a historical offset with seconds ("+00:09:21") has
@@ -147,14 +138,55 @@ def slot_json(
         raise TranslationError(
             f"the stay {start}..{end} in {zone.key} cannot be written as OCTO timestamps"
         )
+    status = availability_status(vacancies, capacity, closed=closed)
+    return _slot_wire(
+        begins, ends, cutoff, vacancies != 0 and not closed, status, vacancies, capacity
+    )
+
+
+def _slot_fields(
+    begins: str,
+    ends: str,
+    cutoff: str,
+    available: bool,
+    status: AvailabilityStatus,
+    vacancies: int | None,
+    capacity: int | None,
+) -> dict[str, Any]:
+    """An all-day availability by the model's field names (what ``Availability`` is built from)."""
+    return {
+        "id": begins,
+        "local_date_time_start": begins,
+        "local_date_time_end": ends,
+        "utc_cutoff_at": cutoff,
+        "all_day": True,
+        "available": available,
+        "status": status,
+        "vacancies": vacancies,
+        "capacity": capacity,
+        "max_units": None,
+        "opening_hours": [],
+    }
+
+
+def _slot_wire(
+    begins: str,
+    ends: str,
+    cutoff: str,
+    available: bool,
+    status: AvailabilityStatus,
+    vacancies: int | None,
+    capacity: int | None,
+) -> dict[str, Any]:
+    """The same availability as OCTO JSON, in the model's key order (its ``model_dump``)."""
     return {
         "id": begins,
         "localDateTimeStart": begins,
         "localDateTimeEnd": ends,
         "utcCutoffAt": cutoff,
         "allDay": True,
-        "available": vacancies != 0 and not closed,
-        "status": availability_status(vacancies, capacity, closed=closed),
+        "available": available,
+        "status": status,
         "vacancies": vacancies,
         "capacity": capacity,
         "maxUnits": None,
@@ -215,32 +247,8 @@ def day_event(
             day, day + ONE_DAY, settings.zone, vacancies=vacancies, capacity=capacity, closed=closed
         )
         return AvailabilityEvent(product_id=product_id, option_id=option_id, availability=slot)
-    values = {
-        "id": begins,
-        "local_date_time_start": begins,
-        "local_date_time_end": ends,
-        "utc_cutoff_at": cutoff,
-        "all_day": True,
-        "available": available,
-        "status": status,
-        "vacancies": vacancies,
-        "capacity": capacity,
-        "max_units": None,
-        "opening_hours": [],
-    }
-    wire = {
-        "id": begins,
-        "localDateTimeStart": begins,
-        "localDateTimeEnd": ends,
-        "utcCutoffAt": cutoff,
-        "allDay": True,
-        "available": available,
-        "status": status,
-        "vacancies": vacancies,
-        "capacity": capacity,
-        "maxUnits": None,
-        "openingHours": [],
-    }
+    values = _slot_fields(begins, ends, cutoff, available, status, vacancies, capacity)
+    wire = _slot_wire(begins, ends, cutoff, available, status, vacancies, capacity)
     return wired_availability_event(product_id, option_id, values, wire)
 
 
@@ -378,6 +386,60 @@ def contact_json(
         "postalCode": postal_code,
         "country": country,
         "notes": notes,
+    }
+
+
+def stay_booking_json(
+    *,
+    uuid: str,
+    settings: TranslationSettings,
+    status: BookingStatus,
+    created_at: str,
+    updated_at: str,
+    product_id: str,
+    option_id: str,
+    stay: dict[str, Any],
+    contact: dict[str, Any],
+    unit_items: list[dict[str, Any]],
+    supplier_reference: str,
+    reseller_reference: str | None = None,
+    notes: str | None = None,
+    refund: Refund = "FULL",
+    cancelled_at: str | None = None,
+) -> dict[str, Any]:
+    """A PMS stay's OCTO ``Booking`` as JSON, in the model's key order, for
+    ``BookingEvent.from_wire``: what every PMS booking shares is written once here (confirmed
+    when made, cancellable until cancelled, no voucher). ``stay`` from ``slot_json``, ``contact``
+    from ``contact_json``, ``unit_items`` from ``unit_items_json``; a cancelled booking's
+    cancellation time is ``cancelled_at``, else ``updated_at``."""
+    return {
+        "id": uuid,
+        "uuid": uuid,
+        "testMode": settings.test_mode,
+        "resellerReference": reseller_reference,
+        "supplierReference": supplier_reference,
+        "status": status,
+        "utcCreatedAt": created_at,
+        "utcUpdatedAt": updated_at,
+        "utcExpiresAt": None,
+        "utcRedeemedAt": None,
+        "utcConfirmedAt": confirmed_at(status, created_at),
+        "productId": product_id,
+        "optionId": option_id,
+        "cancellable": status in STILL_CANCELLABLE,
+        "cancellation": (
+            {"refund": refund, "reason": None, "utcCancelledAt": cancelled_at or updated_at}
+            if status == "CANCELLED"
+            else None
+        ),
+        "freesale": False,
+        "availabilityId": stay["id"],
+        "availability": stay,
+        "contact": contact,
+        "notes": notes,
+        "deliveryMethods": [],
+        "voucher": None,
+        "unitItems": unit_items,
     }
 
 

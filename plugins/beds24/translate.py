@@ -27,7 +27,6 @@ from typing import Any
 
 from gateway.plugin_api import (
     IGNORE,
-    STILL_CANCELLABLE,
     AvailabilityEvent,
     BookingEvent,
     TranslationError,
@@ -35,7 +34,6 @@ from gateway.plugin_api import (
     booking_key,
     booking_status,
     booking_uuid,
-    confirmed_at,
     contact_json,
     country_code,
     day_event,
@@ -43,6 +41,7 @@ from gateway.plugin_api import (
     full_name,
     parse_day,
     slot_json,
+    stay_booking_json,
     text,
     unit_items_json,
     utc_instant,
@@ -93,35 +92,22 @@ def booking_from_beds24(
     # Written as OCTO JSON, valid by construction (every value from the plugin API's checked
     # builders, or of the type its key takes), so it is not validated on the way out: the event
     # sends this JSON as it is, and validates it only if its ``booking`` is read.
-    octo = {
-        "id": uuid,
-        "uuid": uuid,
-        "testMode": settings.test_mode,
-        "resellerReference": text(booking.get("apiReference")),
-        "supplierReference": booking_id,
-        "status": status,
-        "utcCreatedAt": created_at,
-        "utcUpdatedAt": updated_at,
-        "utcExpiresAt": None,
-        "utcRedeemedAt": None,
-        "utcConfirmedAt": confirmed_at(status, created_at),
-        "productId": settings.product_id(text(booking.get("roomId")) or "DEFAULT"),
-        "optionId": settings.option_id(offer),
-        "cancellable": status in STILL_CANCELLABLE,
-        "cancellation": (
-            {"refund": "FULL", "reason": None, "utcCancelledAt": cancelled_at}
-            if status == "CANCELLED"
-            else None
-        ),
-        "freesale": False,
-        "availabilityId": stay["id"],
-        "availability": stay,
-        "contact": _contact(booking),
-        "notes": text(booking.get("comments")),
-        "deliveryMethods": [],
-        "voucher": None,
-        "unitItems": unit_items_json(counts, settings, key=key, status=status),
-    }
+    octo = stay_booking_json(
+        uuid=uuid,
+        settings=settings,
+        status=status,
+        created_at=created_at,
+        updated_at=updated_at,
+        product_id=settings.product_id(text(booking.get("roomId")) or "DEFAULT"),
+        option_id=settings.option_id(offer),
+        stay=stay,
+        contact=_contact(booking),
+        unit_items=unit_items_json(counts, settings, key=key, status=status),
+        supplier_reference=booking_id,
+        reseller_reference=text(booking.get("apiReference")),
+        notes=text(booking.get("comments")),
+        cancelled_at=cancelled_at,
+    )
     modified = text(booking.get("modifiedTime"))
     return BookingEvent.from_wire(
         octo,

@@ -42,7 +42,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from gateway.plugin_api import (
-    STILL_CANCELLABLE,
     Availability,
     AvailabilityEvent,
     BookingEvent,
@@ -55,7 +54,6 @@ from gateway.plugin_api import (
     booking_key,
     booking_status,
     booking_uuid,
-    confirmed_at,
     contact_json,
     country_code,
     day_event,
@@ -63,6 +61,7 @@ from gateway.plugin_api import (
     full_name,
     parse_day,
     slot_json,
+    stay_booking_json,
     text,
     unit_items_json,
     utc_instant,
@@ -226,45 +225,29 @@ def _room_event(
     # Written as OCTO JSON, valid by construction (every value from the plugin API's checked
     # builders, of the type its key takes, or kept by this translator in the room map), so it is
     # not validated on the way out: the event sends this JSON as it is.
-    octo = {
-        "id": uuid,
-        "uuid": uuid,
-        "testMode": settings.test_mode,
-        "resellerReference": text(revision.get("ota_reservation_code")),
-        "supplierReference": booking_id,
-        "status": status,
-        "utcCreatedAt": times.created,
-        "utcUpdatedAt": times.updated,
-        "utcExpiresAt": None,
-        "utcRedeemedAt": None,
-        "utcConfirmedAt": confirmed_at(status, times.created),
-        "productId": settings.product_id(text(room.get("room_type_id")) or "DEFAULT"),
-        "optionId": settings.option_id(text(room.get("rate_plan_id"))),
-        "cancellable": status in STILL_CANCELLABLE,
-        "cancellation": (
-            {
-                "refund": refund,
-                "reason": None,
-                "utcCancelledAt": room.get("cancelled_at") or times.updated,
-            }
-            if status == "CANCELLED"
-            else None
-        ),
-        "freesale": False,
-        "availabilityId": stay["id"],
-        "availability": stay,
-        "contact": _contact(_object(revision.get("customer"))),
-        "notes": text(revision.get("notes")),
-        "deliveryMethods": [],
-        "voucher": None,
-        "unitItems": unit_items_json(
+    octo = stay_booking_json(
+        uuid=uuid,
+        settings=settings,
+        status=status,
+        created_at=times.created,
+        updated_at=times.updated,
+        product_id=settings.product_id(text(room.get("room_type_id")) or "DEFAULT"),
+        option_id=settings.option_id(text(room.get("rate_plan_id"))),
+        stay=stay,
+        contact=_contact(_object(revision.get("customer"))),
+        unit_items=unit_items_json(
             counts,
             settings,
             key=key,
             status=status,
             contacts=[_contact(guest) for guest in room.get("guests") or []],
         ),
-    }
+        supplier_reference=booking_id,
+        reseller_reference=text(revision.get("ota_reservation_code")),
+        notes=text(revision.get("notes")),
+        refund=refund,
+        cancelled_at=room.get("cancelled_at"),
+    )
     return [BookingEvent.from_wire(octo, booking_key=key, validate=False)]
 
 
