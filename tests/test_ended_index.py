@@ -20,7 +20,7 @@ from gateway.store import SQLiteStore, connect, utcnow
 from gateway.store.interface import ClaimRoom, Retention, Settlement
 from gateway.store.sqlite import retention
 from gateway.store.sqlite.migrations import migrations
-from gateway.store.sqlite.subscriptions import _subscription_row
+from tests.old_databases import insert_subscription
 
 M012 = "m012_ended_messages_index_without_an_in_list"
 DAY = 86_400.0
@@ -54,11 +54,7 @@ def old_database(path: Path) -> None:
         created_at=utcnow(),
         updated_at=utcnow(),
     )
-    row = _subscription_row(subscription)
-    db.execute(
-        f"insert into subscriptions ({', '.join(row)}) values ({', '.join('?' * len(row))})",
-        list(row.values()),
-    )
+    insert_subscription(db, subscription)
     db.execute(
         "insert into events (seq, id, push_id, source, event, subject, product_id, option_id,"
         " data, created_at) values (1, 'evt_old', 'psh_old', 'test', 'booking_update',"

@@ -20,7 +20,7 @@ from gateway.samples import sample_data
 from gateway.store import SQLiteStore, connect, utcnow
 from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.sqlite.migrations import migrations
-from gateway.store.sqlite.subscriptions import _subscription_row
+from tests.old_databases import insert_subscription
 from tests.receivers import Receiver, attempts, booking_event, emit, wait_until_async
 from tests.tenants import TENANT_A
 
@@ -44,11 +44,7 @@ def old_database(path: Path, url: str) -> dict[str, Any]:
         created_at=utcnow(),
         updated_at=utcnow(),
     )
-    row = _subscription_row(subscription)
-    db.execute(
-        f"insert into subscriptions ({', '.join(row)}) values ({', '.join('?' * len(row))})",
-        list(row.values()),
-    )
+    insert_subscription(db, subscription)
     data = sample_data("booking_update")
     db.execute(
         "insert into events (seq, id, push_id, source, event, subject, product_id, option_id,"
