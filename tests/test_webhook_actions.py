@@ -112,6 +112,22 @@ async def test_send_test_reports_failures(client: TestClient[Any, Any], receiver
     assert "connect" in result["error"].lower()
 
 
+async def test_send_test_to_a_subscriber_that_never_answers_times_out(
+    client: TestClient[Any, Any], receiver: Receiver
+) -> None:
+    """The attempt's deadline (one sweeping timer, gateway/delivery/deadlines.py) cancels the
+    request handler's own task: the handler still answers, with the attempt timed out."""
+    webhook = await subscribe(client, receiver.url())
+    receiver.default = Answer(hang=True)
+    try:
+        result = await post_test(client, webhook["id"])
+    finally:
+        receiver.release()
+    assert (result["status"], result["delivered"]) == (None, False)
+    assert result["error"] == "timed out"
+    assert len(receiver.requests) == 1
+
+
 async def test_send_test_is_tenant_scoped(client: TestClient[Any, Any], receiver: Receiver) -> None:
     webhook = await subscribe(client, receiver.url())
     response = await client.post(f"/octo/webhooks/{webhook['id']}/test", headers=AUTH_B)
