@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
-from gateway.models import AttemptRecord, Subscription
+from gateway.models import AttemptRecord
 from gateway.samples import sample_data
-from gateway.store import SQLiteStore, connect, utcnow
+from gateway.store import SQLiteStore, connect
 from gateway.store.interface import ClaimRoom, Retention, Settlement
 from gateway.store.sqlite import retention
 from gateway.store.sqlite.migrations import migrations
-from tests.old_databases import insert_subscription
+from tests.old_databases import insert_subscription, migrated_until, old_subscription
 
 M012 = "m012_ended_messages_index_without_an_in_list"
 DAY = 86_400.0
@@ -41,19 +41,9 @@ OLD_MESSAGES = [
 def old_database(path: Path) -> None:
     """A database as the release before m012 wrote it: one subscription, one event and a
     message in each state, the finished ones some long ago."""
-    db = connect(path)
-    db.enable_wal()
-    migrations.apply(db, stop_before=M012)
+    db = migrated_until(path, M012)
     now = time.time()
-    subscription = Subscription(
-        id="sub_old",
-        tenant="t",
-        event="booking_update",
-        url="https://example.com/hook",
-        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        created_at=utcnow(),
-        updated_at=utcnow(),
-    )
+    subscription = old_subscription("t", "https://example.com/hook")
     insert_subscription(db, subscription)
     db.execute(
         "insert into events (seq, id, push_id, source, event, subject, product_id, option_id,"

@@ -71,6 +71,15 @@ def booking(**changes: Any) -> Booking:
     return Booking(**{**values, **changes})
 
 
+def cancelled_booking(at: str = "2024-04-02T10:00:00Z") -> Booking:
+    """``booking()`` cancelled at ``at``, with a full refund."""
+    return booking(
+        status="CANCELLED",
+        cancellable=False,
+        cancellation=BookingCancellation(refund="FULL", reason=None, utc_cancelled_at=at),
+    )
+
+
 def test_booking_dumps_every_required_key_in_camel_case() -> None:
     dumped = booking().model_dump(mode="json", by_alias=True)
 
@@ -84,13 +93,7 @@ def test_booking_dumps_every_required_key_in_camel_case() -> None:
 
 
 def test_cancelled_booking_validates() -> None:
-    cancelled = booking(
-        status="CANCELLED",
-        cancellable=False,
-        cancellation=BookingCancellation(
-            refund="FULL", reason=None, utc_cancelled_at="2024-04-02T09:00:00Z"
-        ),
-    )
+    cancelled = cancelled_booking("2024-04-02T09:00:00Z")
 
     validate_octo("Booking", cancelled.model_dump(mode="json", by_alias=True))
 
@@ -182,13 +185,7 @@ def test_an_event_whose_booking_was_replaced_sends_the_new_booking() -> None:
     event = BookingEvent.from_wire(
         booking().model_dump(mode="json", by_alias=True), booking_key="test:1"
     )
-    cancelled = booking(
-        status="CANCELLED",
-        cancellable=False,
-        cancellation=BookingCancellation(
-            refund="FULL", reason=None, utc_cancelled_at="2024-04-02T10:00:00Z"
-        ),
-    )
+    cancelled = cancelled_booking()
 
     copy = event.model_copy(update={"booking": cancelled})
     event.booking = cancelled
@@ -394,13 +391,7 @@ def test_an_event_made_from_json_taken_as_valid_validates_it_only_when_its_booki
     unread = BookingEvent.from_wire(wire, booking_key="test:1", validate=False)
     copy = unread.model_copy(update={"revision": "r2"})
     assert copy.booking_json() is wire and copy.booking == booking()
-    cancelled = booking(
-        status="CANCELLED",
-        cancellable=False,
-        cancellation=BookingCancellation(
-            refund="FULL", reason=None, utc_cancelled_at="2024-04-02T10:00:00Z"
-        ),
-    )
+    cancelled = cancelled_booking()
     replaced = unread.model_copy(update={"booking": cancelled})
     assert replaced.booking_json() == cancelled.model_dump(mode="json", by_alias=True)
 

@@ -20,7 +20,7 @@ from gateway.samples import sample_data
 from gateway.store import SQLiteStore, connect, utcnow
 from gateway.store.interface import ClaimRoom, Settlement
 from gateway.store.sqlite.migrations import migrations
-from tests.old_databases import insert_subscription
+from tests.old_databases import insert_subscription, migrated_until, old_subscription
 from tests.receivers import Receiver, attempts, booking_event, emit, wait_until_async
 from tests.tenants import TENANT_A
 
@@ -31,19 +31,9 @@ def old_database(path: Path, url: str) -> dict[str, Any]:
     """A database as the previous release wrote it (migrations up to m008), with one subscription,
     one event and three messages: delivered, pending (never tried) and waiting for a retry with
     the body its first attempt sent."""
-    db = connect(path)
-    db.enable_wal()
-    migrations.apply(db, stop_before=V2)
+    db = migrated_until(path, V2)
     now = time.time()
-    subscription = Subscription(
-        id="sub_old",
-        tenant=str(TENANT_A["name"]),
-        event="booking_update",
-        url=url,
-        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        created_at=utcnow(),
-        updated_at=utcnow(),
-    )
+    subscription = old_subscription(str(TENANT_A["name"]), url)
     insert_subscription(db, subscription)
     data = sample_data("booking_update")
     db.execute(
