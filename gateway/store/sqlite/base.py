@@ -1,9 +1,15 @@
-"""The SQLite store's plumbing: connections, migrations, and group commit on one writer thread.
+"""The SQLite store's plumbing: connections, migrations, and group commit on one connection.
 
-Every write runs on a single writer thread (so the event loop never blocks on a write and SQLite
-never sees two writers from this process), batched into one transaction with whatever other
-writes are waiting (group commit); reads run on a small pool of reader threads, each with its
-own connection, which WAL lets proceed while the writer writes.
+Writes are batched into one transaction with whatever other writes are waiting (group commit) and
+run one batch at a time on the store's one write connection, so SQLite never sees two writers
+from this process. A batch of small writes runs on the event loop's own thread, in a callback: in
+WAL mode with ``synchronous = NORMAL`` a commit is a write to the log, not an fsync (checkpoints,
+the fsyncs, have a thread of their own), so handing it to another thread cost more than it saved
+(two cross-CPU wake-ups, the GIL passed back and forth). The writer thread takes a batch when
+waiting is involved or the work is long: another process holds the write lock (it waits up to
+``busy_timeout`` there, never on the loop), a write was marked ``background`` (retention, replays,
+large fan-outs), or a write failed (each is then run again on its own). Reads run on a small pool
+of reader threads, each with its own connection, which WAL lets proceed while a batch writes.
 """
 
 from __future__ import annotations
@@ -131,11 +137,14 @@ class SQLiteBase:
         self._local = threading.local()
         self._reader_dbs: list[Database] = []
         self._reader_lock = threading.Lock()
-        # Group commit: writes queue here and the writer thread runs all that are waiting in one
-        # transaction, answering each caller once it is committed.
-        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        # Group commit: writes queue here and one flush (on the loop or the writer thread) runs
+        # all that are waiting in one transaction, answering each caller once it is committed.
+        self._queue: list[Queued] = []
         self._queue_lock = threading.Lock()
         self._flushing = False
+        # Held by whatever uses the write connection (a batch on the loop or the writer thread,
+        # a job on the writer thread): the loop never waits for it, it hands over instead.
+        self._conn_lock = threading.Lock()
         self._in_batch = False
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
@@ -154,7 +163,11 @@ class SQLiteBase:
         # Checkpoints (the only fsyncs in WAL mode) move to a thread of their own, so a commit
         # never waits for one; the WAL still stays small, checkpointed every CHECKPOINT_EVERY s.
         db.execute("PRAGMA wal_autocheckpoint = 0")
-        self._write_db = db
+        # On the loop a lock held by another process must fail at once (the batch then waits on
+        # the writer thread, which sets the busy timeout for as long as it holds the connection).
+        db.execute("PRAGMA busy_timeout = 0")
+        with self._conn_lock:
+            self._write_db = db
         self._checkpointer = threading.Thread(
             target=self._checkpoint_forever, name="store-checkpoint", daemon=True
         )
@@ -189,56 +202,138 @@ class SQLiteBase:
             self._reader_dbs.clear()
 
     def _close_writer(self) -> None:
-        if self._write_db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._write_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._write_db.close()
-            self._write_db = None
+        with self._conn_lock:
+            if self._write_db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._write_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._write_db.close()
+                self._write_db = None
+
+    @contextmanager
+    def _waiting_connection(self) -> Iterator[Database]:
+        """The write connection for the writer thread: held exclusively, and waiting up to
+        ``busy_timeout`` for a lock another process holds."""
+        with self._conn_lock:
+            db = self._wdb
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            try:
+                yield db
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA busy_timeout = 0")
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the writer thread inside the next group commit; returns once committed."""
+    async def _write(self, fn: Callable[[], T], *, background: bool = False) -> T:
+        """Run ``fn`` inside the next group commit; returns once committed. ``background``:
+        ``fn`` may take long (many rows), so its batch runs on the writer thread, not the loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._queue_lock:
-            self._queue.append((fn, future))
+            self._queue.append((fn, future, background))
             start = not self._flushing
             self._flushing = True
         if start:
-            self._writer.kick()
+            if background:
+                self._kick_writer()
+            else:
+                loop.call_soon(self._flush_on_loop)
         return await future
 
+    def _flush_on_loop(self) -> None:
+        """The waiting writes, in one transaction on the event loop's thread, unless the batch
+        belongs on the writer thread (see the module's docstring): then it is handed over."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+            if not batch:
+                self._flushing = False
+                return
+        if any(background for _, _, background in batch) or not self._conn_lock.acquire(
+            blocking=False
+        ):
+            self._hand_over(batch)
+            return
+        try:
+            results = self._transaction([fn for fn, _, _ in batch])
+        except Exception:
+            # Locked by another process, or a write failed: nothing was committed; the writer
+            # thread waits for the lock, or runs each write on its own.
+            self._hand_over(batch)
+            return
+        finally:
+            self._conn_lock.release()
+        if self._faults.failing("write"):
+            self._faults.resolved("write", f"storage recovered: {self.path} takes writes again")
+        self._answer(batch, [(result, None) for result in results])
+        with self._queue_lock:
+            if not self._queue:
+                self._flushing = False
+                return
+        # Written meanwhile by another thread's loop: their turn, after this loop's others.
+        asyncio.get_running_loop().call_soon(self._flush_on_loop)
+
+    def _hand_over(self, batch: list[Queued]) -> None:
+        """The writer thread runs ``batch`` first, then whatever is waiting (still flushing)."""
+        with self._queue_lock:
+            self._queue[:0] = batch
+        self._kick_writer()
+
+    def _kick_writer(self) -> None:
+        """Have the writer thread flush; once the store is closed there is none, and what
+        waits fails (as a write to a closed store does) instead of waiting for ever."""
+        try:
+            self._writer.kick()
+        except RuntimeError as exc:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+                self._flushing = False
+            self._answer(batch, [(None, exc)] * len(batch))
+
     def _flush(self) -> None:
+        """The writer thread's flush: batches until none is waiting."""
         while True:
             with self._queue_lock:
                 batch, self._queue = self._queue, []
                 if not batch:
                     self._flushing = False
                     return
-            outcomes = self._storage_outcomes(self._run_batch(batch))
-            # One wake-up of each waiting loop per batch, not one per write.
-            answers: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
-            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
-                answers.setdefault(future.get_loop(), []).append((future, result, error))
-            for waiting, answered in answers.items():
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    waiting.call_soon_threadsafe(_settle_futures, answered)
+            try:
+                with self._waiting_connection():
+                    outcomes = self._storage_outcomes(self._run_batch(batch))
+            except RuntimeError as exc:  # no connection: the store is not open
+                outcomes = [(None, exc)] * len(batch)
+            self._answer(batch, outcomes)
 
-    def _run_batch(
-        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
-    ) -> list[tuple[Any, BaseException | None]]:
+    @staticmethod
+    def _answer(batch: list[Queued], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+        """Settle each write's future on its own loop: at once on the running loop, else one
+        wake-up of each waiting loop per batch, not one per write."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        answers: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
+        for (_, future, _), (result, error) in zip(batch, outcomes, strict=True):
+            answers.setdefault(future.get_loop(), []).append((future, result, error))
+        for waiting, answered in answers.items():
+            if waiting is running:
+                _settle_futures(answered)
+                continue
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                waiting.call_soon_threadsafe(_settle_futures, answered)
+
+    def _run_batch(self, batch: list[Queued]) -> list[tuple[Any, BaseException | None]]:
         """All writes in one transaction. Should one fail, none took effect: each is then run
         again in a transaction of its own, so only the failing one fails (the rare path). A lock
         held by another process fails the whole batch at once: each write would only wait
         ``busy_timeout`` again, and the callers answer within seconds, not seconds times the batch."""
         try:
-            return [(result, None) for result in self._transaction([fn for fn, _ in batch])]
+            return [(result, None) for result in self._transaction([fn for fn, _, _ in batch])]
         except BaseException as exc:
             if len(batch) == 1 or _waited_for_lock(exc):
                 return [(None, exc)] * len(batch)
         outcomes: list[tuple[Any, BaseException | None]] = []
-        for fn, _ in batch:
+        for fn, _, _ in batch:
             try:
                 outcomes.append((self._transaction([fn])[0], None))
             except BaseException as exc:
@@ -376,6 +471,8 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
 
 
 Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
+# A write waiting for its group commit: the work, its caller's future, whether it is background.
+Queued = tuple[Callable[[], Any], asyncio.Future[Any], bool]
 
 
 def _settle_futures(answers: list[Answer]) -> None:

@@ -39,7 +39,7 @@ TABLES = (
 
 class EraseStore(RetentionStore):
     async def erase_booking(self, source: str, booking_id: str) -> dict[str, int]:
-        removed = await self._write(partial(self._erase, source, booking_id))
+        removed = await self._write(partial(self._erase, source, booking_id), background=True)
         await self.release_free_pages()
         await self._empty_wal()
         return removed
@@ -103,7 +103,8 @@ class EraseStore(RetentionStore):
         )
 
     def _truncate_wal(self) -> bool:
-        [busy, _, _] = self._wdb.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        with self._waiting_connection() as db:
+            [busy, _, _] = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return bool(busy)
 
 

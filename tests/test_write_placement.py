@@ -1,0 +1,112 @@
+"""Where the SQLite store's writes run: small batches on the event loop's own thread, and on the
+writer thread whatever may wait or take long, without the loop ever stalling for either."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.store import SQLiteStore
+from gateway.store.errors import StorageUnavailable
+from tests.test_storage_faults import locked
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    # Longer than the test's own timeout: a loop that waited for a lock itself would never get to
+    # release it, and the test would time out instead of passing slowly.
+    store = SQLiteStore(tmp_path / "gateway.db", busy_timeout=70)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def insert(store: SQLiteStore, n: int) -> str:
+    record, new = await store.insert_push(
+        source="test", kind="k", payload={"n": n}, dedupe_key=f"key-{n}", order_key=None
+    )
+    assert new
+    return record.id
+
+
+async def test_a_small_write_runs_on_the_loop_and_a_background_one_on_the_writer_thread(
+    store: SQLiteStore,
+) -> None:
+    def where() -> str:
+        return threading.current_thread().name
+
+    assert await store._write(where) == threading.current_thread().name
+    assert await store._write(where, background=True) == "store-writer_0"
+    # A small write queued behind a background one shares its batch, on the writer thread.
+    both = await asyncio.gather(store._write(where, background=True), store._write(where))
+    assert list(both) == ["store-writer_0", "store-writer_0"]
+    assert await store._write(where) == threading.current_thread().name  # and back on the loop
+
+
+async def test_a_write_behind_another_process_lock_waits_on_the_writer_thread_not_the_loop(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """On the loop the lock fails at once, and the batch goes to the writer thread to wait for
+    it: the loop goes on meanwhile (the lock is released from it), and the write then succeeds."""
+    first = await insert(store, 0)
+    async with locked(tmp_path / "gateway.db"):
+        waiting = asyncio.create_task(insert(store, 1))
+        behind = asyncio.create_task(insert(store, 2))  # queued while the first one waits
+        ticks = 0
+        for _ in range(20):  # the loop runs: a blocked loop would not come back before the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20
+        assert not waiting.done() and not behind.done()  # neither failed nor went past the lock
+    ids = await asyncio.gather(waiting, behind)
+    stored = {p.id for p in await store.list_pushes(limit=10)}
+    assert stored == {first, *ids}
+    assert await insert(store, 3)  # the next write is back on the loop, lock or not
+
+
+async def test_a_lock_held_past_the_busy_timeout_still_fails_the_write(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "gateway.db", busy_timeout=0.3)
+    await store.open()
+    try:
+        async with locked(tmp_path / "gateway.db"):
+            with pytest.raises(StorageUnavailable, match="locked"):
+                await insert(store, 1)
+        assert await insert(store, 2)  # the lock gone, writes work again
+    finally:
+        await store.close()
+
+
+async def test_writes_from_two_event_loops_each_answered_on_their_own(store: SQLiteStore) -> None:
+    """A write from another thread's loop is committed by whichever flush runs next, and its
+    caller is answered on its own loop."""
+
+    def other_loop() -> list[str]:
+        async def many() -> list[str]:
+            return list(await asyncio.gather(*(insert(store, n) for n in range(100, 150))))
+
+        return asyncio.run(many())
+
+    here = asyncio.gather(*(insert(store, n) for n in range(50)))
+    there = asyncio.to_thread(other_loop)
+    mine, theirs = await asyncio.gather(here, there)
+    stored = {p.id for p in await store.list_pushes(limit=200)}
+    assert stored == set(mine) | set(theirs)
+    assert len(stored) == 100
+
+
+async def test_a_write_to_a_closed_or_unopened_store_fails_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    unopened = SQLiteStore(tmp_path / "never.db")
+    with pytest.raises(RuntimeError, match="not open"):
+        await asyncio.wait_for(insert(unopened, 1), 10)
+    closed = SQLiteStore(tmp_path / "closed.db")
+    await closed.open()
+    await closed.close()
+    for background in (False, True):
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(closed._write(lambda: None, background=background), 10)
