@@ -278,7 +278,7 @@ class PushStore(SQLiteBase):
                     found[key] = orjson.loads(availability)
             return found
 
-        return await self._write(known)
+        return await self._write(known, background=len(keys) > LARGE_PUSH_EVENTS)
 
     async def complete_push(
         self,
@@ -338,7 +338,8 @@ class PushStore(SQLiteBase):
 
 
 # A push with more events than this fans out on the writer thread: its transaction (one delivery
-# row per event and subscription, ~30 µs each) would hold the event loop for tens of ms.
+# row per event and subscription, ~30 µs each) would hold the event loop for tens of ms. Its
+# slots' last availability is read there too.
 LARGE_PUSH_EVENTS = 64
 
 
