@@ -108,5 +108,5 @@ async def test_a_write_to_a_closed_or_unopened_store_fails_instead_of_hanging(
     await closed.open()
     await closed.close()
     for background in (False, True):
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="not open"):
             await asyncio.wait_for(closed._write(lambda: None, background=background), 10)

@@ -284,10 +284,12 @@ class SQLiteBase:
         try:
             self._writer.kick()
         except RuntimeError as exc:
+            closed = RuntimeError("store is not open")
+            closed.__cause__ = exc
             with self._queue_lock:
                 batch, self._queue = self._queue, []
                 self._flushing = False
-            self._answer(batch, [(None, exc)] * len(batch))
+            self._answer(batch, [(None, closed)] * len(batch))
 
     def _flush(self) -> None:
         """The writer thread's flush: batches until none is waiting."""
