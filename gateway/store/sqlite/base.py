@@ -269,8 +269,9 @@ class SQLiteBase:
             if not self._queue:
                 self._flushing = False
                 return
-        # Written meanwhile by another thread's loop: their turn, after this loop's others.
-        asyncio.get_running_loop().call_soon(self._flush_on_loop)
+        # Queued meanwhile from another thread (its own event loop): the writer thread takes it,
+        # not this loop, which may stop before a callback scheduled on it runs.
+        self._kick_writer()
 
     def _hand_over(self, batch: list[Queued]) -> None:
         """The writer thread runs ``batch`` first, then whatever is waiting (still flushing)."""
