@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from gateway.models import trusted
+
 BookingStatus = Literal[
     "ON_HOLD", "CONFIRMED", "EXPIRED", "CANCELLED", "REDEEMED", "PENDING", "REJECTED"
 ]
@@ -345,7 +347,6 @@ class BookingEvent(OctoModel):
 _BOOKING_EVENT_FIELDS = frozenset(BookingEvent.model_fields)
 
 
-_AVAILABILITY_FIELDS = frozenset(Availability.model_fields)
 _AVAILABILITY_EVENT_FIELDS = frozenset(AvailabilityEvent.model_fields)
 
 
@@ -358,11 +359,7 @@ def wired_availability_event(
     included. The event sends ``wire`` instead of dumping the availability again: the dump and
     the models' validation were 8 of a day's 13 µs, one event per ARI row and day. Not in the
     plugin API: plugins build events with ``day_event`` or the models, both checked."""
-    availability = Availability.__new__(Availability)
-    _set(availability, "__dict__", values)
-    _set(availability, "__pydantic_fields_set__", set(_AVAILABILITY_FIELDS))
-    _set(availability, "__pydantic_extra__", None)
-    _set(availability, "__pydantic_private__", None)
+    availability = trusted(Availability, values)
     event = AvailabilityEvent.__new__(AvailabilityEvent)
     _set(
         event,

@@ -103,9 +103,10 @@ def availability_slot(
     """
     begins, ends, cutoff = slot_times(start, end, zone)
     status = availability_status(vacancies, capacity, closed=closed)
-    values = _slot_fields(
+    wire = _slot_wire(
         begins, ends, cutoff, vacancies != 0 and not closed, status, vacancies, capacity
     )
+    values = availability_fields(wire)
     if len(begins) == len(ends) == LOCAL_TIMESTAMP_LENGTH:
         # Every value is made here in the model's types: built without validation (a burst of
         # 1,800 ARI rows builds 1,800). Only a historical offset with seconds ("+00:09:21") has
@@ -144,31 +145,6 @@ def slot_json(
     )
 
 
-def _slot_fields(
-    begins: str,
-    ends: str,
-    cutoff: str,
-    available: bool,
-    status: AvailabilityStatus,
-    vacancies: int | None,
-    capacity: int | None,
-) -> dict[str, Any]:
-    """An all-day availability by the model's field names (what ``Availability`` is built from)."""
-    return {
-        "id": begins,
-        "local_date_time_start": begins,
-        "local_date_time_end": ends,
-        "utc_cutoff_at": cutoff,
-        "all_day": True,
-        "available": available,
-        "status": status,
-        "vacancies": vacancies,
-        "capacity": capacity,
-        "max_units": None,
-        "opening_hours": [],
-    }
-
-
 def _slot_wire(
     begins: str,
     ends: str,
@@ -178,7 +154,7 @@ def _slot_wire(
     vacancies: int | None,
     capacity: int | None,
 ) -> dict[str, Any]:
-    """The same availability as OCTO JSON, in the model's key order (its ``model_dump``)."""
+    """An all-day availability as OCTO JSON, in the model's key order (its ``model_dump``)."""
     return {
         "id": begins,
         "localDateTimeStart": begins,
@@ -247,9 +223,8 @@ def day_event(
             day, day + ONE_DAY, settings.zone, vacancies=vacancies, capacity=capacity, closed=closed
         )
         return AvailabilityEvent(product_id=product_id, option_id=option_id, availability=slot)
-    values = _slot_fields(begins, ends, cutoff, available, status, vacancies, capacity)
     wire = _slot_wire(begins, ends, cutoff, available, status, vacancies, capacity)
-    return wired_availability_event(product_id, option_id, values, wire)
+    return wired_availability_event(product_id, option_id, availability_fields(wire), wire)
 
 
 ONE_DAY = timedelta(days=1)
@@ -267,13 +242,18 @@ def stored_availability(wire: Mapping[str, Any]) -> Availability:
     gateway sends) is taken as it is (5-6 -> 1.5 µs); anything else is validated."""
     if len(wire) == len(AVAILABILITY_WIRE) and wire.get("openingHours") == []:
         try:
-            values = {name: wire[alias] for alias, name in AVAILABILITY_WIRE}
+            return trusted(Availability, availability_fields(wire))
         except KeyError:
             pass
-        else:
-            values["opening_hours"] = []
-            return trusted(Availability, values)
     return Availability.model_validate(wire)
+
+
+def availability_fields(wire: Mapping[str, Any]) -> dict[str, Any]:
+    """An availability's field values from its OCTO JSON, which must hold every key
+    (``KeyError`` otherwise); its opening hours a list of its own, not shared with ``wire``."""
+    values = {name: wire[alias] for alias, name in AVAILABILITY_WIRE}
+    values["opening_hours"] = list(values["opening_hours"])
+    return values
 
 
 def days(first: date, last: date) -> list[date]:
