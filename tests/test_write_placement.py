@@ -7,11 +7,13 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.store import SQLiteStore
 from gateway.store.errors import StorageUnavailable
+from tests.receivers import availability_event, emit
 from tests.test_storage_faults import locked
 
 
@@ -118,3 +120,60 @@ async def test_a_write_to_a_closed_or_unopened_store_fails_instead_of_hanging(
     for background in (False, True):
         with pytest.raises(RuntimeError, match="not open"):
             await asyncio.wait_for(closed._write(lambda: None, background=background), 10)
+
+
+# -- reads on the write connection ---------------------------------------------------------------
+
+DAY = "test:room-1|rate-1|2030-01-01"
+
+
+def finished_at_once(coro: Any) -> Any:
+    """The coroutine's result if it ends without waiting for anything, else AssertionError."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("it waited")
+
+
+async def test_a_read_on_the_write_connection_answers_at_once_when_no_write_is_pending(
+    store: SQLiteStore,
+) -> None:
+    await emit(store, [availability_event(DAY, 3)])
+
+    known = finished_at_once(store.known_availability([DAY]))
+
+    assert known[DAY]["vacancies"] == 3
+    assert not store._flushing  # no batch was started for it
+
+
+async def test_a_read_on_the_write_connection_waits_for_the_writes_made_before_it(
+    store: SQLiteStore,
+) -> None:
+    """It reads what a read queued behind them reads: a push's translation must see the
+    availability an earlier push is storing, or merge its change into a stale day."""
+    await emit(store, [availability_event(DAY, 3)])
+    push, _ = await store.insert_push(
+        source="test", kind="events", payload={}, dedupe_key=None, order_key=None, lease_seconds=60
+    )
+    assert push.lease_token is not None
+    storing = asyncio.ensure_future(
+        store.complete_push(push.id, push.lease_token, [availability_event(DAY, 7)])
+    )
+    await asyncio.sleep(0)
+    assert store._flushing  # the write is queued, not yet committed
+
+    known = await store.known_availability([DAY])
+
+    assert known[DAY]["vacancies"] == 7
+    assert await storing == 0
+
+
+async def test_a_read_on_the_write_connection_goes_on_while_another_process_writes(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    await emit(store, [availability_event(DAY, 3)])
+    async with locked(tmp_path / "gateway.db"):
+        known = finished_at_once(store.known_availability([DAY]))
+    assert known[DAY]["vacancies"] == 3

@@ -60,11 +60,13 @@ class DeliveryStore(SQLiteBase):
         return await self._write(claim)
 
     async def next_delivery_due(self) -> float | None:
-        def due(db: Database) -> float | None:
-            row = db.execute(NEXT_DUE).fetchone()
+        # Read by the worker every tenth of a second while it sends: on the write connection,
+        # not a reader's (whose cache every commit drops) reached through a thread.
+        def due() -> float | None:
+            row = self._wdb.conn.execute(NEXT_DUE).fetchone()
             return None if row[0] is None else float(row[0])
 
-        return await self._read(due)
+        return await self._write_connection_read(due)
 
     async def settle_deliveries(self, settlements: list[Settlement]) -> list[bool]:
         """Record attempts and the deliveries' new states in one transaction, each fenced by its

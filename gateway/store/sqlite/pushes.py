@@ -262,10 +262,10 @@ class PushStore(SQLiteBase):
         return await self._write(replay)
 
     async def known_availability(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        # Read on the writer's connection, in its next batch: a reader connection's page cache is
-        # dropped whenever the writer commits, so on a reader this primary-key read cost 30-85 µs
-        # of CPU per ARI push under ingest load (a fifth of the Channex ingest profile) against a
-        # few µs on the writer's warm cache. Processing waits one batch for it.
+        # Read on the writer's connection: a reader connection's page cache is dropped whenever
+        # the writer commits, so on a reader this primary-key read cost 30-85 µs of CPU per ARI
+        # push under ingest load (a fifth of the Channex ingest profile) against a few µs on the
+        # writer's warm cache. At once when no write is pending, else after those pending.
         def known() -> dict[str, dict[str, Any]]:
             conn = self._wdb.conn
             found: dict[str, dict[str, Any]] = {}
@@ -278,7 +278,9 @@ class PushStore(SQLiteBase):
                     found[key] = orjson.loads(availability)
             return found
 
-        return await self._write(known, background=len(keys) > LARGE_PUSH_EVENTS)
+        if len(keys) > LARGE_PUSH_EVENTS:
+            return await self._write(known, background=True)
+        return await self._write_connection_read(known)
 
     async def complete_push(
         self,
