@@ -138,6 +138,37 @@ async def test_order_per_booking_holds_across_claimers(open_store: OpenStore) ->
 
 
 @pytest.mark.both_stores
+async def test_a_settle_batch_records_the_held_leases_and_refuses_a_lost_one(
+    open_store: OpenStore,
+) -> None:
+    """One lease in the batch ran out and was taken over: the others are recorded, that one is
+    left to its new holder, attempts and all."""
+    dead, alive = await open_store(), await open_store()
+    await dead.insert_subscription(subscription("s1"))
+    await emit(dead, [booking_event(f"test:b{n}") for n in range(3)])
+    first, lost = await dead.claim_deliveries(ClaimRoom(2, 100), 60, ordering_max_wait=3600)
+    # The second one's lease ran out (as if): another claim takes it over.
+    [short] = await dead.claim_deliveries(ClaimRoom(1, 100), 0.05, ordering_max_wait=3600)
+
+    async def taken_over() -> list[Any]:
+        return await alive.claim_deliveries(ROOM, 60, ordering_max_wait=3600)
+
+    [again] = await eventually(taken_over)
+    assert again.id == short.id
+
+    assert await dead.settle_deliveries([delivered(first), delivered(short), delivered(lost)]) == [
+        True,
+        False,
+        True,
+    ]
+    states = {d.id: d.state for d in await alive.list_deliveries("s1")}
+    assert states == {first.id: "delivered", lost.id: "delivered", short.id: "leased"}
+    attempts = await alive.list_attempts("s1")
+    assert sorted(a.delivery_id for _, a, _ in attempts) == sorted([first.id, lost.id])
+    assert await alive.settle_deliveries([delivered(again)]) == [True]
+
+
+@pytest.mark.both_stores
 async def test_an_expired_lease_is_taken_over_with_the_same_webhook_id(
     open_store: OpenStore,
 ) -> None:

@@ -651,7 +651,8 @@ def _listed(row: dict[str, Any]) -> DeliveryRecord:
 SETTLE = (
     "update deliveries set state = ?, attempts = attempts + 1,"
     " next_attempt_at = coalesce(?, next_attempt_at), lease_token = null, lease_expires_at = null,"
-    " last_status = ?, last_error = ?, updated_at = ?, delivered_at = ? where seq = ?"
+    " last_status = ?, last_error = ?, updated_at = ?, delivered_at = ?"
+    " where seq = ? and lease_token = ?"
 )
 INSERT_ATTEMPT = (
     "insert into attempts (delivery_seq, subscription_id, attempt, attempted_at, outcome, status,"
@@ -661,37 +662,8 @@ INSERT_ATTEMPT = (
 
 def _settle(db: Database, settlements: list[Settlement], now: float) -> list[bool]:
     conn = db.conn
-    held: set[int] = set()
-    for start in range(0, len(settlements), 500):
-        chunk = settlements[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            f"select seq, lease_token from deliveries where seq in ({marks})",
-            [s.delivery.seq for s in chunk],
-        )
-        tokens = dict(rows.fetchall())
-        held.update(
-            s.delivery.seq
-            for s in chunk
-            if s.delivery.lease_token is not None
-            and tokens.get(s.delivery.seq) == s.delivery.lease_token
-        )
-    settled = [s for s in settlements if s.delivery.seq in held]
-    conn.executemany(
-        SETTLE,
-        [
-            (
-                s.state,
-                s.next_attempt_at,
-                s.attempt.status,
-                s.attempt.error,
-                now,
-                now if s.state == "delivered" else s.delivery.delivered_at,
-                s.delivery.seq,
-            )
-            for s in settled
-        ],
-    )
+    settled = _update_held(conn, settlements, now)
+    held = {s.delivery.seq for s in settled}
     conn.executemany(
         INSERT_ATTEMPT,
         [
@@ -731,6 +703,51 @@ def _settle(db: Database, settlements: list[Settlement], now: float) -> list[boo
                 db, s.delivery.subscription_id, s.state, now, s.disable_reason, s.disable_after
             )
     return [s.delivery.seq in held for s in settlements]
+
+
+def _update_held(conn: Any, settlements: list[Settlement], now: float) -> list[Settlement]:
+    """Write the new state of each message whose lease is still held, fenced by its token in
+    the UPDATE itself; returns those. The common case, every lease held, costs that one
+    statement. Should the count fall short (a lease ran out and another claim took the message,
+    or an erase removed it), the savepoint undoes it and the held ones are read first."""
+    fenced = [s for s in settlements if s.delivery.lease_token is not None]
+    # An error leaves the savepoint to the batch's rollback, which undoes the whole transaction.
+    conn.execute("SAVEPOINT settle")
+    if conn.executemany(SETTLE, _settle_rows(fenced, now)).rowcount == len(fenced):
+        conn.execute("RELEASE settle")
+        return fenced
+    conn.execute("ROLLBACK TO settle")
+    held: set[int] = set()
+    for chunk in _chunks(fenced, 500):
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"select seq, lease_token from deliveries where seq in ({marks})",
+            [s.delivery.seq for s in chunk],
+        )
+        tokens = dict(rows.fetchall())
+        held.update(
+            s.delivery.seq for s in chunk if tokens.get(s.delivery.seq) == s.delivery.lease_token
+        )
+    settled = [s for s in fenced if s.delivery.seq in held]
+    conn.executemany(SETTLE, _settle_rows(settled, now))
+    conn.execute("RELEASE settle")
+    return settled
+
+
+def _settle_rows(settlements: list[Settlement], now: float) -> list[tuple[Any, ...]]:
+    return [
+        (
+            s.state,
+            s.next_attempt_at,
+            s.attempt.status,
+            s.attempt.error,
+            now,
+            now if s.state == "delivered" else s.delivery.delivered_at,
+            s.delivery.seq,
+            s.delivery.lease_token,
+        )
+        for s in settlements
+    ]
 
 
 def _track_health(
