@@ -535,7 +535,8 @@ class Deliverer:
         """Send what a fan-out leased under ``lend`` (nothing when it failed); the room is ours
         to claim in again."""
         self._lent = False
-        self._wake.set()
+        if self._new_work:  # a claim waited for the room (``_claim``)
+            self._wake.set()
         if not hand_over.leased:
             return
         if self._stopping:  # hand them back, so the next start sends them at once
