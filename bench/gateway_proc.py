@@ -142,6 +142,18 @@ class Gateway(ServerProcess):
                 raise RuntimeError(f"push to {source} failed: {r.status} {answer}")
             return answer
 
+    async def leased(self, session: aiohttp.ClientSession) -> dict[str, int]:
+        """How the gateway's messages reached its delivery worker, from ``/metrics``: leased at
+        fan-out (sent as stored) or by a claim (they waited in the queue)."""
+        async with session.get(f"{self.url}/metrics") as r:
+            text = await r.text()
+        found: dict[str, int] = {}
+        for line in text.splitlines():
+            if line.startswith("gateway_deliveries_leased_total{"):
+                labels, _, value = line.rpartition(" ")
+                found[labels.split('"')[1]] = int(float(value))
+        return found
+
     def _query(self, sql: str) -> list[tuple[Any, ...]]:
         db = sqlite3.connect(str(self.db_path), timeout=30)
         try:

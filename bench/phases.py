@@ -291,6 +291,7 @@ async def e2e(ctx: Context) -> list[dict[str, Any]]:
             stats = await _drain(ctx, gateway, expected)
             cpu_us = _per_unit(cpu, await ctx.idle_cpu(gateway), stats["received"])
             states = await gateway.states()
+            leased = await gateway.leased(ctx.session)
         finally:
             stopped = await ctx.stop(gateway)
         waiting = stats["waiting_deliveries"] + stats["waiting_pushes"] * subscribers
@@ -320,6 +321,9 @@ async def e2e(ctx: Context) -> list[dict[str, Any]]:
                 "drain_s": stats["drain_s"],
                 "cpu_us_per_delivery": cpu_us,
                 "delivery_states": states["deliveries"],
+                # Claimed messages waited in the queue: a large share means the gateway fell
+                # behind (each costs a claim's work on top), as in docs/performance.md stop 16.
+                "leased": leased,
                 **stopped,
             }
         )

@@ -123,6 +123,10 @@ def table(results: dict[str, Any]) -> str:
             f" {_num(phase.get('cpu_us_per_delivery'))} µs CPU/delivery, losses {phase['losses']},"
             f" push errors {phase['push_errors']}"
         )
+        leased = phase.get("leased") or {}
+        if sum(leased.values()):
+            share = 100 * leased.get("fan-out", 0) / sum(leased.values())
+            detail += f"; {share:.0f} % leased at fan-out"
         label = f"{phase['subscribers']} sub x {phase['pushes_ok']} pushes"
         rows.append((f"end-to-end @ {phase['rate']:g}/s", label, detail))
     delivery = results.get("delivery")

@@ -42,6 +42,15 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        # Leased at fan-out: sent the moment they were stored. By a claim: they waited in the
+        # queue (for room, behind older messages, or while the worker was busy claiming). A
+        # growing share by claim says the worker is not keeping up.
+        self.leased = Counter(
+            "gateway_deliveries_leased",
+            "Messages leased to the delivery worker, by how (fan-out: sent as stored; claim: queued)",
+            ["by"],
+            registry=self.registry,
+        )
         self.attempt_latency = Histogram(
             "gateway_delivery_attempt_duration_seconds",
             "Time from sending a delivery to its answer",

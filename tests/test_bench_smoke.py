@@ -72,6 +72,9 @@ def test_quick_run_has_every_phase_and_loses_nothing(tmp_path: Path) -> None:
         assert phase["pushes_ok"] > 0
         assert phase["losses"] == 0
         assert phase["received"] == phase["expected"]
+        # Every message reached the worker one way or the other (warm-up pushes included).
+        assert sum(phase["leased"].values()) >= phase["received"]
+        assert set(phase["leased"]) <= {"fan-out", "claim"}
     delivery = results["delivery"]
     assert {"gateway", "bare_client"} <= set(delivery)
     assert delivery["gateway"]["losses"] == 0

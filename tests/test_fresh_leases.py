@@ -35,6 +35,7 @@ from tests.receivers import (
     emit,
     subscribe,
 )
+from tests.test_delivery import metric
 from tests.test_delivery_claims import rows
 from tests.test_delivery_claims import subscribe as subscribe_in
 from tests.test_store_shared import delivered
@@ -229,6 +230,10 @@ async def test_the_worker_sends_what_a_fan_out_leased_in_the_room_it_lent(
     assert got[0].webhook_id == leased.id  # the leased one went first, without a claim
     assert {r.webhook_id for r in got} == {r.id for r in await store.list_deliveries(webhook["id"])}
     assert deliverer.lend() is not None  # the room is the worker's again
+    # /metrics tells the two ways apart: sent as stored, or queued for a claim.
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, 'gateway_deliveries_leased_total{by="fan-out"}') == 1.0
+    assert metric(text, 'gateway_deliveries_leased_total{by="claim"}') == 1.0
 
 
 async def test_a_push_processed_at_ingest_leases_its_fresh_messages_too(

@@ -478,6 +478,8 @@ class Deliverer:
         self.delivery = config.delivery
         self.sender = sender
         self.metrics = metrics
+        self._leased_at_fan_out = metrics.leased.labels("fan-out")
+        self._leased_by_claim = metrics.leased.labels("claim")
         self._wake = asyncio.Event()
         # Messages in flight by seq (unique among them, as the slots' keys are).
         self._running: dict[int, tuple[asyncio.Task[None], DeliveryRecord]] = {}
@@ -544,6 +546,7 @@ class Deliverer:
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
             return
+        self._leased_at_fan_out.inc(len(hand_over.leased))
         self._start(hand_over.leased)
 
     async def _release(self, records: list[DeliveryRecord]) -> None:
@@ -607,6 +610,8 @@ class Deliverer:
         if self._stopping:  # stopped while claiming: hand them back untouched
             await self.store.release_deliveries(claimed)
             return False
+        if claimed:
+            self._leased_by_claim.inc(len(claimed))
         self._start(claimed)
         return len(claimed) == room.total
 
