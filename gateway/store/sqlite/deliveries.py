@@ -72,7 +72,8 @@ class DeliveryStore(SQLiteBase):
         """Record attempts and the deliveries' new states in one transaction, each fenced by its
         lease (False for one whose lease was lost); track how long a subscription has been failing
         and disable it (410 Gone at once, or failing too long). The common case, a batch of
-        first attempts delivered, is three statements whatever the batch's size."""
+        first attempts delivered, is three statements whatever the batch's size: the fenced
+        state updates, the attempt rows, the end of failing streaks."""
 
         def settle() -> list[bool]:
             now = time.time()
