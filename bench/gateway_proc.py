@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import PYTHON, REPO, ServerProcess, free_port
 
@@ -147,12 +148,13 @@ class Gateway(ServerProcess):
         fan-out (sent as stored) or by a claim (they waited in the queue)."""
         async with session.get(f"{self.url}/metrics") as r:
             text = await r.text()
-        found: dict[str, int] = {}
-        for line in text.splitlines():
-            if line.startswith("gateway_deliveries_leased_total{"):
-                labels, _, value = line.rpartition(" ")
-                found[labels.split('"')[1]] = int(float(value))
-        return found
+        return {
+            sample.labels["by"]: int(sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name == "gateway_deliveries_leased"
+            for sample in family.samples
+            if sample.name == "gateway_deliveries_leased_total"
+        }
 
     def _query(self, sql: str) -> list[tuple[Any, ...]]:
         db = sqlite3.connect(str(self.db_path), timeout=30)

@@ -280,9 +280,7 @@ class SQLiteBase:
             return
         finally:
             self._conn_lock.release()
-        if self._faults.failing("write"):
-            self._faults.resolved("write", f"storage recovered: {self.path} takes writes again")
-        self._answer(batch, [(result, None) for result in results])
+        self._answer(batch, self._storage_outcomes([(result, None) for result in results]))
         with self._queue_lock:
             if not self._queue:
                 self._flushing = False
