@@ -27,7 +27,7 @@ from gateway.appkeys import (
 )
 from gateway.config import ConfigError, GatewayConfig, describe_errors
 from gateway.delivery.templates import DEFAULT_TEMPLATES, TemplateProblem, Templates
-from gateway.delivery.worker import Deliverer, Sender, make_session
+from gateway.delivery.worker import Deliverer, Sender, make_client
 from gateway.hooks import Hooks
 from gateway.maintenance import maintain_forever
 from gateway.metrics import Metrics
@@ -162,13 +162,13 @@ async def _scopes_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
-    delivery_session = make_session(config.delivery)
+    delivery_client = make_client(config.delivery)
     pms_session = aiohttp.ClientSession(timeout=PMS_TIMEOUT, trust_env=False)
     app[pms_session_key] = pms_session
-    app[sender_key] = Sender(config, app[templates_key], app[hooks_key], delivery_session)
+    app[sender_key] = Sender(config, app[templates_key], app[hooks_key], delivery_client)
     yield
     await pms_session.close()
-    await delivery_session.close()
+    await delivery_client.close()
 
 
 async def _startup_ctx(app: web.Application) -> AsyncIterator[None]:

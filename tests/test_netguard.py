@@ -3,6 +3,7 @@ real server on loopback. No test leaves this machine: public names come from fak
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable, Iterator
@@ -13,7 +14,9 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
+from gateway.delivery.http_client import PostClient
 from gateway.delivery.netguard import (
     GuardedResolver,
     InvalidTargetURL,
@@ -22,7 +25,6 @@ from gateway.delivery.netguard import (
     UnsafeTarget,
     check_host,
     check_url,
-    guarded_connector,
     is_forbidden_address,
 )
 
@@ -272,7 +274,7 @@ async def hello(request: web.Request) -> web.Response:
 @pytest.fixture
 async def server(aiohttp_server: Callable[..., Any]) -> TestServer:
     app = web.Application()
-    app.router.add_get("/", hello)
+    app.router.add_post("/", hello)
     result: TestServer = await aiohttp_server(app, host="127.0.0.1")
     return result
 
@@ -283,40 +285,45 @@ def port(server: TestServer) -> Iterator[int]:
     yield server.port
 
 
-async def fetch(url: str, connector: aiohttp.BaseConnector) -> str:
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.get(url, allow_redirects=False) as response,
-    ):
-        return await response.text()
+async def fetch(url: str, client: PostClient) -> str:
+    """POST through the delivery's client (closed afterwards) and return the answer's text."""
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        answer = await client.post(URL(url), [], b"{}", limit=100, deadline=deadline)
+        return answer.excerpt.decode()
+    finally:
+        await client.close()
+
+
+def client(allow_private: bool, resolver: AbstractResolver | None = None) -> PostClient:
+    return PostClient(allow_private=allow_private, connect_timeout=2, resolver=resolver)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "0x7f.0.0.1"])
-async def test_guarded_connector_refuses_loopback_server(port: int, host: str) -> None:
+async def test_delivery_client_refuses_loopback_server(port: int, host: str) -> None:
     with pytest.raises(UnsafeTarget):
-        await fetch(f"http://{host}:{port}/", guarded_connector(allow_private=False))
+        await fetch(f"http://{host}:{port}/", client(allow_private=False))
 
 
 @pytest.mark.parametrize("host", ["127.1", "2130706433"])
 async def test_legacy_numeric_ipv4_never_reaches_loopback(port: int, host: str) -> None:
-    # aiohttp 3.14 rejects these forms itself; older versions hand them to the socket layer
-    # as they are, where our check refuses any address it can't parse.
-    with pytest.raises((UnsafeTarget, aiohttp.InvalidUrlClientError)):
-        await fetch(f"http://{host}:{port}/", guarded_connector(allow_private=False))
+    # getaddrinfo reads these as 127.0.0.1; the guard judges the address it answers.
+    with pytest.raises(UnsafeTarget):
+        await fetch(f"http://{host}:{port}/", client(allow_private=False))
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-async def test_guarded_connector_allows_private_when_configured(port: int, host: str) -> None:
-    assert await fetch(f"http://{host}:{port}/", guarded_connector(allow_private=True)) == "reached"
+async def test_delivery_client_allows_private_when_configured(port: int, host: str) -> None:
+    assert await fetch(f"http://{host}:{port}/", client(allow_private=True)) == "reached"
 
 
 async def test_connect_time_check_refuses_name_resolving_privately(port: int) -> None:
     url = f"http://rebind.example:{port}/"
-    refused = guarded_connector(allow_private=False, resolver=fake(rebind_example="127.0.0.1"))
+    refused = client(allow_private=False, resolver=fake(rebind_example="127.0.0.1"))
     with pytest.raises(UnsafeTarget, match=r"rebind\.example resolves to 127\.0\.0\.1"):
         await fetch(url, refused)
     # The same fake answer does reach the server when the rule is off.
-    allowed = guarded_connector(allow_private=True, resolver=fake(rebind_example="127.0.0.1"))
+    allowed = client(allow_private=True, resolver=fake(rebind_example="127.0.0.1"))
     assert await fetch(url, allowed) == "reached"
 
 
@@ -326,8 +333,24 @@ async def test_dns_rebinding_after_validation_is_refused(port: int) -> None:
     url = f"http://rebind.example:{port}/"
     await check_url(url, allow_private=False, resolver=resolver)
     with pytest.raises(UnsafeTarget):
-        await fetch(url, guarded_connector(allow_private=False, resolver=resolver))
+        await fetch(url, client(allow_private=False, resolver=resolver))
     assert resolver.lookups == ["rebind.example", "rebind.example"]
+
+
+async def test_a_refused_answer_is_not_cached(port: int) -> None:
+    """A name refused once is looked up again next time, not refused (or allowed) from memory."""
+    resolver = FakeResolver({"flip.example": [["127.0.0.1"], ["127.0.0.1"]]})
+    guarded = client(allow_private=False, resolver=resolver)
+    try:
+        for _ in range(2):
+            with pytest.raises(UnsafeTarget):
+                deadline = asyncio.get_running_loop().time() + 5
+                await guarded.post(
+                    URL(f"http://flip.example:{port}/"), [], b"{}", limit=10, deadline=deadline
+                )
+    finally:
+        await guarded.close()
+    assert resolver.lookups == ["flip.example", "flip.example"]
 
 
 async def test_guarded_resolver_passes_public_answers() -> None:

@@ -7,28 +7,25 @@ multicast, reserved, unspecified or otherwise non-public address is refused unle
 It is enforced twice:
 
 - when a subscription is created or changed, by ``check_url`` (the API answers 400);
-- on every connection a delivery makes, by ``guarded_connector``, so a name that later
-  resolves to a private address (DNS rebinding) still can't be reached. Its
-  ``GuardedResolver`` checks names as they resolve; aiohttp never asks the resolver about
-  IP-literal hosts, so the connector also checks the addresses it is about to connect to.
+- on every connection a delivery makes, by ``gateway.delivery.http_client.PostClient``, so a
+  name that later resolves to a private address (DNS rebinding) still can't be reached: it
+  checks IP-literal hosts before connecting and resolves names through ``GuardedResolver``.
 
-Deliveries must not go through an HTTP proxy (no ``proxy=``, no ``trust_env=True``): the
-connector then only sees the proxy's address, not the subscriber's.
+Deliveries never go through an HTTP proxy: the check would then only see the proxy's address.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 if TYPE_CHECKING:
-    from aiohttp.tracing import Trace
+    pass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -197,37 +194,3 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-class _GuardedTCPConnector(aiohttp.TCPConnector):
-    """A TCPConnector that also refuses forbidden IP-literal hosts.
-
-    aiohttp's ``_resolve_host`` answers IP literals itself without calling the resolver,
-    so this override (a private aiohttp method, checked in 3.14; the tests would catch a
-    rename) checks every address it hands to the socket layer. For names it repeats the
-    ``GuardedResolver`` check, which also covers answers served from aiohttp's DNS cache.
-    """
-
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Trace] | None = None
-    ) -> list[ResolveResult]:
-        results = await super()._resolve_host(host, port, traces=traces)
-        for result in results:
-            _check_address(host, result["host"])
-        return results
-
-
-def guarded_connector(
-    *, allow_private: bool, resolver: AbstractResolver | None = None, **kwargs: Any
-) -> aiohttp.TCPConnector:
-    """A TCPConnector enforcing the rule on every connection (IP literals and names).
-
-    ``resolver`` is the underlying resolver (default ``aiohttp.ThreadedResolver``, which
-    holds nothing to release); as with ``aiohttp.TCPConnector(resolver=...)``, closing the
-    connector leaves a given resolver open. ``kwargs`` go to ``aiohttp.TCPConnector``. With
-    ``allow_private`` it is a plain connector. Use it with ``allow_redirects=False`` and
-    without a proxy.
-    """
-    if allow_private:
-        return aiohttp.TCPConnector(resolver=resolver, **kwargs)
-    return _GuardedTCPConnector(resolver=GuardedResolver(resolver, allow_private=False), **kwargs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import codecs
 import contextlib
 import dataclasses
 import logging
@@ -21,13 +20,12 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, NamedTuple
 
-import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import DeliveryConfig, GatewayConfig
 from gateway.delivery.deadlines import Deadlines
-from gateway.delivery.netguard import check_url, guarded_connector
+from gateway.delivery.http_client import PostClient, SendError, excerpt_text
+from gateway.delivery.netguard import check_url
 from gateway.delivery.signing import signature_header, webhook_headers
 from gateway.delivery.slots import DeliverySlots
 from gateway.delivery.splice import Spliced
@@ -194,57 +192,15 @@ def request_headers(
     return headers
 
 
-def make_session(config: DeliveryConfig) -> aiohttp.ClientSession:
-    """The one outbound session: guarded against private addresses at connect time, no proxies
-    from the environment, bounded timeouts."""
-    connector = guarded_connector(
-        allow_private=config.allow_private_targets, limit=config.concurrency, ttl_dns_cache=60
+def make_client(config: DeliveryConfig) -> PostClient:
+    """The one outbound client of deliveries: guarded against private addresses at connect time,
+    no proxies, no cookies, a bounded connect (``Sender.post`` bounds the rest of an attempt).
+    It keeps as many idle connections as there are delivery slots (a /test send takes one too)."""
+    return PostClient(
+        allow_private=config.allow_private_targets,
+        connect_timeout=config.connect_timeout,
+        limit=config.concurrency,
     )
-    # sock_connect, not connect: aiohttp's connect timeout also counts the wait for a pool slot,
-    # so one tenant's slow subscribers would fail another's connects. The pool is as large as the
-    # delivery slots (a /test send takes one too), so no attempt waits for a connection anyway.
-    # No total: ``Sender.post`` bounds each attempt (``Deadlines``) without aiohttp's timer per
-    # request and timer context per read.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
-    # No cookie jar: a subscriber's Set-Cookie is never sent back, to it or to anyone else.
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        trust_env=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-
-
-async def read_excerpt(
-    content: aiohttp.StreamReader, limit: int = RESPONSE_EXCERPT, deadline: float | None = None
-) -> str:
-    """The first ``limit`` bytes of an answer as text (however it is chunked); a character cut in
-    half at the end is dropped, other undecodable bytes are replaced.
-
-    The status line is the subscriber's answer; the body is only kept for people to read. So a
-    body cut off by a reset, or trickled past ``deadline`` (loop time), ends the excerpt (saying
-    so) instead of turning a 200 that was sent into a failed attempt sent again."""
-    data = bytearray()
-    cut: str | None = None
-    try:
-        if content.is_eof():  # all of it is here (a small answer comes with its head): no wait
-            data += content.read_nowait(limit)
-        else:
-            async with asyncio.timeout_at(deadline):
-                while len(data) < limit and not content.at_eof():
-                    chunk = await content.read(limit - len(data))
-                    if not chunk:
-                        break
-                    data += chunk
-    except TimeoutError:
-        cut = "answer body too slow; not read further"
-    except aiohttp.ClientError as exc:
-        cut = f"answer body cut off: {type(exc).__name__}"
-    if cut is None and len(data) < limit:  # the whole answer: nothing was cut
-        return data.decode("utf-8", "replace")
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    text = decoder.decode(bytes(data), final=False)
-    return text if cut is None else f"{text} [{cut}]"
 
 
 class Sender:
@@ -255,18 +211,18 @@ class Sender:
         config: GatewayConfig,
         templates: Templates,
         hooks: Hooks,
-        session: aiohttp.ClientSession,
+        client: PostClient,
     ) -> None:
         self.config = config
         self.templates = templates
         self.hooks = hooks
-        self.session = session
+        self.client = client
         self.deadlines = Deadlines()
         self.supplier = supplier_object(config)
         per_subscription_hooks = bool(hooks.pm.hook.render_payload.get_hookimpls())
         self.spliced = Spliced(templates, per_subscription_hooks)
         self._webhooks: dict[str, tuple[Subscription, str]] = {}
-        self._requests: dict[str, tuple[Subscription, str, CIMultiDict[str]]] = {}
+        self._requests: dict[str, tuple[Subscription, URL, list[tuple[str, str]]]] = {}
 
     def render(self, event: str, data: dict[str, Any], subscription: Subscription) -> bytes:
         context = body_context(event, data, subscription, self.supplier)
@@ -297,21 +253,24 @@ class Sender:
         self._webhooks[subscription.id] = (subscription, text)
         return text
 
-    def _prepared(self, subscription: Subscription) -> tuple[str, CIMultiDict[str]]:
+    def _prepared(self, subscription: Subscription) -> tuple[URL, list[tuple[str, str]]]:
         """The target without credentials and the headers every message to a subscription (with
-        a plain URL and no plugin headers) starts from, built once per cached subscription: a
-        ``CIMultiDict``, which aiohttp takes as it is (a dict it converts, a header at a time),
-        with the content type and none of the signature's headers (each message adds them)."""
+        a plain URL and no plugin headers) starts from, built once per cached subscription: the
+        content type and none of the signature's headers (each message adds them)."""
         cached = self._requests.get(subscription.id)
         if cached is not None and cached[0] is subscription:
             return cached[1], cached[2]
         target, authorization = split_credentials(subscription.url)
-        headers = CIMultiDict(request_headers(subscription.headers, {}, authorization))
-        for name in SIGNATURE_HEADERS:
-            headers.popall(name, None)
-        headers["Content-Type"] = "application/json"
-        self._requests[subscription.id] = (subscription, target, headers)
-        return target, headers
+        headers = request_headers(subscription.headers, {}, authorization)
+        prepared = [
+            (name, value)
+            for name, value in headers.items()
+            if name.lower() not in SIGNATURE_HEADERS and name.lower() != "content-type"
+        ]
+        prepared.append(("Content-Type", "application/json"))
+        url = URL(target)
+        self._requests[subscription.id] = (subscription, url, prepared)
+        return url, prepared
 
     def target(self, event: str, data: dict[str, Any], subscription: Subscription) -> str:
         if not is_url_template(subscription.url):
@@ -357,7 +316,7 @@ class Sender:
             raise
         except TimeoutError:
             return Response(None, None, None, "timed out", _ms(started))
-        except (aiohttp.ClientError, ValueError, OSError) as exc:
+        except (SendError, ValueError, OSError) as exc:
             return Response(None, None, None, f"{type(exc).__name__}: {exc}", _ms(started))
         except Exception as exc:
             # A plugin's delivery_headers, say: it fails the attempt, never the worker.
@@ -385,29 +344,37 @@ class Sender:
             if subscription.previous_secret
             else [subscription.secret]
         )
-        headers: CIMultiDict[str] | dict[str, str]
+        headers: list[tuple[str, str]]
         if url == subscription.url and not self.hooks.implemented("delivery_headers"):
             target, prepared = self._prepared(subscription)
-            headers = prepared.copy()
             timestamp = int(time.time())
-            headers.add("webhook-id", msg_id)
-            headers.add("webhook-timestamp", str(timestamp))
-            headers.add("webhook-signature", signature_header(msg_id, timestamp, body, secrets))
+            headers = [
+                *prepared,
+                ("webhook-id", msg_id),
+                ("webhook-timestamp", str(timestamp)),
+                ("webhook-signature", signature_header(msg_id, timestamp, body, secrets)),
+            ]
         else:
-            target, authorization = split_credentials(url)
+            plain, authorization = split_credentials(url)
+            target = URL(plain)
             extra = self.hooks.delivery_headers(event, subscription, body)
-            headers = request_headers(subscription.headers, extra, authorization)
-            headers.update(webhook_headers(msg_id, body, secrets))
-            headers["Content-Type"] = "application/json"
-        async with self.session.post(
-            target, data=body, headers=headers, allow_redirects=False
-        ) as answer:
-            # The answer came: what is left is reading its body (bounded by the deadline, which
-            # then keeps the status) and closing, a second later at most.
-            self.deadlines.extend(task, deadline + 1)
-            excerpt = await read_excerpt(answer.content, deadline=deadline)
-            retry_after = parse_retry_after(answer.headers.get("Retry-After"), time.time())
-            return Response(answer.status, excerpt, retry_after, None, _ms(started))
+            named = request_headers(subscription.headers, extra, authorization)
+            named.update(webhook_headers(msg_id, body, secrets))
+            named["Content-Type"] = "application/json"
+            headers = list(named.items())
+        # Once the answer's head is in, what is left is reading its body (bounded by the
+        # deadline, which then keeps the status) and closing, a second later at most.
+        answer = await self.client.post(
+            target,
+            headers,
+            body,
+            limit=RESPONSE_EXCERPT,
+            deadline=deadline,
+            on_head=lambda: self.deadlines.extend(task, deadline + 1),
+        )
+        retry_after = parse_retry_after(answer.headers.get("retry-after"), time.time())
+        excerpt = excerpt_text(answer, RESPONSE_EXCERPT)
+        return Response(answer.status, excerpt, retry_after, None, _ms(started))
 
 
 def _ms(started: float) -> float:

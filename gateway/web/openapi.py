@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
+from gateway import package_version
 from gateway.web.schemas import OctoErrorBody
 
 H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
@@ -316,7 +316,7 @@ def build_document(app: web.Application, *, needs_api_key: Callable[[str], bool]
         "openapi": "3.1.0",
         "info": {
             "title": "octo-gateway",
-            "version": _version(),
+            "version": package_version(),
             "description": (
                 "Turns hotel PMS pushes (Channex, Beds24) into signed OCTO booking_update and"
                 " availability_update webhooks. Every error answers an OCTO error body"
@@ -343,10 +343,3 @@ def build_document(app: web.Application, *, needs_api_key: Callable[[str], bool]
             },
         },
     }
-
-
-def _version() -> str:
-    try:
-        return version("octo-gateway")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0"
