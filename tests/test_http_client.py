@@ -17,14 +17,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from gateway.delivery import http_client
 from gateway.delivery.http_client import (
     USER_AGENT,
     ConnectFailed,
     Disconnected,
     InvalidAnswer,
     PostClient,
-    request_head,
+    Target,
 )
+from gateway.delivery.netguard import InvalidTargetURL
+from tests.test_netguard import FakeResolver
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -146,21 +149,31 @@ async def test_the_request_as_a_server_reads_it(
     assert "Cookie" not in sent
 
 
+def head(url: str, headers: list[tuple[str, str]] = [], body: bytes = b"") -> bytes:  # noqa: B006
+    return Target.of(URL(url)).request(headers, body)
+
+
 def test_the_host_header_leaves_out_a_default_port_and_brackets_ipv6() -> None:
-    assert b"\r\nHost: example.com\r\n" in request_head(URL("https://example.com:443/x"), [], 0)
-    assert b"\r\nHost: example.com:8443\r\n" in request_head(
-        URL("https://example.com:8443/"), [], 0
-    )
-    assert b"\r\nHost: [2001:db8::1]:81\r\n" in request_head(URL("http://[2001:db8::1]:81/"), [], 0)
-    head = request_head(URL("http://example.com/a%20b?q=a%26b"), [], 3)
-    assert head.startswith(b"POST /a%20b?q=a%26b HTTP/1.1\r\n")
-    assert head.endswith(b"Content-Length: 3\r\n\r\n")
+    assert b"\r\nHost: example.com\r\n" in head("https://example.com:443/x")
+    assert b"\r\nHost: example.com:8443\r\n" in head("https://example.com:8443/")
+    assert b"\r\nHost: [2001:db8::1]:81\r\n" in head("http://[2001:db8::1]:81/")
+    request = head("http://example.com/a%20b?q=a%26b", [("X-A", "1")], b"abc")
+    assert request.startswith(b"POST /a%20b?q=a%26b HTTP/1.1\r\n")
+    assert request.endswith(b"\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nabc")
 
 
 @pytest.mark.parametrize("header", [("X-A", "1\r\nX-Injected: 2"), ("X-B\n", "1"), ("X-C", "\0")])
 def test_a_header_that_would_split_the_request_is_refused(header: tuple[str, str]) -> None:
     with pytest.raises(ValueError, match="line break or NUL"):
-        request_head(URL("http://example.com/"), [header], 0)
+        Target.of(URL("http://example.com/"), [header])
+    with pytest.raises(ValueError, match="line break or NUL"):
+        head("http://example.com/", [header])
+
+
+def test_a_target_is_an_absolute_http_url() -> None:
+    for url in ("ftp://example.com/", "/relative", "http:///no-host"):
+        with pytest.raises(InvalidTargetURL):
+            Target.of(URL(url))
 
 
 async def test_connections_are_kept_alive_and_reused(
@@ -433,3 +446,76 @@ def test_the_same_exchanges_under_uvloop() -> None:
                 await server.stop()
 
     uvloop.run(scenario())
+
+
+def per_connection(*handlers: Handler) -> Handler:
+    """The n-th connection is served by the n-th handler (the last repeats)."""
+    count = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        count += 1
+        await handlers[min(count, len(handlers)) - 1](reader, writer)
+
+    return handle
+
+
+def answer_once_then(after: Handler) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await after(reader, writer)
+
+    return handle
+
+
+async def test_a_kept_connection_closed_silently_is_sent_again_on_a_new_one(
+    raw: Callable[[Handler], Awaitable[RawServer]], client: PostClient
+) -> None:
+    """The server's idle timeout racing ours: the request goes out on a kept connection the
+    server closes without a byte of answer. It goes again, once, on a new connection."""
+    received: list[bytes] = []
+
+    async def close_on_next(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append((await read_request(reader))[1])  # read, then hang up unanswered
+
+    server = await raw(per_connection(answer_once_then(close_on_next), answering(OK)))
+    assert (await client.post(server.url, [], b"1", limit=10, deadline=soon())).status == 200
+    answer = await client.post(server.url, [], b"2", limit=10, deadline=soon())
+    assert (answer.status, answer.excerpt) == (200, b"ok")
+    assert server.connections == 2
+    assert received == [b"2"]
+
+
+async def test_a_kept_connection_cut_mid_answer_is_not_sent_again(
+    raw: Callable[[Handler], Awaitable[RawServer]], client: PostClient
+) -> None:
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 O")
+        await writer.drain()
+
+    server = await raw(per_connection(answer_once_then(half_answer), answering(OK)))
+    assert (await client.post(server.url, [], b"1", limit=10, deadline=soon())).status == 200
+    with pytest.raises(Disconnected) as caught:
+        await client.post(server.url, [], b"2", limit=10, deadline=soon())
+    assert not caught.value.silent
+    assert server.connections == 1
+
+
+async def test_checked_answers_are_cached_and_the_cache_is_bounded(
+    raw: Callable[[Handler], Awaitable[RawServer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_client, "DNS_ENTRIES", 2)
+    server = await raw(answering(OK))
+    names = ["a.example", "b.example", "c.example"]
+    resolver = FakeResolver({name: [["127.0.0.1"]] for name in names})
+    client = PostClient(allow_private=True, connect_timeout=2, resolver=resolver, limit=0)
+    try:
+        for name in [*names, "c.example", "a.example"]:
+            url = server.url.with_host(name)
+            assert (await client.post(url, [], b"", limit=10, deadline=soon())).status == 200
+    finally:
+        await client.close()
+    # c.example answered from the cache; a.example looked up again: the full cache was emptied.
+    assert resolver.lookups == ["a.example", "b.example", "c.example", "a.example"]

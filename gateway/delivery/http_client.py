@@ -20,8 +20,9 @@ What it does, and what it leaves out on purpose:
 - answers with a length, chunked, or ended by the server closing; 1xx interim answers are skipped;
 - no redirects, proxies, cookies or compression (``Accept-Encoding: identity``): a webhook's answer
   is its status, and a subscriber's ``Set-Cookie`` is never sent back;
-- no retry on its own: a connection lost before the answer is a failed attempt, which the
-  delivery's retry policy sends again with the same ``webhook-id``.
+- one retry only, on a new connection, when a kept-alive one is closed by the server without a
+  byte of answer (its idle timeout raced ours); any other connection lost before the answer is a
+  failed attempt, which the delivery's retry policy sends again with the same ``webhook-id``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from gateway.delivery.netguard import GuardedResolver, InvalidTargetURL, check_h
 USER_AGENT = f"octo-gateway/{package_version()}"
 KEEPALIVE = 15.0  # seconds an idle connection is kept for the next message (aiohttp's default)
 DNS_TTL = 60.0  # seconds a checked answer is reused (what the aiohttp connector cached)
+DNS_ENTRIES = 1024  # answers kept at most
 MAX_HEAD = 65536  # bytes of status line and headers an answer may send before its body
 _FORBIDDEN_IN_HEADERS = frozenset("\r\n\x00")
 
@@ -58,7 +60,9 @@ class ConnectFailed(SendError):
 
 
 class Disconnected(SendError):
-    pass
+    def __init__(self, message: str, *, silent: bool) -> None:
+        super().__init__(message)
+        self.silent = silent  # not one byte of an answer came
 
 
 class InvalidAnswer(SendError):
@@ -104,6 +108,9 @@ class _Connection(asyncio.Protocol):
         if self.head is None:  # nothing asked: a server talking out of turn can't be trusted
             self.close()
             return
+        waiting = not self.head.done()
+        if waiting:
+            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -111,10 +118,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(InvalidAnswer(f"invalid HTTP answer: {exc}"))
         else:
-            if not self.head.done():  # llhttp keeps no limit of its own on a head's size
-                self.head_size += len(data)
-                if self.head_size > MAX_HEAD:
-                    self._fail(InvalidAnswer(f"answer head longer than {MAX_HEAD} bytes"))
+            # llhttp keeps no limit of its own on a head's size.
+            if waiting and not self.head.done() and self.head_size > MAX_HEAD:
+                self._fail(InvalidAnswer(f"answer head longer than {MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost says what it meant
@@ -123,7 +129,11 @@ class _Connection(asyncio.Protocol):
         self.alive = False
         if self.head is not None and not self.head.done():
             reason = f": {exc}" if exc else ""
-            self.head.set_exception(Disconnected(f"the server closed the connection{reason}"))
+            self.head.set_exception(
+                Disconnected(
+                    f"the server closed the connection{reason}", silent=self.head_size == 0
+                )
+            )
         elif not self.complete:
             # An answer with neither a length nor chunks ends when the server closes.
             framed = "content-length" in self.headers or "transfer-encoding" in self.headers
@@ -207,26 +217,47 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-def request_head(url: URL, headers: Iterable[tuple[str, str]], length: int) -> bytes:
-    """The request line and headers of a POST of ``length`` bytes to ``url``. A header with a
-    line break or NUL is refused (``ValueError``): it would start a header of its own."""
-    host = url.raw_host or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if not url.is_default_port():
-        host = f"{host}:{url.port}"
-    lines = [
-        f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
-        "Accept-Encoding: identity\r\n"
-    ]
+def _header_lines(headers: Iterable[tuple[str, str]]) -> str:
+    """Header lines; a name or value with a line break or NUL is refused (``ValueError``): it
+    would start a header, or a request, of its own."""
+    lines = []
     for name, value in headers:
         if not _FORBIDDEN_IN_HEADERS.isdisjoint(name) or not _FORBIDDEN_IN_HEADERS.isdisjoint(
             value
         ):
             raise ValueError(f"header {name!r} holds a line break or NUL")
         lines.append(f"{name}: {value}\r\n")
-    lines.append(f"Content-Length: {length}\r\n\r\n")
-    return "".join(lines).encode("utf-8")
+    return "".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A URL with the part of every request to it that does not change: the request line, the
+    Host and the given headers, encoded once (``Target.of``)."""
+
+    url: URL
+    key: tuple[str, str, int]  # scheme, host, port: the connections it may share
+    prefix: bytes
+
+    @classmethod
+    def of(cls, url: URL, headers: Iterable[tuple[str, str]] = ()) -> Target:
+        if url.scheme not in ("http", "https") or not url.raw_host:
+            raise InvalidTargetURL("must be an absolute http:// or https:// URL")
+        host = url.raw_host
+        port = url.port or (443 if url.scheme == "https" else 80)
+        authority = f"[{host}]" if ":" in host else host
+        if not url.is_default_port():
+            authority = f"{authority}:{port}"
+        prefix = (
+            f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {authority}\r\n"
+            f"User-Agent: {USER_AGENT}\r\nAccept-Encoding: identity\r\n" + _header_lines(headers)
+        )
+        return cls(url, (url.scheme, host, port), prefix.encode("utf-8"))
+
+    def request(self, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+        """The whole request: the prefix, ``headers`` and the body with its length."""
+        end = f"{_header_lines(headers)}Content-Length: {len(body)}\r\n\r\n"
+        return b"".join((self.prefix, end.encode("utf-8"), body))
 
 
 class PostClient:
@@ -261,7 +292,7 @@ class PostClient:
 
     async def post(
         self,
-        url: URL,
+        target: Target | URL,
         headers: Iterable[tuple[str, str]],
         body: bytes,
         *,
@@ -269,21 +300,41 @@ class PostClient:
         deadline: float,
         on_head: Callable[[], None] | None = None,
     ) -> Answer:
-        """POST ``body`` to ``url``; the answer's first ``limit`` bytes are read until
-        ``deadline`` (loop time); ``on_head`` is called when the answer's head is in. Raises
-        ``SendError`` (or ``UnsafeTarget``, a ``ValueError``) when no answer came; the caller
-        bounds the whole call (a cancellation closes the connection)."""
-        if url.scheme not in ("http", "https") or not url.raw_host:
-            raise InvalidTargetURL("must be an absolute http:// or https:// URL")
-        head = request_head(url, headers, len(body))
-        port = url.port or (443 if url.scheme == "https" else 80)
-        key = (url.scheme, url.raw_host, port)
-        conn = self._take(key) or await self._open(key)
-        reused = False
+        """POST ``body`` with ``headers`` to ``target`` (a ``Target`` prepared once for many
+        requests, or a URL); the answer's first ``limit`` bytes are read until ``deadline``
+        (loop time); ``on_head`` is called when the answer's head is in. Raises ``SendError``
+        (or ``UnsafeTarget``, a ``ValueError``) when no answer came; the caller bounds the whole
+        call (a cancellation closes the connection)."""
+        if isinstance(target, URL):
+            target = Target.of(target)
+        request = target.request(headers, body)
+        kept = self._take(target.key)
+        if kept is not None:
+            try:
+                return await self._exchange(kept, request, limit, deadline, on_head)
+            except Disconnected as exc:
+                if not exc.silent:
+                    raise
+                # A kept connection the server closed as this request went out (its idle
+                # timeout raced ours) said nothing at all: send again on a new connection, as
+                # browsers do. The message keeps its webhook-id, so a receiver that did get it
+                # sees a duplicate it already knows how to drop.
+        conn = await self._open(target.key)
+        return await self._exchange(conn, request, limit, deadline, on_head)
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        request: bytes,
+        limit: int,
+        deadline: float,
+        on_head: Callable[[], None] | None,
+    ) -> Answer:
+        kept = False
         try:
             conn.begin(limit)
             assert conn.transport is not None and conn.head is not None
-            conn.transport.write(head + body)
+            conn.transport.write(request)
             await conn.head
             if on_head is not None:
                 on_head()
@@ -291,10 +342,10 @@ class PostClient:
             answer = Answer(conn.status, conn.headers, bytes(conn.body), conn.cut)
             if conn.reusable() and not self._closed:
                 self._put(conn)
-                reused = True
+                kept = True
             return answer
         finally:
-            if not reused:
+            if not kept:
                 conn.close()
 
     async def close(self) -> None:
@@ -330,6 +381,9 @@ class PostClient:
         conn.idle_since = loop.time()
         if self._idle_count >= self.limit:
             self._close_oldest_idle()
+            if self._idle_count >= self.limit:  # a limit of 0 keeps none
+                conn.close()
+                return
         self._idle.setdefault(conn.key, []).append(conn)
         self._idle_count += 1
         if self._sweeper is None:
@@ -408,6 +462,10 @@ class PostClient:
         addresses = [(int(result["family"]), str(result["host"])) for result in results]
         if not addresses:
             raise ConnectFailed(f"cannot resolve {host}: no address")
+        if len(self._addresses) >= DNS_ENTRIES:  # URL templates can name hosts without end
+            self._addresses = {k: v for k, v in self._addresses.items() if v[0] > now}
+            if len(self._addresses) >= DNS_ENTRIES:
+                self._addresses.clear()
         self._addresses[(host, port)] = (now + self.dns_ttl, addresses)
         return addresses
 

@@ -24,7 +24,7 @@ from yarl import URL
 
 from gateway.config import DeliveryConfig, GatewayConfig
 from gateway.delivery.deadlines import Deadlines
-from gateway.delivery.http_client import PostClient, SendError, excerpt_text
+from gateway.delivery.http_client import PostClient, SendError, Target, excerpt_text
 from gateway.delivery.netguard import check_url
 from gateway.delivery.signing import signature_header, webhook_headers
 from gateway.delivery.slots import DeliverySlots
@@ -222,7 +222,7 @@ class Sender:
         per_subscription_hooks = bool(hooks.pm.hook.render_payload.get_hookimpls())
         self.spliced = Spliced(templates, per_subscription_hooks)
         self._webhooks: dict[str, tuple[Subscription, str]] = {}
-        self._requests: dict[str, tuple[Subscription, URL, list[tuple[str, str]]]] = {}
+        self._requests: dict[str, tuple[Subscription, Target]] = {}
 
     def render(self, event: str, data: dict[str, Any], subscription: Subscription) -> bytes:
         context = body_context(event, data, subscription, self.supplier)
@@ -253,14 +253,14 @@ class Sender:
         self._webhooks[subscription.id] = (subscription, text)
         return text
 
-    def _prepared(self, subscription: Subscription) -> tuple[URL, list[tuple[str, str]]]:
-        """The target without credentials and the headers every message to a subscription (with
-        a plain URL and no plugin headers) starts from, built once per cached subscription: the
-        content type and none of the signature's headers (each message adds them)."""
+    def _prepared(self, subscription: Subscription) -> Target:
+        """The target without credentials, with the headers every message to a subscription
+        (with a plain URL and no plugin headers) starts from, built once per cached subscription:
+        the content type and none of the signature's headers (each message adds them)."""
         cached = self._requests.get(subscription.id)
         if cached is not None and cached[0] is subscription:
-            return cached[1], cached[2]
-        target, authorization = split_credentials(subscription.url)
+            return cached[1]
+        plain, authorization = split_credentials(subscription.url)
         headers = request_headers(subscription.headers, {}, authorization)
         prepared = [
             (name, value)
@@ -268,9 +268,9 @@ class Sender:
             if name.lower() not in SIGNATURE_HEADERS and name.lower() != "content-type"
         ]
         prepared.append(("Content-Type", "application/json"))
-        url = URL(target)
-        self._requests[subscription.id] = (subscription, url, prepared)
-        return url, prepared
+        target = Target.of(URL(plain), prepared)
+        self._requests[subscription.id] = (subscription, target)
+        return target
 
     def target(self, event: str, data: dict[str, Any], subscription: Subscription) -> str:
         if not is_url_template(subscription.url):
@@ -344,24 +344,24 @@ class Sender:
             if subscription.previous_secret
             else [subscription.secret]
         )
+        target: Target
         headers: list[tuple[str, str]]
         if url == subscription.url and not self.hooks.implemented("delivery_headers"):
-            target, prepared = self._prepared(subscription)
+            target = self._prepared(subscription)
             timestamp = int(time.time())
             headers = [
-                *prepared,
                 ("webhook-id", msg_id),
                 ("webhook-timestamp", str(timestamp)),
                 ("webhook-signature", signature_header(msg_id, timestamp, body, secrets)),
             ]
         else:
             plain, authorization = split_credentials(url)
-            target = URL(plain)
             extra = self.hooks.delivery_headers(event, subscription, body)
             named = request_headers(subscription.headers, extra, authorization)
             named.update(webhook_headers(msg_id, body, secrets))
             named["Content-Type"] = "application/json"
-            headers = list(named.items())
+            target = Target.of(URL(plain), named.items())
+            headers = []
         # Once the answer's head is in, what is left is reading its body (bounded by the
         # deadline, which then keeps the status) and closing, a second later at most.
         answer = await self.client.post(
