@@ -32,7 +32,7 @@ class Profiler:
     async def start(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         args = ["py-spy", "record", "--pid", str(self.pid), "--format", "raw", "--threads"]
-        args += ["--rate", str(self.rate), "--output", str(self.out)]
+        args += ["--rate", str(self.rate), "--output", str(self.out), "--nonblocking"]
         self.proc = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
@@ -72,7 +72,7 @@ IDLE_LEAVES = (
 STAGES = (
     ("render (Jinja2)", ("Sender.render", "Spliced.render")),
     ("sign (HMAC)", ("webhook_headers",)),
-    ("POST (aiohttp client)", ("Sender._post", "Sender.post")),
+    ("POST (delivery HTTP client)", ("Sender._post", "Sender.post")),
     ("settle (store)", ("settle_deliveries.<locals>.settle", "settle_delivery.<locals>.settle")),
     ("claim (store)", ("claim_deliveries.<locals>.claim",)),
     ("fan-out and history (store)", ("complete_push.<locals>.complete",)),
