@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -33,19 +34,25 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 class RawServer:
-    """A loopback TCP server running ``handler`` per connection; counts connections."""
+    """A loopback TCP server running ``handler`` per connection; counts connections. ``stop``
+    ends every handler and closes its connection, so no stream outlives the test's loop."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
         self.handler = handler
+        self.host, self.port = host, port
         self.connections = 0
         self.closed = 0
         self.server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, self.host, self.port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
             await self.handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -53,16 +60,20 @@ class RawServer:
         finally:
             writer.close()
             self.closed += 1
+            self._handlers.discard(task)
 
     @property
     def url(self) -> URL:
         assert self.server is not None
         port = self.server.sockets[0].getsockname()[1]
-        return URL(f"http://127.0.0.1:{port}/hook")
+        return URL(f"http://{self.host}:{port}/hook")
 
     async def stop(self) -> None:
         assert self.server is not None
         self.server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
         await self.server.wait_closed()
 
 
@@ -519,3 +530,29 @@ async def test_checked_answers_are_cached_and_the_cache_is_bounded(
         await client.close()
     # c.example answered from the cache; a.example looked up again: the full cache was emptied.
     assert resolver.lookups == ["a.example", "b.example", "c.example", "a.example"]
+
+
+async def test_an_address_that_never_answers_costs_a_moment_not_the_connect_timeout() -> None:
+    """Happy Eyeballs among the checked addresses: the name's first address never completes a
+    handshake (a listener whose accept queue is full drops the SYN, as a broken route would), the
+    second answers; the message goes at once, not after connect_timeout (30 s here)."""
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    port = stuck.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))  # fills the queue of one
+    server = RawServer(answering(OK), "127.0.0.2", port)
+    await server.start()
+    resolver = FakeResolver({"two.example": [["127.0.0.1", "127.0.0.2"]]})
+    client = PostClient(allow_private=True, connect_timeout=30, resolver=resolver)
+    try:
+        url = URL(f"http://two.example:{port}/")
+        answer = await asyncio.wait_for(
+            client.post(url, [], b"{}", limit=10, deadline=soon(60)), timeout=5
+        )
+        assert answer.status == 200
+    finally:
+        await client.close()
+        await server.stop()
+        filler.close()
+        stuck.close()

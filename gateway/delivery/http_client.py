@@ -12,7 +12,8 @@ answers and makes its calls to the PMS APIs.
 What it does, and what it leaves out on purpose:
 
 - connections are kept alive per (scheme, host, port) and reused last-in first-out; one idle
-  longer than ``keepalive`` seconds, or closed by the server, is not reused;
+  longer than ``keepalive`` seconds, or closed by the server, is not reused; a new one tries the
+  checked addresses with Happy Eyeballs (RFC 8305, aiohappyeyeballs, as aiohttp connects);
 - ``check_host``'s rule on every connection: IP literals are checked before connecting, names by
   a ``GuardedResolver`` as they resolve (answers cached ``dns_ttl`` seconds, as checked), so a
   name re-pointed at a private address after the subscription was saved is still refused;
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
+import aiohappyeyeballs
 import aiohttp
 import httptools
 from aiohttp.abc import AbstractResolver
@@ -47,6 +49,7 @@ USER_AGENT = f"octo-gateway/{package_version()}"
 KEEPALIVE = 15.0  # seconds an idle connection is kept for the next message (aiohttp's default)
 DNS_TTL = 60.0  # seconds a checked answer is reused (what the aiohttp connector cached)
 DNS_ENTRIES = 1024  # answers kept at most
+HAPPY_EYEBALLS_DELAY = 0.25  # seconds before the next address is tried beside one not answering
 MAX_HEAD = 65536  # bytes of status line and headers an answer may send before its body
 _FORBIDDEN_IN_HEADERS = frozenset("\r\n\x00")
 
@@ -418,28 +421,43 @@ class PostClient:
             self._sweeper = asyncio.get_running_loop().call_later(self.keepalive, self._sweep)
 
     async def _open(self, key: tuple[str, str, int]) -> _Connection:
+        """A new connection to one of the host's checked addresses: Happy Eyeballs (RFC 8305,
+        as aiohttp connects), so an address that never answers (a broken IPv6 route, say) costs
+        a quarter of a second, not the connect timeout; TCP and TLS within ``connect_timeout``."""
         scheme, host, port = key
         addresses = await self._resolve(host, port)
+        infos = [
+            (
+                family,
+                socket.SOCK_STREAM,
+                socket.IPPROTO_TCP,
+                "",
+                (address, port) if family == socket.AF_INET else (address, port, 0, 0),
+            )
+            for family, address in addresses
+        ]
         loop = asyncio.get_running_loop()
         tls = self._tls_context() if scheme == "https" else None
-        failure: BaseException | None = None
-        for family, address in addresses:
-            try:
-                async with asyncio.timeout(self.connect_timeout):
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                sock = await aiohappyeyeballs.start_connection(
+                    infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY
+                )
+                try:
                     _, conn = await loop.create_connection(
                         lambda: _Connection(key),
-                        address,
-                        port,
-                        family=family,
+                        sock=sock,
                         ssl=tls,
                         server_hostname=host if tls is not None else None,
                     )
-                return conn
-            except TimeoutError:
-                failure = TimeoutError(f"no connection within {self.connect_timeout:g} s")
-            except OSError as exc:
-                failure = exc
-        reason = _describe(failure) if failure is not None else "no address"
+                except BaseException:
+                    sock.close()
+                    raise
+            return conn
+        except TimeoutError:
+            reason = f"no connection within {self.connect_timeout:g} s"
+        except OSError as exc:
+            reason = _describe(exc)
         raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}")
 
     async def _resolve(self, host: str, port: int) -> list[tuple[int, str]]:
