@@ -181,6 +181,13 @@ def test_a_header_that_would_split_the_request_is_refused(header: tuple[str, str
         head("http://example.com/", [header])
 
 
+def test_a_user_agent_or_accept_encoding_given_replaces_the_default() -> None:
+    request = Target.of(URL("http://example.com/"), [("user-agent", "Partner/2")]).request([], b"")
+    assert b"\r\nuser-agent: Partner/2\r\n" in request
+    assert USER_AGENT.encode() not in request
+    assert b"\r\nAccept-Encoding: identity\r\n" in request
+
+
 def test_a_target_is_an_absolute_http_url() -> None:
     for url in ("ftp://example.com/", "/relative", "http:///no-host"):
         with pytest.raises(InvalidTargetURL):

@@ -251,7 +251,8 @@ async def test_hook_delivery_headers(
     seen: list[dict[str, str]] = []
 
     async def receive(request: web.Request) -> web.Response:
-        seen.append(dict(request.headers))
+        # Every value of a name sent twice, joined, so a second one shows.
+        seen.append({name: ", ".join(request.headers.getall(name)) for name in request.headers})
         return web.Response(text="ok")
 
     receiver = web.Application()
@@ -261,7 +262,13 @@ async def test_hook_delivery_headers(
     class Plugin:
         @hookimpl
         def delivery_headers(self, event: str, subscription: Any, body: bytes) -> dict[str, str]:
-            return {"X-Plugin": f"{event}:{len(body)}", "webhook-id": "forged"}
+            return {
+                "X-Plugin": f"{event}:{len(body)}",
+                "webhook-id": "forged",
+                "Webhook-Signature": "v1,forged",  # another case is the same header
+                "Content-Length": "1",  # would reframe the request
+                "content-type": "text/plain",
+            }
 
     config = make_config(delivery={"allow_private_targets": True})
     client = await aiohttp_client(create_app(config, pm=manager(Plugin()), workers=False))
@@ -270,6 +277,9 @@ async def test_hook_delivery_headers(
     assert (await response.json())["status"] == 200
     assert seen[0]["X-Plugin"].startswith("booking_update:")
     assert seen[0]["webhook-id"].startswith("msg_test_")  # signature headers win over plugins
+    assert len(seen) == 1 and seen[0]["X-Plugin"] == f"booking_update:{seen[0]['Content-Length']}"
+    assert "forged" not in seen[0]["webhook-signature"]
+    assert seen[0]["Content-Type"] == "application/json"
 
 
 async def test_hook_delivery_attempted(

@@ -54,6 +54,31 @@ MAX_HEAD = 65536  # bytes of status line and headers an answer may send before i
 _FORBIDDEN_IN_HEADERS = frozenset("\r\n\x00")
 
 
+# Headers the gateway sets itself on every delivery (or that would change how the request is
+# framed or read); neither a subscription nor a plugin may send its own.
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",  # the body is sent as it is: a claimed encoding would make it unreadable
+        "host",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+RESERVED_PREFIX = "webhook-"  # webhook-id, -timestamp, -signature and any the spec adds
+
+
+def is_reserved_header(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIX)
+
+
 class SendError(Exception):
     """The POST failed before a whole answer head came back; the message says how."""
 
@@ -251,9 +276,13 @@ class Target:
         authority = f"[{host}]" if ":" in host else host
         if not url.is_default_port():
             authority = f"{authority}:{port}"
-        prefix = (
-            f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {authority}\r\n"
-            f"User-Agent: {USER_AGENT}\r\nAccept-Encoding: identity\r\n" + _header_lines(headers)
+        headers = list(headers)
+        given = {name.lower() for name, _ in headers}
+        # A subscription may name its own User-Agent or Accept-Encoding; else these.
+        defaults = [("User-Agent", USER_AGENT), ("Accept-Encoding", "identity")]
+        headers = [(name, value) for name, value in defaults if name.lower() not in given] + headers
+        prefix = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {authority}\r\n" + _header_lines(
+            headers
         )
         return cls(url, (url.scheme, host, port), prefix.encode("utf-8"))
 

@@ -24,7 +24,13 @@ from yarl import URL
 
 from gateway.config import DeliveryConfig, GatewayConfig
 from gateway.delivery.deadlines import Deadlines
-from gateway.delivery.http_client import PostClient, SendError, Target, excerpt_text
+from gateway.delivery.http_client import (
+    PostClient,
+    SendError,
+    Target,
+    excerpt_text,
+    is_reserved_header,
+)
 from gateway.delivery.netguard import check_url
 from gateway.delivery.signing import signature_header, webhook_headers
 from gateway.delivery.slots import DeliverySlots
@@ -184,8 +190,11 @@ def request_headers(
     subscription_headers: dict[str, str], extra: dict[str, str], authorization: str | None
 ) -> dict[str, str]:
     """A message's headers before its signature: the subscription's, a plugin's, and the URL's
-    credentials as ``Authorization`` (replacing any other)."""
-    headers = {**subscription_headers, **extra}
+    credentials as ``Authorization`` (replacing any other). A plugin's header the gateway sets
+    itself (``webhook-*``, ``Content-Type``, ``Content-Length``, ...: ``is_reserved_header``,
+    any case) is left out: a second one would be ambiguous, or reframe the request."""
+    headers = {**subscription_headers}
+    headers.update((name, value) for name, value in extra.items() if not is_reserved_header(name))
     if authorization is not None:
         headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         headers["Authorization"] = authorization

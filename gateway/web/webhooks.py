@@ -21,6 +21,7 @@ from pydantic import (
 
 from gateway.appkeys import config_key, deliverer_key, sender_key, store_key
 from gateway.config import ApiKey
+from gateway.delivery.http_client import is_reserved_header
 from gateway.delivery.netguard import UnresolvableHost, check_url
 from gateway.delivery.signing import generate_secret
 from gateway.delivery.templates import TemplateProblem, is_url_template
@@ -36,21 +37,6 @@ log = logging.getLogger(__name__)
 
 api_key_key = web.RequestKey("api_key", ApiKey)
 HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-# Headers the gateway sets itself on every delivery; a subscription may not replace them.
-RESERVED_HEADERS = {
-    "content-type",
-    "content-length",
-    "content-encoding",  # the body is sent as it is: a claimed encoding would make it unreadable
-    "host",
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-}
-RESERVED_PREFIX = "webhook-"  # webhook-id, -timestamp, -signature and any the spec adds
 MAX_HEADERS = 50
 MAX_HEADER_BYTES = 8192  # names and values together, as sent
 # A field-value (RFC 9110 5.5): no control characters but horizontal tab.
@@ -144,7 +130,7 @@ def check_headers(headers: dict[str, str]) -> None:
         if not HEADER_NAME.fullmatch(name):
             raise bad_request(f"headers.{name!r}: not a valid HTTP header name")
         lowered = name.lower()
-        if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIX):
+        if is_reserved_header(name):
             raise bad_request(f"headers.{name}: set by the gateway itself; choose another header")
         if lowered in seen:
             raise bad_request(f"headers.{name}: given twice (header names ignore case)")
