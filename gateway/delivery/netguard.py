@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
-
-if TYPE_CHECKING:
-    pass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -54,7 +54,6 @@ from gateway.store.interface import ClaimRoom, HandOver, Settlement, Store
 log = logging.getLogger(__name__)
 
 RESPONSE_EXCERPT = 2048
-SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 CLAIM_BATCH = 16  # at most this many messages finish between two claims while many are in flight
 DUE_READ_EVERY = 0.1  # seconds between reads of the next due time while messages are in flight
 Verdict = Literal["delivered", "retry", "dead", "gone"]
@@ -190,11 +189,12 @@ def request_headers(
     subscription_headers: dict[str, str], extra: dict[str, str], authorization: str | None
 ) -> dict[str, str]:
     """A message's headers before its signature: the subscription's, a plugin's, and the URL's
-    credentials as ``Authorization`` (replacing any other). A plugin's header the gateway sets
-    itself (``webhook-*``, ``Content-Type``, ``Content-Length``, ...: ``is_reserved_header``,
-    any case) is left out: a second one would be ambiguous, or reframe the request."""
-    headers = {**subscription_headers}
-    headers.update((name, value) for name, value in extra.items() if not is_reserved_header(name))
+    credentials as ``Authorization`` (replacing any other). A header the gateway sets itself
+    (``webhook-*``, ``Content-Type``, ``Content-Length``, ...: ``is_reserved_header``, any case)
+    is left out: a second one would be ambiguous, or reframe the request. The API refuses such
+    names in a subscription; a plugin's are dropped here."""
+    merged = {**subscription_headers, **extra}
+    headers = {name: value for name, value in merged.items() if not is_reserved_header(name)}
     if authorization is not None:
         headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         headers["Authorization"] = authorization
@@ -265,18 +265,13 @@ class Sender:
     def _prepared(self, subscription: Subscription) -> Target:
         """The target without credentials, with the headers every message to a subscription
         (with a plain URL and no plugin headers) starts from, built once per cached subscription:
-        the content type and none of the signature's headers (each message adds them)."""
+        its own and the content type (each message adds the signature's)."""
         cached = self._requests.get(subscription.id)
         if cached is not None and cached[0] is subscription:
             return cached[1]
         plain, authorization = split_credentials(subscription.url)
         headers = request_headers(subscription.headers, {}, authorization)
-        prepared = [
-            (name, value)
-            for name, value in headers.items()
-            if name.lower() not in SIGNATURE_HEADERS and name.lower() != "content-type"
-        ]
-        prepared.append(("Content-Type", "application/json"))
+        prepared = [*headers.items(), ("Content-Type", "application/json")]
         target = Target.of(URL(plain), prepared)
         self._requests[subscription.id] = (subscription, target)
         return target
