@@ -15,7 +15,7 @@ import itertools
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.appkeys import deliverer_key, store_key
 from gateway.config import GatewayConfig
+from tests.raw_tcp import TcpServer
 from tests.receivers import (
     Answer,
     Receiver,
@@ -88,52 +89,33 @@ class RawRequest:
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter, RawRequest], Awaitable[None]]
 
 
-@dataclass
-class RawReceiver:
+class RawReceiver(TcpServer):
     """An HTTP/1.1 endpoint written by hand, so it can misbehave: ``behaviour`` gets each request
     (head read, body read as far as ``read_body`` says) and answers it, or doesn't."""
 
-    behaviour: Behaviour
-    read_body: bool = True
-    requests: list[RawRequest] = field(default_factory=list)
-    server: asyncio.Server | None = None
-    port: int = 0
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+    def __init__(self, behaviour: Behaviour, *, read_body: bool = True, port: int = 0) -> None:
+        super().__init__(self._handle, port=port)
+        self.behaviour = behaviour
+        self.read_body = read_body
+        self.requests: list[RawRequest] = []
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.stop()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.decode("latin-1").split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            body = await reader.readexactly(length) if self.read_body else b""
-            request = RawRequest(head, body)
-            self.requests.append(request)
-            await self.behaviour(reader, writer, request)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass  # the gateway hung up, or the test is over (asyncio logs a cancelled handler)
-        finally:
-            self._tasks.discard(task)
-            writer.close()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        body = await reader.readexactly(length) if self.read_body else b""
+        request = RawRequest(head, body)
+        self.requests.append(request)
+        await self.behaviour(reader, writer, request)
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
@@ -186,12 +168,10 @@ async def test_refused_then_reset_mid_request_then_up_delivers_once_under_one_id
         await reader.read(100)
         reset(writer)
 
-    breaker = RawReceiver(drop, read_body=False)
-    breaker.server = await asyncio.start_server(breaker._handle, "127.0.0.1", port)
+    breaker = RawReceiver(drop, read_body=False, port=port)
+    await breaker.start()
     raw_receivers.append(breaker)
     await wait_until(lambda: len(breaker.requests) >= 2, "two requests reset mid-body")
-    breaker.server.close()
-    await breaker.server.wait_closed()
     await breaker.close()
 
     good = Receiver()

@@ -5,13 +5,13 @@ could send that aiohttp's server never would."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -28,53 +28,14 @@ from gateway.delivery.http_client import (
     Target,
 )
 from gateway.delivery.netguard import InvalidTargetURL
+from tests.raw_tcp import Handler, TcpServer
 from tests.test_netguard import FakeResolver
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-
-class RawServer:
-    """A loopback TCP server running ``handler`` per connection; counts connections. ``stop``
-    ends every handler and closes its connection, so no stream outlives the test's loop."""
-
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.handler = handler
-        self.host, self.port = host, port
-        self.connections = 0
-        self.closed = 0
-        self.server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            self.closed += 1
-            self._handlers.discard(task)
-
+class RawServer(TcpServer):
     @property
     def url(self) -> URL:
-        assert self.server is not None
-        port = self.server.sockets[0].getsockname()[1]
-        return URL(f"http://{self.host}:{port}/hook")
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self.server.wait_closed()
+        return URL(f"http://{self.host}:{self.port}/hook")
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -563,3 +524,27 @@ async def test_an_address_that_never_answers_costs_a_moment_not_the_connect_time
         await server.stop()
         filler.close()
         stuck.close()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_request_given_up_frees_its_socket_though_the_server_never_reads(
+    raw: Callable[[Handler], Awaitable[RawServer]], client: PostClient
+) -> None:
+    """A request too big for the socket buffers to a server that reads nothing: when the caller
+    gives up, the connection goes at once, its unsent bytes with it."""
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.Event().wait()
+
+    server = await raw(never_read)
+    before = _open_descriptors()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(
+            client.post(server.url, [], b"x" * 32_000_000, limit=10, deadline=soon()), 0.5
+        )
+    await asyncio.sleep(0.05)
+    assert server.connections == 1
+    assert _open_descriptors() == before + 1  # the server's end; the client's is gone

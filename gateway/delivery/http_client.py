@@ -229,7 +229,9 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.alive = False
         if self.transport is not None:
-            self.transport.close()
+            # Abort, not close: close would keep the socket until a request the server never
+            # reads is flushed, which may be never.
+            self.transport.abort()
 
     def _finish(self, cut: str | None) -> None:
         self.complete = cut is None
