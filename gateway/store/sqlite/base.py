@@ -277,7 +277,15 @@ class SQLiteBase:
                     outcomes = self._storage_outcomes(self._run_batch(batch))
             except RuntimeError as exc:  # no connection: the store is not open
                 outcomes = [(None, exc)] * len(batch)
+            # Done before the callers hear of it, so a caller's next read on the write
+            # connection finds it idle and reads at once instead of queueing.
+            with self._queue_lock:
+                last = not self._queue
+                if last:
+                    self._flushing = False
             self._answer(batch, outcomes)
+            if last:
+                return
 
     @staticmethod
     def _answer(batch: list[Queued], outcomes: list[tuple[Any, BaseException | None]]) -> None:
