@@ -1,13 +1,17 @@
 """The SQLite store's plumbing: connections, migrations, and group commit on one connection.
 
 Writes are batched into one transaction with whatever other writes are waiting (group commit) and
-run one batch at a time on the store's one write connection, by the store's writer thread, so
-SQLite never sees two writers from this process. SQLite lets go of the GIL while it works, so the
-event loop goes on serving while a batch commits; a lock held by another process is waited for
-there, up to ``busy_timeout``, never on the loop. Should a write in a batch fail, each is run again
-on its own. Reads run on a small pool of reader threads, each with its own connection, which WAL
-lets proceed while a batch writes; the few small reads on the hot path run on the write connection
-instead, whose page cache is warm (at once, on the loop, when no write is pending).
+run one batch at a time on the store's one write connection, so SQLite never sees two writers
+from this process. A batch of small writes runs on the event loop's own thread, in a callback: in
+WAL mode with ``synchronous = NORMAL`` a commit is a write to the log, not an fsync (checkpoints,
+the fsyncs, have a thread of their own), so handing it to another thread cost more than it saved
+(two cross-CPU wake-ups, the GIL passed back and forth). The writer thread takes a batch when
+waiting is involved or the work is long: another process holds the write lock (it waits up to
+``busy_timeout`` there, never on the loop), a write was marked ``background`` (retention, replays,
+large fan-outs), or a write failed (each is then run again on its own). Reads run on a small pool
+of reader threads, each with its own connection, which WAL lets proceed while a batch writes; the
+few small reads on the hot path run on the write connection instead, whose page cache is warm (at
+once when no write is pending).
 """
 
 from __future__ import annotations
@@ -135,13 +139,13 @@ class SQLiteBase:
         self._local = threading.local()
         self._reader_dbs: list[Database] = []
         self._reader_lock = threading.Lock()
-        # Group commit: writes queue here and one flush on the writer thread runs all that are
-        # waiting in one transaction, answering each caller once it is committed.
+        # Group commit: writes queue here and one flush (on the loop or the writer thread) runs
+        # all that are waiting in one transaction, answering each caller once it is committed.
         self._queue: list[Queued] = []
         self._queue_lock = threading.Lock()
         self._flushing = False
-        # Held by whatever uses the write connection (the writer thread, a read on the loop):
-        # the loop never waits for it, it queues its read behind the writes instead.
+        # Held by whatever uses the write connection (a batch on the loop or the writer thread,
+        # a job on the writer thread): the loop never waits for it, it hands over instead.
         self._conn_lock = threading.Lock()
         self._in_batch = False
         self._checkpointer: threading.Thread | None = None
@@ -161,9 +165,8 @@ class SQLiteBase:
         # Checkpoints (the only fsyncs in WAL mode) move to a thread of their own, so a commit
         # never waits for one; the WAL still stays small, checkpointed every CHECKPOINT_EVERY s.
         db.execute("PRAGMA wal_autocheckpoint = 0")
-        # A read on the loop must fail at once on a lock another process holds (it is queued for
-        # the writer thread then, which sets the busy timeout for as long as it holds the
-        # connection).
+        # On the loop a lock held by another process must fail at once (the batch then waits on
+        # the writer thread, which sets the busy timeout for as long as it holds the connection).
         db.execute("PRAGMA busy_timeout = 0")
         with self._conn_lock:
             self._write_db = db
@@ -239,17 +242,58 @@ class SQLiteBase:
                 self._conn_lock.release()
         return await self._write(fn)
 
-    async def _write(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` inside the next group commit, on the writer thread; returns once
-        committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    async def _write(self, fn: Callable[[], T], *, background: bool = False) -> T:
+        """Run ``fn`` inside the next group commit; returns once committed. ``background``:
+        ``fn`` may take long (many rows), so its batch runs on the writer thread, not the loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         with self._queue_lock:
-            self._queue.append((fn, future))
+            self._queue.append((fn, future, background))
             start = not self._flushing
             self._flushing = True
         if start:
-            self._kick_writer()
+            if background:
+                self._kick_writer()
+            else:
+                loop.call_soon(self._flush_on_loop)
         return await future
+
+    def _flush_on_loop(self) -> None:
+        """The waiting writes, in one transaction on the event loop's thread, unless the batch
+        belongs on the writer thread (see the module's docstring): then it is handed over."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+            if not batch:
+                self._flushing = False
+                return
+        if any(background for _, _, background in batch) or not self._conn_lock.acquire(
+            blocking=False
+        ):
+            self._hand_over(batch)
+            return
+        try:
+            results = self._transaction([fn for fn, _, _ in batch])
+        except Exception:
+            # Locked by another process, or a write failed: nothing was committed; the writer
+            # thread waits for the lock, or runs each write on its own.
+            self._hand_over(batch)
+            return
+        finally:
+            self._conn_lock.release()
+        self._answer(batch, self._storage_outcomes([(result, None) for result in results]))
+        with self._queue_lock:
+            if not self._queue:
+                self._flushing = False
+                return
+        # Queued meanwhile from another thread (its own event loop): the writer thread takes it,
+        # not this loop, which may stop before a callback scheduled on it runs.
+        self._kick_writer()
+
+    def _hand_over(self, batch: list[Queued]) -> None:
+        """The writer thread runs ``batch`` first, then whatever is waiting (still flushing)."""
+        with self._queue_lock:
+            self._queue[:0] = batch
+        self._kick_writer()
 
     def _kick_writer(self) -> None:
         """Have the writer thread flush; once the store is closed there is none, and what
@@ -296,7 +340,7 @@ class SQLiteBase:
         except RuntimeError:
             running = None
         answers: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
-        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+        for (_, future, _), (result, error) in zip(batch, outcomes, strict=True):
             answers.setdefault(future.get_loop(), []).append((future, result, error))
         for waiting, answered in answers.items():
             if waiting is running:
@@ -311,12 +355,12 @@ class SQLiteBase:
         held by another process fails the whole batch at once: each write would only wait
         ``busy_timeout`` again, and the callers answer within seconds, not seconds times the batch."""
         try:
-            return [(result, None) for result in self._transaction([fn for fn, _ in batch])]
+            return [(result, None) for result in self._transaction([fn for fn, _, _ in batch])]
         except BaseException as exc:
             if len(batch) == 1 or _waited_for_lock(exc):
                 return [(None, exc)] * len(batch)
         outcomes: list[tuple[Any, BaseException | None]] = []
-        for fn, _ in batch:
+        for fn, _, _ in batch:
             try:
                 outcomes.append((self._transaction([fn])[0], None))
             except BaseException as exc:
@@ -454,8 +498,8 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
 
 
 Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
-# A write waiting for its group commit: the work and its caller's future.
-Queued = tuple[Callable[[], Any], asyncio.Future[Any]]
+# A write waiting for its group commit: the work, its caller's future, whether it is background.
+Queued = tuple[Callable[[], Any], asyncio.Future[Any], bool]
 
 
 def _settle_futures(answers: list[Answer]) -> None:

@@ -172,11 +172,12 @@ class DeliveryStore(SQLiteBase):
         plan = await self._read(partial(_replay_plan, subscription_id=subscription_id, since=since))
         replayed = 0
         for seqs in _chunks(plan.requeue, REPLAY_CHUNK):
-            replayed += await self._write(partial(self._requeue, seqs))
+            replayed += await self._write(partial(self._requeue, seqs), background=True)
         inserted: set[int] = set()
         for missed in _chunks(plan.missed, REPLAY_CHUNK):
             replayed += await self._write(
-                partial(self._queue_missed, subscription_id, missed, plan.last_seq, inserted)
+                partial(self._queue_missed, subscription_id, missed, plan.last_seq, inserted),
+                background=True,
             )
         return replayed
 

@@ -39,7 +39,7 @@ TABLES = (
 
 class EraseStore(RetentionStore):
     async def erase_booking(self, source: str, booking_id: str) -> dict[str, int]:
-        removed = await self._write(partial(self._erase, source, booking_id))
+        removed = await self._write(partial(self._erase, source, booking_id), background=True)
         await self.release_free_pages()
         await self._empty_wal()
         return removed

@@ -167,7 +167,7 @@ class PushStore(SQLiteBase):
                 created = _store_outcome(db, id, source, events, room_maps, now, leases)
             return _new_push(row, payload), True, created, [] if leases is None else leases.records
 
-        record, new, created, leased = await self._write(insert)
+        record, new, created, leased = await self._write(insert, background=_large(events))
         if hand_over is not None:  # committed: the leases hold
             hand_over.leased = leased
         return record, new, created
@@ -279,7 +279,7 @@ class PushStore(SQLiteBase):
             return found
 
         if len(keys) > LARGE_PUSH_EVENTS:
-            return await self._write(known)
+            return await self._write(known, background=True)
         return await self._write_connection_read(known)
 
     async def complete_push(
@@ -315,7 +315,7 @@ class PushStore(SQLiteBase):
                 )
                 return created, [] if leases is None else leases.records
 
-        created, leased = await self._write(complete)
+        created, leased = await self._write(complete, background=_large(events))
         if hand_over is not None:  # committed: the leases hold
             hand_over.leased = leased
         return created
@@ -336,12 +336,17 @@ class PushStore(SQLiteBase):
             with self._immediate() as db:
                 return [row["id"] for row in db.query(sql + " returning id", params)]
 
-        return await self._write(replay)
+        return await self._write(replay, background=True)
 
 
-# A push with more slots than this has their last availability read on the writer thread: on the
-# loop's warm connection the read would hold the event loop for milliseconds.
+# A push with more events than this fans out on the writer thread: its transaction (one delivery
+# row per event and subscription, ~30 µs each) would hold the event loop for tens of ms. Its
+# slots' last availability is read there too.
 LARGE_PUSH_EVENTS = 64
+
+
+def _large(events: list[NewEvent]) -> bool:
+    return len(events) > LARGE_PUSH_EVENTS
 
 
 def _push_row(

@@ -62,7 +62,7 @@ class RetentionStore(SQLiteBase):
     async def release_free_pages(self) -> int:
         released = 0
         while True:
-            step = await self._write(partial(self._vacuum_some, PAGES))
+            step = await self._write(partial(self._vacuum_some, PAGES), background=True)
             released += step
             if step < PAGES:
                 return released
@@ -82,7 +82,9 @@ class RetentionStore(SQLiteBase):
             return [row[0] for row in db.execute(FINISHED_CANDIDATES, {"before": before})]
 
         for chunk in _chunks(await self._read(messages), CHUNK):
-            removed.update(await self._write(partial(self._prune_messages, chunk, before)))
+            removed.update(
+                await self._write(partial(self._prune_messages, chunk, before), background=True)
+            )
 
         # Events no message refers to. A message created after this read refers to a new event
         # (or, replayed, to one that was referred to already), so only those need a re-check.
@@ -97,7 +99,9 @@ class RetentionStore(SQLiteBase):
 
         unreferenced, newest = await self._read(events)
         for chunk in _chunks(unreferenced, CHUNK):
-            removed["events"] += await self._write(partial(self._delete_events, chunk, newest))
+            removed["events"] += await self._write(
+                partial(self._delete_events, chunk, newest), background=True
+            )
 
         # A deleted subscription (its secret, its URL's password) goes for good once none of its
         # messages is left; until then its history still names it.
@@ -114,7 +118,7 @@ class RetentionStore(SQLiteBase):
                     ).rowcount
                 )
 
-        removed["subscriptions"] += await self._write(forget)
+        removed["subscriptions"] += await self._write(forget, background=True)
         return removed
 
     async def _prune_pushes(self, processed: float | None, failed: float | None) -> int:
@@ -136,7 +140,7 @@ class RetentionStore(SQLiteBase):
 
         gone = 0
         for chunk in _chunks(await self._read(candidates), CHUNK):
-            gone += await self._write(partial(delete, chunk))
+            gone += await self._write(partial(delete, chunk), background=True)
         return gone
 
     async def _prune_state(self, day: str, untouched_before: float | None) -> Counter[str]:
@@ -164,7 +168,9 @@ class RetentionStore(SQLiteBase):
                 )
 
         for keys in _chunks(await self._read(bookings), CHUNK):
-            removed["booking_state"] += await self._write(partial(delete_bookings, keys))
+            removed["booking_state"] += await self._write(
+                partial(delete_bookings, keys), background=True
+            )
 
         # A room map is needed while its booking has state: it names the rooms' uuids.
         def orphan_maps(db: Database) -> list[tuple[str, str]]:
@@ -192,7 +198,7 @@ class RetentionStore(SQLiteBase):
                 return gone
 
         for maps in _chunks(await self._read(orphan_maps), CHUNK):
-            removed["room_maps"] += await self._write(partial(delete_maps, maps))
+            removed["room_maps"] += await self._write(partial(delete_maps, maps), background=True)
 
         def days(db: Database) -> list[str]:
             rows = db.execute(
@@ -210,7 +216,9 @@ class RetentionStore(SQLiteBase):
                 )
 
         for day_keys in _chunks(await self._read(days), CHUNK):
-            removed["availability_state"] += await self._write(partial(delete_days, day_keys))
+            removed["availability_state"] += await self._write(
+                partial(delete_days, day_keys), background=True
+            )
         return removed
 
     def _prune_messages(self, seqs: list[int], before: float) -> Counter[str]:
