@@ -289,6 +289,31 @@ async def test_store_figures_health_activity_and_single_message_replay(
     assert counts.get("processed", 0) >= 1
 
 
+async def test_an_attempts_headers_are_shown_as_the_receiver_got_them(
+    console: Any, receiver: Receiver
+) -> None:
+    """The transport's own headers included (Host, User-Agent, Accept-Encoding, the length);
+    the signature masked."""
+    webhook = await subscribe(console, receiver.url(), headers={"X-Env": "test"})
+    await emit(console.app[store_key], [booking_event("console:headers")])
+    [attempt] = await wait_attempts(console, webhook["id"], 1)
+    [got] = receiver.to("/hook")
+
+    await sign_in(console, str(TENANT_A["key"]))
+    page = await console.get(
+        f"/console/subscriptions/{webhook['id']}/messages/{attempt['messageId']}"
+    )
+    rows = re.findall(
+        r'<tr><td class="mono">([^<]*)</td><td class="mono">([^<]*)</td></tr>', await page.text()
+    )
+    shown = {name.lower(): value for name, value in rows}
+    for name in ("host", "user-agent", "accept-encoding", "content-length", "content-type"):
+        assert shown[name] == got.headers[name], name
+    assert shown["x-env"] == "test" and shown["webhook-id"] == got.webhook_id
+    assert shown["webhook-signature"].endswith(",***")
+    assert got.headers["user-agent"].startswith("octo-gateway/")
+
+
 UNREADABLE_FORMS = [
     ("application/x-www-form-urlencoded", b"csrf=x&api_key=\xff\xfe"),  # not UTF-8
     ("application/x-www-form-urlencoded; charset=no-such-charset", b"csrf=x"),

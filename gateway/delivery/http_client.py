@@ -260,6 +260,35 @@ def _header_lines(headers: Iterable[tuple[str, str]]) -> str:
     return "".join(lines)
 
 
+DEFAULT_HEADERS = (("User-Agent", USER_AGENT), ("Accept-Encoding", "identity"))
+
+
+def _authority(url: URL) -> str:
+    host = url.raw_host or ""
+    authority = f"[{host}]" if ":" in host else host
+    return authority if url.is_default_port() else f"{authority}:{url.port}"
+
+
+def _with_defaults(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` after the defaults they do not name: a subscription may name its own
+    User-Agent or Accept-Encoding."""
+    headers = list(headers)
+    given = {name.lower() for name, _ in headers}
+    return [(n, v) for n, v in DEFAULT_HEADERS if n.lower() not in given] + headers
+
+
+def wire_headers(
+    url: URL, headers: Iterable[tuple[str, str]], body: bytes
+) -> list[tuple[str, str]]:
+    """Every header of a POST of ``body`` with ``headers`` to ``url`` as it goes on the wire, in
+    its order: what the console shows of an attempt."""
+    return [
+        ("Host", _authority(url)),
+        *_with_defaults(headers),
+        ("Content-Length", str(len(body))),
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A URL with the part of every request to it that does not change: the request line, the
@@ -275,16 +304,8 @@ class Target:
             raise InvalidTargetURL("must be an absolute http:// or https:// URL")
         host = url.raw_host
         port = url.port or (443 if url.scheme == "https" else 80)
-        authority = f"[{host}]" if ":" in host else host
-        if not url.is_default_port():
-            authority = f"{authority}:{port}"
-        headers = list(headers)
-        given = {name.lower() for name, _ in headers}
-        # A subscription may name its own User-Agent or Accept-Encoding; else these.
-        defaults = [("User-Agent", USER_AGENT), ("Accept-Encoding", "identity")]
-        headers = [(name, value) for name, value in defaults if name.lower() not in given] + headers
-        prefix = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {authority}\r\n" + _header_lines(
-            headers
+        prefix = f"POST {url.raw_path_qs} HTTP/1.1\r\n" + _header_lines(
+            [("Host", _authority(url)), *_with_defaults(headers)]
         )
         return cls(url, (url.scheme, host, port), prefix.encode("utf-8"))
 

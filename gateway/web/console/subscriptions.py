@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from gateway.appkeys import sender_key, store_key
+from gateway.delivery.http_client import wire_headers
 from gateway.models import EVENTS, AttemptRecord, DeliveryRecord, Subscription, mask_password
 from gateway.web.console.render import form_text, page, read_form, redirect, render
 from gateway.web.console.session import Session
@@ -301,20 +303,23 @@ def _request_headers(
     attempt: AttemptRecord,
     body: str,
 ) -> list[tuple[str, str]]:
-    """The headers of an attempt as the sender builds them (at the attempt's time), secrets masked."""
+    """The headers of an attempt as the sender builds them (at the attempt's time) and as they go
+    on the wire (Host, User-Agent, the length), secrets masked."""
     sender = request.app[sender_key]
+    data = body.encode()
     try:
-        _, headers = sender.request(
+        url, headers = sender.request(
             record.id,
             record.event,
             sender.target(record.event, record.data, subscription),
-            body.encode(),
+            data,
             subscription,
             now=int(attempt.attempted_at),
         )
+        sent = wire_headers(URL(url), headers.items(), data)
     except Exception:  # a plugin's delivery_headers failing: show what the gateway itself sets
-        headers = {"Content-Type": "application/json", "webhook-id": record.id}
-    return [(name, mask_header(name, value)) for name, value in headers.items()]
+        sent = [("Content-Type", "application/json"), ("webhook-id", record.id)]
+    return [(name, mask_header(name, value)) for name, value in sent]
 
 
 def readable_body(body: str) -> str:
