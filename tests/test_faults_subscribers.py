@@ -102,9 +102,6 @@ class RawReceiver(TcpServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    async def close(self) -> None:
-        await self.stop()
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = 0
@@ -133,7 +130,7 @@ async def raw_receivers() -> AsyncIterator[list[RawReceiver]]:
     started: list[RawReceiver] = []
     yield started
     for receiver in started:
-        await receiver.close()
+        await receiver.stop()
 
 
 async def raw(started: list[RawReceiver], behaviour: Behaviour, **kw: Any) -> RawReceiver:
@@ -172,7 +169,7 @@ async def test_refused_then_reset_mid_request_then_up_delivers_once_under_one_id
     await breaker.start()
     raw_receivers.append(breaker)
     await wait_until(lambda: len(breaker.requests) >= 2, "two requests reset mid-body")
-    await breaker.close()
+    await breaker.stop()
 
     good = Receiver()
     await good.start(aiohttp_server, port=port)
