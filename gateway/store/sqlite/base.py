@@ -183,7 +183,8 @@ class SQLiteBase:
         db.enable_wal()
         migrations.apply(db)
         # Checkpoints (the only fsyncs in WAL mode) move to a thread of their own, so a commit
-        # never waits for one; the WAL still stays small, checkpointed every CHECKPOINT_EVERY s.
+        # never waits for one; the WAL is checkpointed every CHECKPOINT_EVERY s and restarted
+        # past WAL_LIMIT_BYTES.
         db.execute("PRAGMA wal_autocheckpoint = 0")
         # The connection that writes the log from its start again cuts the file back to this.
         db.execute(f"PRAGMA journal_size_limit = {self.wal_limit}")
