@@ -67,6 +67,11 @@ class Metrics:
             "Age of the oldest delivery still waiting",
             registry=self.registry,
         )
+        self.log_bytes = Gauge(
+            "gateway_storage_log_bytes",
+            "Size of the SQLite write-ahead log file (kept to about 512 MB; 0 on PostgreSQL)",
+            registry=self.registry,
+        )
         self.pushes = Counter(
             "gateway_pushes",
             "Pushes received, by source and result (stored, duplicate, rejected, unauthorized)",

@@ -328,6 +328,10 @@ class Store(Protocol):
 
     async def queue_stats(self) -> dict[str, float]: ...
 
+    async def log_bytes(self) -> int | None:
+        """The size of the store's write-ahead log file (SQLite's ``-wal``), for ``/metrics``; None
+        where the database server keeps its own (PostgreSQL)."""
+
     # -- for operators (the console): figures and single messages ------------------------------
 
     async def subscription_health(

@@ -64,9 +64,11 @@ def _worker_check(task: asyncio.Task[None]) -> str:
 @describe("Prometheus metrics", tag="operations", media="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     metrics_ = request.app[metrics_key]
-    stats = await request.app[store_key].queue_stats()
+    store = request.app[store_key]
+    stats = await store.queue_stats()
     metrics_.queue_depth.set(stats["depth"])
     metrics_.oldest_pending.set(stats["oldest_age"])
+    metrics_.log_bytes.set(await store.log_bytes() or 0)
     body = metrics_.render()
     return web.Response(
         body=body,

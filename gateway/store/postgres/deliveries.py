@@ -319,6 +319,9 @@ class DeliveryStore(PostgresBase):
         assert row is not None
         return int(row["waiting"]), int(row["finished"])
 
+    async def log_bytes(self) -> int | None:
+        return None  # PostgreSQL keeps and recycles its own WAL
+
     async def queue_stats(self) -> dict[str, float]:
         row = await self.pool.fetchrow(
             "select count(*) as depth, min(created_at) as oldest from deliveries"

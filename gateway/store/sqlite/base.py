@@ -514,6 +514,9 @@ class SQLiteBase:
             if ago < self.fault_memory:
                 raise StorageUnavailable(f"{recent[1]} ({ago:.0f} s ago)")
 
+    async def log_bytes(self) -> int | None:
+        return _size(Path(f"{self.path}-wal"))  # one stat: no thread hop
+
     @property
     def _wdb(self) -> Database:
         if self._write_db is None:
