@@ -143,6 +143,7 @@ class SQLiteBase:
         checkpoint_every: float = CHECKPOINT_EVERY,
     ) -> None:
         self.path = Path(path)
+        self.wal_path = Path(f"{self.path}-wal")  # the write-ahead log, beside the database
         self.busy_timeout = busy_timeout
         self.fault_memory = fault_memory
         self.wal_limit = wal_limit
@@ -204,7 +205,6 @@ class SQLiteBase:
         except sqlite3.Error:
             log.exception("cannot open %s to checkpoint it; the writer will on close", self.path)
             return
-        wal = Path(f"{self.path}-wal")
         skip = 0  # restarts not to try after one that could not wait for the readers
         try:
             while not self._stop_checkpoints.wait(self.checkpoint_every):
@@ -214,7 +214,7 @@ class SQLiteBase:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     if skip:
                         skip -= 1
-                    elif _size(wal) > self.wal_limit and not self._restart_log(db):
+                    elif _size(self.wal_path) > self.wal_limit and not self._restart_log(db):
                         skip = RESTART_BACKOFF
         finally:
             db.close()
@@ -515,7 +515,7 @@ class SQLiteBase:
                 raise StorageUnavailable(f"{recent[1]} ({ago:.0f} s ago)")
 
     async def log_bytes(self) -> int | None:
-        return _size(Path(f"{self.path}-wal"))  # one stat: no thread hop
+        return _size(self.wal_path)  # one stat: no thread hop
 
     @property
     def _wdb(self) -> Database:
