@@ -126,6 +126,7 @@ async def run(
     results["rss"] = {"peak_mb": max(measured) if measured else None, "per_gateway_mb": ctx.rss_mb}
     results["losses"] = report.total_losses(results)
     results["targets"] = report.targets(results)
+    results["capacity"] = report.capacity(results)
     results["meta"]["seconds"] = (datetime.now().astimezone() - started).total_seconds()
     load_end = machine_load()
     results["meta"]["load"] = {

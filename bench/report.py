@@ -73,6 +73,78 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# The ratios issue 13 allows the gateway over its floors: CPU per push, per delivery.
+PUSH_RATIO, DELIVERY_RATIO = 2.0, 1.5
+INGEST_RATE_RATIO = 0.7
+
+
+def capacity(results: dict[str, Any]) -> dict[str, Any]:
+    """Whether two latency and rate targets are reachable on this machine at all, worked out from
+    the floors measured in the same run.
+
+    ``e2e``: the CPU the end-to-end load of the p99 target (pushes/s, and deliveries/s for each
+    subscriber) costs at the floors' own prices (the durable floor per push, the bare client per
+    POST), at the prices the CPU targets allow (2x, 1.5x), and at the gateway's measured CPU per
+    delivery (which carries its share of the push). A gateway
+    is one process whose Python runs on one core at a time: past 1.0 CPU it falls behind and
+    its latency grows without bound, whatever the code.
+    ``ingest``: a process bound to one core answers at most 1 / (CPU per push) pushes a second,
+    so 0.7x the durable floor's rate needs at most this much CPU per push, as a ratio of the
+    floor's: the rate target stated as a CPU one (beside the ``<= 2x`` CPU target)."""
+    out: dict[str, Any] = {}
+    durable = results.get("durable_floor", {})
+    bare = (results.get("delivery") or {}).get("bare_client", {})
+    phase = _e2e_for_target(results.get("e2e", []))
+    push_cpu = durable.get("beds24", {}).get("cpu_us_per_push")  # e2e pushes are Beds24's
+    post_cpu = bare.get("cpu_us_per_delivery")
+    if phase and push_cpu and post_cpu:
+        pushes = phase["rate"]
+        deliveries = pushes * phase["subscribers"]
+        at_floors = (pushes * push_cpu + deliveries * post_cpu) / 1e6
+        at_targets = (pushes * push_cpu * PUSH_RATIO + deliveries * post_cpu * DELIVERY_RATIO) / 1e6
+        spent = phase.get("cpu_us_per_delivery")
+        out["e2e"] = {
+            "pushes_per_s": pushes,
+            "deliveries_per_s": deliveries,
+            "cpus_at_floors": at_floors,
+            "cpus_at_target_ratios": at_targets,
+            "cpus_at_gateway_cost": None if spent is None else deliveries * spent / 1e6,
+        }
+    for source, run in durable.items():
+        if run.get("cpu_us_per_push") and run.get("rps"):
+            budget = 1e6 / (INGEST_RATE_RATIO * run["rps"])
+            measured = results.get("ingest", {}).get(source, {}).get("cpu_us_per_push")
+            out.setdefault("ingest", {})[source] = {
+                "cpu_us_per_push_allowed": budget,
+                "ratio_allowed": budget / run["cpu_us_per_push"],
+                "cpu_us_per_push_gateway": measured,
+            }
+    return out
+
+
+def capacity_lines(capacity: dict[str, Any]) -> list[str]:
+    lines = []
+    e2e = capacity.get("e2e")
+    if e2e:
+        spent = e2e["cpus_at_gateway_cost"]
+        lines.append(
+            f"  end to end at {e2e['pushes_per_s']:g} pushes/s, {e2e['deliveries_per_s']:,.0f}"
+            f" deliveries/s: {e2e['cpus_at_floors']:.2f} CPU at the floors' cost,"
+            f" {e2e['cpus_at_target_ratios']:.2f} at the targets' ratios"
+            f" ({PUSH_RATIO:g}x per push, {DELIVERY_RATIO:g}x per delivery);"
+            f" at the gateway's measured cost per delivery {_num(spent, 2)}"
+            " (one process: 1.00 at most)"
+        )
+    for source, run in capacity.get("ingest", {}).items():
+        lines.append(
+            f"  ingest {source} at {INGEST_RATE_RATIO:g}x the durable floor's rate on one core:"
+            f" at most {run['cpu_us_per_push_allowed']:,.0f} µs CPU per push"
+            f" ({run['ratio_allowed']:.2f}x the floor's); the gateway spent"
+            f" {_num(run['cpu_us_per_push_gateway'])}"
+        )
+    return ["", "capacity (from this run's floors):", *lines] if lines else []
+
+
 def total_losses(results: dict[str, Any]) -> int:
     losses = sum(int(p["losses"]) for p in results.get("e2e", []))
     for phase in ("delivery", "burst"):
@@ -184,6 +256,7 @@ def table(results: dict[str, Any]) -> str:
     lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
     if results.get("scale"):
         lines += scale_table(results["scale"])
+    lines += capacity_lines(results.get("capacity", {}))
     lines.append("")
     lines.append("targets:")
     for t in results.get("targets", []):

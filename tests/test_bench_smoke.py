@@ -30,6 +30,7 @@ TOP_KEYS = {
     "rss",
     "losses",
     "targets",
+    "capacity",
 }
 THROUGHPUT_KEYS = {"requests", "ok", "rps", "duration_s", "http_errors", "generator"}
 E2E_KEYS = {
@@ -67,6 +68,9 @@ def test_quick_run_has_every_phase_and_loses_nothing(tmp_path: Path) -> None:
             assert set(results[section][source]) >= THROUGHPUT_KEYS
             assert results[section][source]["ok"] > 0
     assert [p["subscribers"] for p in results["e2e"]] == [1, 2]
+    # Priced from this run's floors: the 2-subscriber phase, both sources.
+    assert results["capacity"]["e2e"]["deliveries_per_s"] == 2 * results["e2e"][1]["rate"]
+    assert set(results["capacity"]["ingest"]) == {"beds24", "channex"}
     for phase in results["e2e"]:
         assert set(phase) >= E2E_KEYS
         assert phase["pushes_ok"] > 0
