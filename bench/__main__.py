@@ -124,6 +124,10 @@ async def run(
             await receiver.stop()
     measured = [v for v in ctx.rss_mb.values() if v is not None]
     results["rss"] = {"peak_mb": max(measured) if measured else None, "per_gateway_mb": ctx.rss_mb}
+    results["log"] = {
+        "peak_mb": max(ctx.log_mb.values(), default=None),
+        "per_gateway_mb": ctx.log_mb,
+    }
     results["losses"] = report.total_losses(results)
     results["targets"] = report.targets(results)
     results["capacity"] = report.capacity(results)

@@ -18,6 +18,7 @@ from bench import bodies
 from bench.gateway_proc import Gateway, source_tokens
 from bench.history import prefill
 from bench.load import run_bare, run_closed, run_open
+from bench.logsize import LogSize
 from bench.procs import PYTHON, ServerProcess, free_port
 from bench.profile import Profiler
 from bench.receiver import Receiver
@@ -78,6 +79,8 @@ class Context:
     profile_dir: Path | None = None  # py-spy each gateway into this folder
     profilers: dict[str, Profiler] = field(default_factory=dict)
     rss_mb: dict[str, float | None] = field(default_factory=dict)
+    log_sizes: dict[str, LogSize] = field(default_factory=dict)
+    log_mb: dict[str, float] = field(default_factory=dict)  # the largest -wal file, per gateway
     loop_cpu: dict[str, float | None] = field(default_factory=dict)  # at the last idle_cpu
     _next_base: int = 0
 
@@ -101,6 +104,8 @@ class Context:
     async def gateway(self, name: str, db_path: Path | None = None) -> Gateway:
         gateway = Gateway(self.workdir, name, db_path)
         await gateway.start()
+        self.log_sizes[name] = watch = LogSize(gateway.db_path)
+        watch.start()
         if self.profile_dir is not None:
             profiler = Profiler(gateway.pid, self.profile_dir / f"{name}.txt")
             await profiler.start()
@@ -128,6 +133,9 @@ class Context:
         profiler = self.profilers.pop(gateway.name, None)
         if profiler is not None:
             await profiler.stop()
+        watch = self.log_sizes.pop(gateway.name, None)
+        if watch is not None:
+            self.log_mb[gateway.name] = await watch.stop() / 1e6
         await gateway.stop()
         self.rss_mb[gateway.name] = gateway.final_rss_mb
         return {"peak_rss_mb": gateway.final_rss_mb, "cpu_s": gateway.final_cpu_s}

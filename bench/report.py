@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.store.sqlite.base import WAL_LIMIT_BYTES
+
 LATENCY_SUBSCRIBERS = 10  # the subscriber count the p99 target is about
 
 
@@ -242,6 +244,18 @@ def table(results: dict[str, Any]) -> str:
         )
     rss = results.get("rss", {})
     rows.append(("peak RSS", "gateway", f"{_num(rss.get('peak_mb'), 1)} MB"))
+    log = results.get("log", {})
+    if log.get("peak_mb") is not None:
+        per = log["per_gateway_mb"]
+        largest = max(per, key=per.get)
+        rows.append(
+            (
+                "peak SQLite log",
+                "gateway",
+                f"{_num(log['peak_mb'], 1)} MB write-ahead log ({largest}; restarted past"
+                f" {WAL_LIMIT_BYTES / 2**20:,.0f} MiB)",
+            )
+        )
     load = meta.get("load") or {}
     if load.get("busy_share") is not None:
         rows.append(

@@ -31,6 +31,7 @@ TOP_KEYS = {
     "losses",
     "targets",
     "capacity",
+    "log",
 }
 THROUGHPUT_KEYS = {"requests", "ok", "rps", "duration_s", "http_errors", "generator"}
 E2E_KEYS = {
@@ -71,6 +72,9 @@ def test_quick_run_has_every_phase_and_loses_nothing(tmp_path: Path) -> None:
     # Priced from this run's floors: the 2-subscriber phase, both sources.
     assert results["capacity"]["e2e"]["deliveries_per_s"] == 2 * results["e2e"][1]["rate"]
     assert set(results["capacity"]["ingest"]) == {"beds24", "channex"}
+    # Every gateway's write-ahead log was watched, and one that took pushes had one.
+    assert set(results["log"]["per_gateway_mb"]) == set(results["rss"]["per_gateway_mb"])
+    assert results["log"]["per_gateway_mb"]["ingest-beds24"] > 0
     for phase in results["e2e"]:
         assert set(phase) >= E2E_KEYS
         assert phase["pushes_ok"] > 0
