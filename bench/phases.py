@@ -330,7 +330,7 @@ async def e2e(ctx: Context) -> list[dict[str, Any]]:
                 "cpu_us_per_delivery": cpu_us,
                 "delivery_states": states["deliveries"],
                 # Claimed messages waited in the queue: a large share means the gateway fell
-                # behind (each costs a claim's work on top), as in docs/performance.md stop 16.
+                # behind (each costs a claim's work on top), as in docs/performance-log.md stop 16.
                 "leased": leased,
                 **stopped,
             }

@@ -4,7 +4,7 @@ httptools (llhttp, the C parser aiohttp and Node.js use).
 A delivery sends one narrow kind of request: a POST of a body already in bytes, to a URL checked
 against the SSRF rule, reading the status, the headers and the first couple of KB of the answer.
 aiohttp's ``ClientSession`` does that for 140-200 µs of CPU per POST on the bench machine (a
-request, a response, a payload, a writer task and a stream reader per POST; docs/performance.md
+request, a response, a payload, a writer task and a stream reader per POST; docs/performance-log.md
 "Stop 17"), the largest single cost of a delivery; written as one ``write`` on a pooled
 connection and parsed by llhttp it costs 18-20 µs. aiohttp still serves every request the gateway
 answers and makes its calls to the PMS APIs.
