@@ -49,7 +49,7 @@ def page_owners(db_path: Path) -> dict[int, str]:
     """Each page's table or index (SQLite's ``dbstat``, compiled into Debian's and Python's)."""
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        return dict((page, name) for name, page in db.execute("select name, pageno from dbstat"))
+        return {page: name for name, page in db.execute("select name, pageno from dbstat")}
     finally:
         db.close()
 

@@ -26,8 +26,7 @@ PAYLOAD = {"pad": "x" * 3000}  # about a Beds24 booking's size
 
 
 def wal_size(store: SQLiteStore) -> int:
-    wal = Path(f"{store.path}-wal")
-    return wal.stat().st_size if wal.exists() else 0
+    return store.wal_path.stat().st_size if store.wal_path.exists() else 0
 
 
 async def write(store: SQLiteStore, n: int) -> float:
