@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import bodies
+from bench import bodies, report
 from bench.gateway_proc import Gateway, source_tokens
 from bench.history import prefill
 from bench.load import run_bare, run_closed, run_open
@@ -50,6 +50,9 @@ class Plan:
     burst_subscribers: int = 5
     history_deliveries: int = 1_000_000
     drain_timeout: float = 300.0
+    # The durable floor and ingest run this many times, alternately; the push targets take the
+    # median round (``report.median_rounds``).
+    rounds: int = 1
 
     @classmethod
     def quick_plan(cls, generator: str) -> Plan:
@@ -218,17 +221,28 @@ async def _ingest_once(ctx: Context, gateway: Gateway, source: str) -> dict[str,
     return result
 
 
-async def ingest(ctx: Context) -> dict[str, Any]:
+async def ingest(ctx: Context, round: int = 1) -> dict[str, Any]:
     """Ingest throughput per source: unique pushes, no subscribers, shipped durability."""
     results = {}
     for source in bodies.SOURCES:
-        gateway = await ctx.gateway(f"ingest-{source}")
+        name = f"ingest-{source}" if round == 1 else f"ingest-{source}-{round}"
+        gateway = await ctx.gateway(name)
         try:
             result = await _ingest_once(ctx, gateway, source)
         finally:
             stopped = await ctx.stop(gateway)
         results[source] = {**result, **stopped}
     return results
+
+
+async def ingest_rounds(ctx: Context) -> dict[str, Any]:
+    """The durable floor and ingest, one after the other, ``plan.rounds`` times: each ratio is
+    measured side by side, and the median round is the run's (``report.median_rounds``)."""
+    rounds = []
+    for n in range(1, ctx.plan.rounds + 1):
+        durable = await durable_floor(ctx)
+        rounds.append({"durable_floor": durable, "ingest": await ingest(ctx, round=n)})
+    return {"each": rounds, **report.median_rounds(rounds)}
 
 
 async def _subscribe(ctx: Context, gateway: Gateway, count: int, prefix: str) -> list[str]:

@@ -115,6 +115,33 @@ def test_python_generator_stands_in_for_wrk(tmp_path: Path) -> None:
         assert results["floor"][source]["http_errors"] == 0
 
 
+@pytest.mark.timeout(120)
+def test_rounds_alternate_the_durable_floor_and_ingest_and_report_the_median(
+    tmp_path: Path,
+) -> None:
+    results = run_bench(tmp_path, "--only", "durable_floor,ingest", "--rounds", "3")
+
+    rounds = results["rounds"]
+    assert len(rounds["each"]) == 3
+    # Every round's gateways ran and were watched under names of their own.
+    assert {"ingest-beds24", "ingest-beds24-2", "ingest-channex-3"} <= set(
+        results["rss"]["per_gateway_mb"]
+    )
+    for source in ("beds24", "channex"):
+        ratios = rounds["ratios"][source]
+        assert len(ratios["cpu"]) == 3 and all(r > 0 for r in ratios["cpu"])
+        assert ratios["median_cpu"] == sorted(ratios["cpu"])[1]
+        # The run's figures are the median round's, one that was measured.
+        shown = [r for r in rounds["each"] if r["ingest"][source] == results["ingest"][source]]
+        assert (
+            len(shown) == 1
+            and shown[0]["durable_floor"][source] == (results["durable_floor"][source])
+        )
+    named = {t["name"]: t for t in results["targets"]}
+    cpu = named["CPU per push, beds24 / durable floor, median of 3 rounds"]
+    assert cpu["value"] == rounds["ratios"]["beds24"]["median_cpu"]
+
+
 @pytest.mark.postgres
 @pytest.mark.timeout(240)
 def test_scale_phase_runs_on_sqlite_and_postgres(tmp_path: Path, pg_server: Any) -> None:
