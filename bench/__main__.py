@@ -124,10 +124,7 @@ async def run(
                     continue  # run with the durable floor, round by round
                 if paired and name == "durable_floor":
                     log(f"durable_floor and ingest, {plan.rounds} rounds ...")
-                    rounds = await phases.ingest_rounds(ctx)
-                    results["durable_floor"] = rounds.pop("durable_floor")
-                    results["ingest"] = rounds.pop("ingest")
-                    results["rounds"] = rounds
+                    results.update(await phases.ingest_rounds(ctx))
                     log(f"{plan.rounds} rounds done in {time.perf_counter() - began:.1f} s")
                     continue
                 log(f"{name} ...")

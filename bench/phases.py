@@ -238,12 +238,18 @@ async def ingest(ctx: Context, round: int = 1) -> dict[str, Any]:
 
 async def ingest_rounds(ctx: Context) -> dict[str, Any]:
     """The durable floor and ingest, one after the other, ``plan.rounds`` times: each ratio is
-    measured side by side, and the median round is the run's (``report.median_rounds``)."""
+    measured side by side, and the median round is the run's (``report.median_rounds``). The
+    run's ``durable_floor``, ``ingest`` and ``rounds`` results."""
     rounds = []
     for n in range(1, ctx.plan.rounds + 1):
         durable = await durable_floor(ctx)
         rounds.append({"durable_floor": durable, "ingest": await ingest(ctx, round=n)})
-    return {"each": rounds, **report.median_rounds(rounds)}
+    median = report.median_rounds(rounds)
+    return {
+        "durable_floor": median["durable_floor"],
+        "ingest": median["ingest"],
+        "rounds": {"each": rounds, "ratios": median["ratios"]},
+    }
 
 
 async def _subscribe(ctx: Context, gateway: Gateway, count: int, prefix: str) -> list[str]:
